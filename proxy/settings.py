@@ -1,0 +1,39 @@
+"""Runtime configuration, built once from flags and KVPROXY_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from proxy.upstream import UpstreamSpec
+
+
+def default_data_dir() -> Path:
+    """$XDG_STATE_HOME/kvproxy, else ~/.local/state/kvproxy (the user's state dir)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "kvproxy"
+
+
+@dataclass(frozen=True)
+class EmbeddedSettings:
+    """How the embedded llama-server is started when no --upstream is given."""
+
+    model: Path | None = None
+    parallel: int = 4
+    ctx_per_slot: int = 8192
+    extra_args: tuple[str, ...] = ()
+    startup_timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 11435
+    upstreams: tuple[UpstreamSpec, ...] = ()
+    data_dir: Path = field(default_factory=default_data_dir)
+    max_body_bytes: int = 32 * 1024 * 1024
+    connect_timeout: float = 10.0
+    upstream_timeout: float = 600.0
+    log_level: str = "info"
+    embedded: EmbeddedSettings = field(default_factory=EmbeddedSettings)
