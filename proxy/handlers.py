@@ -27,7 +27,11 @@ from proxy.upstream import Upstream, forwardable_headers
 
 log = get_logger("kvproxy.handlers")
 
-JSON_TYPES = frozenset({"", "application/json", "text/json", "text/plain"})
+# JSON is what every dialect takes. `curl -d` labels JSON as form data, and llama-server and
+# ollama both accept that, so kvproxy does too; anything else (multipart, XML, binary) is a 415.
+JSON_TYPES = frozenset(
+    {"", "application/json", "text/json", "text/plain", "application/x-www-form-urlencoded"}
+)
 STREAM_TYPES = ("text/event-stream", "application/x-ndjson", "application/ndjson")
 # Client headers that must not reach the upstream on a re-encoded JSON request.
 DROP_ON_REENCODE = frozenset({"content-type", "content-length", "accept-encoding", "expect"})
@@ -100,6 +104,8 @@ async def relay_stream(
         headers=headers if headers is not None else forwardable_headers(resp.headers),
     )
     await out.prepare(request)
+    # llama-server (cpp-httplib) drops the connection after a chunked stream although it
+    # advertises keep-alive; closing our end instead of pooling it avoids a 502 on reuse.
     try:
         async for chunk in resp.content.iter_any():
             pieces = on_chunk(chunk) if on_chunk else [chunk]
@@ -116,6 +122,8 @@ async def relay_stream(
         rec.error = err.message
         log.warning("upstream_failed_mid_stream", request_id=rec.request_id, error=err.message)
         await out.write(dialect.stream_error(err))
+    finally:
+        resp.close()
     await out.write_eof()
     return out
 
@@ -259,8 +267,11 @@ async def forward(request: web.Request) -> web.StreamResponse:
                 return web.Response(status=resp.status, body=await resp.read(), headers=headers)
             out = web.StreamResponse(status=resp.status, headers=headers)
             await out.prepare(request)
-            async for chunk in resp.content.iter_any():
-                await out.write(chunk)
+            try:
+                async for chunk in resp.content.iter_any():
+                    await out.write(chunk)
+            finally:
+                resp.close()
             await out.write_eof()
             return out
     except ProxyError as err:

@@ -1,0 +1,82 @@
+"""Incremental framing: events come out whole however the bytes were cut."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from proxy.streaming import NDJSONSplitter, SSESplitter, UsageObserver, server_counters
+
+SSE = (
+    b'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\n'
+    b'data: {"choices":[],"usage":{"prompt_tokens":12},"timings":{"prompt_n":4,"cache_n":8,'
+    b'"prompt_ms":1.5,"predicted_n":3}}\n\n'
+    b"data: [DONE]\n\n"
+)
+
+
+@pytest.mark.parametrize("cut", [1, 2, 7, 50, len(SSE)])
+def test_sse_events_survive_any_chunking(cut: int) -> None:
+    splitter = SSESplitter()
+    payloads = []
+    for i in range(0, len(SSE), cut):
+        payloads.extend(splitter.feed(SSE[i : i + cut]))
+    assert payloads[-1] == b"[DONE]"
+    assert json.loads(payloads[0])["choices"][0]["delta"]["content"] == "Hi"
+    assert len(payloads) == 3
+
+
+def test_sse_handles_crlf_and_multiline_data() -> None:
+    out = list(SSESplitter().feed(b"event: x\r\ndata: a\r\ndata: b\r\n\r\n"))
+    assert out == [b"a\nb"]
+
+
+def test_ndjson_lines_split_across_chunks() -> None:
+    splitter = NDJSONSplitter()
+    assert list(splitter.feed(b'{"a":1}\n{"b"')) == [b'{"a":1}']
+    assert list(splitter.feed(b":2}\n\n")) == [b'{"b":2}']
+
+
+@pytest.mark.parametrize("cut", [3, len(SSE)])
+def test_observer_reads_llama_timings_from_a_stream(cut: int) -> None:
+    obs = UsageObserver("sse")
+    for i in range(0, len(SSE), cut):
+        obs.feed(SSE[i : i + cut])
+    counters = obs.counters()
+    assert counters["cached_tokens"] == 8
+    assert counters["prefilled_tokens"] == 4
+    assert counters["prompt_tokens"] == 12
+
+
+def test_observer_reads_a_whole_json_body() -> None:
+    obs = UsageObserver("sse")
+    obs.observe_body(b'{"usage":{"prompt_tokens":9,"prompt_tokens_details":{"cached_tokens":5}}}')
+    assert obs.counters()["cached_tokens"] == 5
+
+
+def test_observer_reads_ollama_counters() -> None:
+    obs = UsageObserver("ndjson")
+    obs.feed(b'{"done":false}\n{"done":true,"prompt_eval_count":30,"eval_count":4}\n')
+    assert obs.counters() == {"prompt_tokens": 30, "decode_tokens": 4}
+
+
+@pytest.mark.parametrize(
+    ("timings", "usage", "expected"),
+    [
+        ({}, {}, {}),
+        (
+            {"prompt_n": 2, "cache_n": 10},
+            {},
+            {"prefilled_tokens": 2, "cached_tokens": 10, "prompt_tokens": 12},
+        ),
+        (
+            {},
+            {"prompt_tokens": 7, "completion_tokens": 2},
+            {"prompt_tokens": 7, "decode_tokens": 2},
+        ),
+    ],
+)
+def test_server_counters(timings: dict, usage: dict, expected: dict) -> None:
+    got = server_counters(timings, usage)
+    assert {k: got[k] for k in expected} == expected
