@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -36,7 +35,7 @@ def create_app(settings: Settings) -> web.Application:
 async def embedded_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    server = await asyncio.to_thread(EmbeddedServer.start, settings.embedded, settings.data_dir)
+    server = await EmbeddedServer.astart(settings.embedded, settings.data_dir)
     app[EMBEDDED] = server
     try:
         yield

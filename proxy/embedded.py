@@ -103,6 +103,21 @@ class EmbeddedServer:
 
     @classmethod
     def start(cls, settings: EmbeddedSettings, data_dir: Path) -> EmbeddedServer:
+        """Launch and wait until healthy (blocking)."""
+        server = cls.launch(settings, data_dir)
+        server.ready(settings.startup_timeout)
+        return server
+
+    @classmethod
+    async def astart(cls, settings: EmbeddedSettings, data_dir: Path) -> EmbeddedServer:
+        """Launch from the event loop's thread (the parent-death signal is tied to the
+        thread that forks), then wait for health off the loop."""
+        server = cls.launch(settings, data_dir)
+        await asyncio.to_thread(server.ready, settings.startup_timeout)
+        return server
+
+    @classmethod
+    def launch(cls, settings: EmbeddedSettings, data_dir: Path) -> EmbeddedServer:
         slot_dir = data_dir / "slots"
         slot_dir.mkdir(parents=True, exist_ok=True)
         port = free_port()
@@ -117,14 +132,15 @@ class EmbeddedServer:
                 stderr=subprocess.STDOUT,
                 preexec_fn=_die_with_parent,
             )
-        server = cls(process=process, url=f"http://127.0.0.1:{port}", log_path=log_path)
+        return cls(process=process, url=f"http://127.0.0.1:{port}", log_path=log_path)
+
+    def ready(self, timeout: float) -> None:
         try:
-            server.wait_healthy(settings.startup_timeout)
+            self.wait_healthy(timeout)
         except BaseException:
-            server.stop()
+            self.stop()
             raise
-        log.info("embedded_ready", url=server.url, pid=process.pid)
-        return server
+        log.info("embedded_ready", url=self.url, pid=self.process.pid)
 
     def wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -1,0 +1,146 @@
+"""Fault injection: an upstream that refuses, stalls, fails or resets mid-stream.
+
+The fake upstream here only injects faults; every feature is proven against the real
+llama-server in tests/e2e.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from proxy.app import create_app
+from proxy.embedded import free_port
+from proxy.settings import Settings
+from proxy.upstream import UpstreamSpec
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
+OLLAMA_CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+FIRST = b'data: {"choices":[{"index":0,"delta":{"content":"Hel"}}]}\n\n'
+
+
+async def reset_mid_stream(request: web.Request) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    await resp.write(FIRST)
+    await asyncio.sleep(0.05)
+    assert request.transport is not None
+    request.transport.close()
+    return resp
+
+
+async def stall(request: web.Request) -> web.StreamResponse:
+    await asyncio.sleep(30)
+    return web.json_response({})
+
+
+async def stall_mid_stream(request: web.Request) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    await resp.write(FIRST)
+    await asyncio.sleep(30)
+    return resp
+
+
+async def fail_500(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"error": {"code": 500, "message": "model exploded"}}, status=500)
+
+
+async def ok(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"choices": [{"message": {"content": "fine"}}]})
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def proxy_for(handler: Handler, timeout: float = 0.5) -> tuple[TestClient, TestServer]:
+    upstream_app = web.Application()
+    upstream_app.router.add_post("/v1/chat/completions", handler)
+    upstream_app.router.add_post("/ok", ok)
+    upstream = TestServer(upstream_app)
+    await upstream.start_server()
+    settings = Settings(
+        upstreams=(UpstreamSpec(url=str(upstream.make_url("")).rstrip("/"), kind="llama"),),
+        upstream_timeout=timeout,
+        connect_timeout=timeout,
+    )
+    client = TestClient(TestServer(create_app(settings)))
+    await client.start_server()
+    return client, upstream
+
+
+@pytest.fixture
+async def make_proxy():
+    started: list[tuple[TestClient, TestServer]] = []
+
+    async def make(handler: Handler, timeout: float = 0.5) -> TestClient:
+        pair = await proxy_for(handler, timeout)
+        started.append(pair)
+        return pair[0]
+
+    yield make
+    for client, upstream in started:
+        await client.close()
+        await upstream.close()
+
+
+async def test_reset_mid_stream_ends_with_an_error_frame(make_proxy) -> None:
+    client = await make_proxy(reset_mid_stream)
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status == 200
+    body = await resp.read()
+    assert body.startswith(FIRST)
+    assert b'"type": "upstream_error"' in body and body.endswith(b"\n\n")
+    # The proxy keeps serving.
+    again = await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
+    assert again.status in (200, 502)
+
+
+async def test_reset_mid_stream_ollama_gets_an_ndjson_error(make_proxy) -> None:
+    client = await make_proxy(reset_mid_stream)
+    resp = await client.post("/api/chat", json=OLLAMA_CHAT)
+    lines = (await resp.read()).splitlines()
+    assert lines[0].startswith(b'{"model":"m"') and b'"content":"Hel"' in lines[0]
+    assert any(b'"error"' in line for line in lines[1:])
+
+
+async def test_stalled_upstream_is_504(make_proxy) -> None:
+    client = await make_proxy(stall)
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status == 504
+    assert (await resp.json())["error"]["type"] == "upstream_timeout"
+    resp = await client.post("/api/chat", json=OLLAMA_CHAT)
+    assert resp.status == 504 and "did not answer" in (await resp.json())["error"]
+
+
+async def test_stall_mid_stream_ends_the_stream(make_proxy) -> None:
+    client = await make_proxy(stall_mid_stream)
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    body = await asyncio.wait_for(resp.read(), 10)
+    assert body.startswith(FIRST) and b"upstream_timeout" in body
+
+
+async def test_upstream_500_passes_through_in_the_clients_dialect(make_proxy) -> None:
+    client = await make_proxy(fail_500)
+    native = await client.post("/v1/chat/completions", json=CHAT)
+    assert native.status == 500
+    assert (await native.json())["error"]["message"] == "model exploded"
+    bridged = await client.post("/api/chat", json=OLLAMA_CHAT)
+    assert bridged.status == 500 and (await bridged.json()) == {"error": "model exploded"}
+
+
+async def test_refused_upstream_is_502_and_forwarding_too() -> None:
+    settings = Settings(
+        upstreams=(UpstreamSpec(url=f"http://127.0.0.1:{free_port()}", kind="llama"),)
+    )
+    async with TestClient(TestServer(create_app(settings))) as client:
+        resp = await client.post("/v1/chat/completions", json=CHAT)
+        assert resp.status == 502 and "failed" in (await resp.json())["error"]["message"]
+        resp = await client.post("/api/generate", json={"model": "m", "prompt": "x"})
+        assert resp.status == 502 and isinstance((await resp.json())["error"], str)
+        resp = await client.get("/health")
+        assert resp.status == 502
