@@ -33,6 +33,40 @@ def env_list(name: str) -> list[str]:
     return [part.strip() for part in raw.split(",") if part.strip()] if raw else []
 
 
+# (flag, type, default, help): each flag's environment variable is KVPROXY_<FLAG>. Defaults
+# are strings so that argparse converts a KVPROXY_* value with the flag's own type and
+# rejects a bad one with a usage error instead of a traceback.
+SERVE_OPTIONS: tuple[tuple[str, type, str, str], ...] = (
+    ("--host", str, "127.0.0.1", "address to listen on"),
+    ("--port", int, "11435", "port to listen on"),
+    ("--data-dir", Path, str(default_data_dir()), "LMDB, slot files and logs"),
+    ("--max-body-bytes", int, str(32 * 1024 * 1024), "largest request body on dialect paths"),
+    ("--connect-timeout", float, "10", "seconds to connect to an upstream"),
+    ("--upstream-timeout", float, "600",
+     "seconds of upstream silence (before the first byte or between chunks) before a 504"),
+    ("--log-level", str, "info", "debug, info, warning or error"),
+)  # fmt: skip
+EMBEDDED_OPTIONS: tuple[tuple[str, type, str | None, str], ...] = (
+    ("--model", Path, None, "GGUF file to serve; default: the bundled SmolLM2-135M-Instruct"),
+    ("--slots", int, "4", "llama-server --parallel"),
+    ("--ctx-per-slot", int, "8192", "context tokens per slot"),
+    ("--llama-args", str, "", "extra llama-server arguments, shell-quoted"),
+)
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def add_options(
+    group: argparse._ActionsContainer, options: tuple[tuple[str, type, str | None, str], ...]
+) -> None:
+    for flag, kind, default, text in options:
+        var = flag[2:].upper().replace("-", "_")
+        group.add_argument(
+            flag, type=kind, default=env(var, default), help=f"{text} [KVPROXY_{var}]"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kvproxy",
@@ -40,83 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"kvproxy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-
     serve = sub.add_parser(
         "serve", help="run the proxy", formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
+    add_options(serve, SERVE_OPTIONS)
     serve.add_argument(
-        "--host", default=env("HOST", "127.0.0.1"), help="address to listen on [KVPROXY_HOST]"
-    )
-    serve.add_argument(
-        "--port",
-        type=int,
-        default=int(env("PORT", "11435") or 11435),
-        help="port to listen on [KVPROXY_PORT]",
-    )
-    serve.add_argument(
-        "--upstream",
-        action="append",
-        default=None,
-        metavar="URL",
+        "--upstream", action="append", default=None, metavar="URL",
         help="server to proxy, repeatable; kind auto-detected, or prefix llama: / ollama:. "
         "None: start the embedded llama-server [KVPROXY_UPSTREAM, comma-separated]",
+    )  # fmt: skip
+    add_options(
+        serve.add_argument_group("embedded llama-server (used when no --upstream is given)"),
+        EMBEDDED_OPTIONS,
     )
-    serve.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(env("DATA_DIR", str(default_data_dir())) or ""),
-        help="LMDB, slot files and logs [KVPROXY_DATA_DIR]",
-    )
-    serve.add_argument(
-        "--max-body-bytes",
-        type=int,
-        default=int(env("MAX_BODY_BYTES", str(32 * 1024 * 1024)) or 0),
-        help="largest request body accepted on dialect paths [KVPROXY_MAX_BODY_BYTES]",
-    )
-    serve.add_argument(
-        "--connect-timeout",
-        type=float,
-        default=float(env("CONNECT_TIMEOUT", "10") or 10),
-        help="seconds to connect to an upstream [KVPROXY_CONNECT_TIMEOUT]",
-    )
-    serve.add_argument(
-        "--upstream-timeout",
-        type=float,
-        default=float(env("UPSTREAM_TIMEOUT", "600") or 600),
-        help="seconds of upstream silence (before the first byte or between chunks) "
-        "before a 504 [KVPROXY_UPSTREAM_TIMEOUT]",
-    )
-    serve.add_argument(
-        "--log-level",
-        default=env("LOG_LEVEL", "info"),
-        choices=["debug", "info", "warning", "error"],
-        help="[KVPROXY_LOG_LEVEL]",
-    )
-    emb = serve.add_argument_group("embedded llama-server (used when no --upstream is given)")
-    emb.add_argument(
-        "--model",
-        type=Path,
-        default=env("MODEL"),
-        help="GGUF file to serve; default: the bundled SmolLM2-135M-Instruct [KVPROXY_MODEL]",
-    )
-    emb.add_argument(
-        "--slots",
-        type=int,
-        default=int(env("SLOTS", "4") or 4),
-        help="llama-server --parallel [KVPROXY_SLOTS]",
-    )
-    emb.add_argument(
-        "--ctx-per-slot",
-        type=int,
-        default=int(env("CTX_PER_SLOT", "8192") or 8192),
-        help="context tokens per slot [KVPROXY_CTX_PER_SLOT]",
-    )
-    emb.add_argument(
-        "--llama-args",
-        default=env("LLAMA_ARGS", ""),
-        help="extra llama-server arguments, shell-quoted [KVPROXY_LLAMA_ARGS]",
-    )
-    return parser  # fmt: skip
+    return parser
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -168,6 +139,8 @@ async def serve(settings: Settings) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.log_level not in LOG_LEVELS:
+        build_parser().error(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
     settings = settings_from(args)
     configure(settings.log_level)
     if args.command == "serve":
