@@ -114,3 +114,18 @@ def require_prompt(body: Mapping[str, Any]) -> Any:
     if not isinstance(prompt, str | list):
         raise BadRequest("'prompt' must be a string or an array")
     return prompt
+
+
+def unknown_fields(body: Mapping[str, Any], structural: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k not in structural}
+
+
+def render_envelope(conv: Conversation, **fields: Any) -> dict[str, Any]:
+    """``model``, the dialect's own content fields, ``tools`` and ``stream``: the part of a
+    body every dialect shares. The caller appends its parameters."""
+    out: dict[str, Any] = {} if conv.model is None else {"model": conv.model}
+    out.update(fields)
+    if conv.tools is not None:
+        out["tools"] = thaw(conv.tools)
+    out["stream"] = conv.stream
+    return out

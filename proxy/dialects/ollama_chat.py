@@ -5,17 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.conversation import Conversation, frozen_map, thaw
+from proxy.conversation import Conversation, frozen_map
 from proxy.dialects.base import (
     DialectBase,
     optional_bool,
     optional_str,
     parse_messages,
     parse_tools,
+    render_envelope,
     render_message,
     require_object,
 )
-from proxy.dialects.ollama_options import join_options, split_options
+from proxy.dialects.ollama_options import ollama_fields, render_ollama_fields
 from proxy.errors import ProxyError
 
 STRUCTURAL = ("model", "messages", "tools", "stream", "options", "format")
@@ -30,10 +31,7 @@ class OllamaChat(DialectBase):
 
     def parse(self, body: Any) -> Conversation:
         body = require_object(body)
-        params, other_options = split_options(body)
-        extra = {k: v for k, v in body.items() if k not in STRUCTURAL}
-        if other_options:
-            extra["options"] = other_options
+        params, extra = ollama_fields(body, STRUCTURAL)
         return Conversation(
             kind="chat",
             model=optional_str(body, "model"),
@@ -45,17 +43,11 @@ class OllamaChat(DialectBase):
         )
 
     def render(self, conv: Conversation) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if conv.model is not None:
-            out["model"] = conv.model
-        out["messages"] = [render_message(m) for m in conv.messages]
-        if conv.tools is not None:
-            out["tools"] = thaw(conv.tools)
-        out["stream"] = conv.stream
-        extra = thaw(conv.extra)
-        out.update(join_options(conv.params, extra.pop("options", {})))
-        out.update(extra)
-        return out
+        messages = [render_message(m) for m in conv.messages]
+        return {
+            **render_envelope(conv, messages=messages),
+            **render_ollama_fields(conv.params, conv.extra),
+        }
 
     def error_body(self, err: ProxyError) -> dict[str, Any]:
         return {"error": err.message}

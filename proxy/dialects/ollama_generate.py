@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.conversation import Conversation, frozen_map, thaw
-from proxy.dialects.base import optional_bool, optional_str, require_object
+from proxy.conversation import Conversation, frozen_map
+from proxy.dialects.base import optional_bool, optional_str, render_envelope, require_object
 from proxy.dialects.ollama_chat import OllamaChat
-from proxy.dialects.ollama_options import join_options, split_options
+from proxy.dialects.ollama_options import ollama_fields, render_ollama_fields
 from proxy.errors import BadRequest
 
 STRUCTURAL = ("model", "prompt", "stream", "options", "format")
@@ -26,10 +26,7 @@ class OllamaGenerate(OllamaChat):
         prompt = body["prompt"]
         if not isinstance(prompt, str):
             raise BadRequest("'prompt' must be a string")
-        params, other_options = split_options(body)
-        extra = {k: v for k, v in body.items() if k not in STRUCTURAL}
-        if other_options:
-            extra["options"] = other_options
+        params, extra = ollama_fields(body, STRUCTURAL)
         return Conversation(
             kind="completion",
             model=optional_str(body, "model"),
@@ -40,15 +37,10 @@ class OllamaGenerate(OllamaChat):
         )
 
     def render(self, conv: Conversation) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if conv.model is not None:
-            out["model"] = conv.model
-        out["prompt"] = conv.prompt
-        out["stream"] = conv.stream
-        extra = thaw(conv.extra)
-        out.update(join_options(conv.params, extra.pop("options", {})))
-        out.update(extra)
-        return out
+        return {
+            **render_envelope(conv, prompt=conv.prompt),
+            **render_ollama_fields(conv.params, conv.extra),
+        }
 
 
 DIALECT = OllamaGenerate()

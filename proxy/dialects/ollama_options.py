@@ -58,3 +58,19 @@ def join_options(params: Mapping[str, Any], rest: Mapping[str, Any]) -> dict[str
         elif fmt.get("type") == "json_schema":
             out["format"] = fmt["json_schema"]["schema"]
     return out
+
+
+def ollama_fields(
+    body: Mapping[str, Any], structural: tuple[str, ...]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(canonical params, ollama-only fields) of an ollama body, beyond its structural ones."""
+    params, other_options = split_options(body)
+    extra = {k: v for k, v in body.items() if k not in structural}
+    if other_options:
+        extra["options"] = other_options
+    return params, extra
+
+
+def render_ollama_fields(params: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    rest = dict(extra)
+    return {**join_options(params, rest.pop("options", {})), **rest}

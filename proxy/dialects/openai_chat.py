@@ -12,8 +12,10 @@ from proxy.dialects.base import (
     optional_str,
     parse_messages,
     parse_tools,
+    render_envelope,
     render_message,
     require_object,
+    unknown_fields,
 )
 
 STRUCTURAL = ("model", "messages", "tools", "stream")
@@ -34,19 +36,12 @@ class OpenAIChat(DialectBase):
             messages=parse_messages(body),
             tools=parse_tools(body),
             stream=optional_bool(body, "stream", False),
-            params=frozen_map({k: v for k, v in body.items() if k not in STRUCTURAL}),
+            params=frozen_map(unknown_fields(body, STRUCTURAL)),
         )
 
     def render(self, conv: Conversation) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if conv.model is not None:
-            out["model"] = conv.model
-        out["messages"] = [render_message(m) for m in conv.messages]
-        if conv.tools is not None:
-            out["tools"] = thaw(conv.tools)
-        out["stream"] = conv.stream
-        out.update(thaw(conv.params))
-        return out
+        messages = [render_message(m) for m in conv.messages]
+        return {**render_envelope(conv, messages=messages), **thaw(conv.params)}
 
 
 DIALECT = OpenAIChat()

@@ -10,8 +10,10 @@ from proxy.dialects.base import (
     DialectBase,
     optional_bool,
     optional_str,
+    render_envelope,
     require_object,
     require_prompt,
+    unknown_fields,
 )
 
 STRUCTURAL = ("model", "prompt", "stream")
@@ -31,17 +33,11 @@ class OpenAICompletions(DialectBase):
             model=optional_str(body, "model"),
             prompt=require_prompt(body),
             stream=optional_bool(body, "stream", False),
-            params=frozen_map({k: v for k, v in body.items() if k not in STRUCTURAL}),
+            params=frozen_map(unknown_fields(body, STRUCTURAL)),
         )
 
     def render(self, conv: Conversation) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if conv.model is not None:
-            out["model"] = conv.model
-        out["prompt"] = thaw(conv.prompt)
-        out["stream"] = conv.stream
-        out.update(thaw(conv.params))
-        return out
+        return {**render_envelope(conv, prompt=thaw(conv.prompt)), **thaw(conv.params)}
 
 
 DIALECT = OpenAICompletions()
