@@ -77,22 +77,35 @@ class Upstream:
         """A response whose body the caller reads; connection and timeout failures are
         mapped to 502/504. Leaving the block early closes the upstream connection, which is
         how llama-server learns that a client went away."""
+        url = URL(self.url + path, encoded=True)
+        resp = await self._send(method, url, json_body, data, headers)
         try:
-            async with self.session.request(
-                method,
-                URL(self.url + path, encoded=True),
-                json=json_body,
-                data=data,
-                headers=headers,
-                allow_redirects=False,
-            ) as resp:
-                try:
-                    yield resp
-                except BaseException:
-                    resp.close()
-                    raise
+            yield resp
         except (TimeoutError, aiohttp.ClientError) as exc:
+            resp.close()
             raise self.failure(exc) from exc
+        except BaseException:
+            resp.close()
+            raise
+        finally:
+            resp.release()
+
+    async def _send(
+        self, method: str, url: URL, json_body: Any, data: Any, headers: dict[str, str] | None
+    ) -> aiohttp.ClientResponse:
+        """Send once more when a pooled connection turns out to be closed by the server
+        before it answered (a keep-alive race: the request was never read)."""
+        for attempt in (1, 2):
+            try:
+                return await self.session.request(
+                    method, url, json=json_body, data=data, headers=headers, allow_redirects=False
+                )
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                if attempt == 2 or isinstance(exc, aiohttp.ClientConnectorError):
+                    raise self.failure(exc) from exc
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise self.failure(exc) from exc
+        raise AssertionError("unreachable")
 
     def failure(self, exc: BaseException) -> UpstreamError:
         """The 502 or 504 that an aiohttp failure talking to this upstream maps to."""
@@ -119,7 +132,8 @@ def make_session(connect_timeout: float, read_timeout: float) -> aiohttp.ClientS
     """Bytes pass through undecoded (``auto_decompress=False``) so forwarded bodies keep
     their content-encoding; ``sock_read`` bounds the silence between two chunks."""
     timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout)
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+    # Idle pooled connections are dropped before llama-server's 5 s keep-alive timeout.
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=4)
     return aiohttp.ClientSession(
         timeout=timeout, connector=connector, auto_decompress=False, trust_env=False
     )

@@ -144,3 +144,20 @@ async def test_refused_upstream_is_502_and_forwarding_too() -> None:
         assert resp.status == 502 and isinstance((await resp.json())["error"], str)
         resp = await client.get("/health")
         assert resp.status == 502
+
+
+async def test_connection_dropped_before_an_answer_is_sent_once_more(make_proxy) -> None:
+    """A pooled connection the server closed (keep-alive race) must not surface as a 502."""
+    calls = []
+
+    async def drop_first(request: web.Request) -> web.StreamResponse:
+        calls.append(1)
+        if len(calls) == 1:
+            assert request.transport is not None
+            request.transport.close()
+            await asyncio.sleep(0.1)
+        return web.json_response({"choices": [{"message": {"content": "ok"}}]})
+
+    client = await make_proxy(drop_first)
+    resp = await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
+    assert resp.status == 200 and len(calls) == 2
