@@ -6,13 +6,16 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from proxy.components import POOL, SETTINGS, UpstreamPool
+from proxy.components import POOL, SETTINGS, SLOTS, STORE, UpstreamPool
 from proxy.dialects import REGISTRY
 from proxy.embedded import EmbeddedServer
 from proxy.errors import ProxyError
 from proxy.handlers import setup_routes
 from proxy.log import get_logger
 from proxy.settings import Settings
+from proxy.slots import SlotManager, UpstreamSlots
+from proxy.store import RecordStore
+from proxy.tokens import tokenizer_for
 from proxy.upstream import Upstream, UpstreamSpec, detect_kind, make_session
 
 log = get_logger("kvproxy.app")
@@ -25,11 +28,47 @@ def create_app(settings: Settings) -> web.Application:
     # aiohttp's own limit only has to stay out of their way.
     app = web.Application(client_max_size=settings.max_body_bytes + 1)
     app[SETTINGS] = settings
+    app.cleanup_ctx.append(store_ctx)
     if not settings.upstreams:
         app.cleanup_ctx.append(embedded_ctx)
     app.cleanup_ctx.append(upstreams_ctx)
+    app.cleanup_ctx.append(slots_ctx)
     setup_routes(app, dict(REGISTRY))
     return app
+
+
+async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    store = RecordStore(settings.records_dir, max_records=settings.records_max)
+    store.start()
+    app[STORE] = store
+    try:
+        yield
+    finally:
+        await store.close()
+
+
+async def slots_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Slot tables and tokenizers, one per upstream, from what each server reports."""
+    settings = app[SETTINGS]
+    pools = []
+    for index, upstream in enumerate(app[POOL].upstreams):
+        props = upstream.props or {}
+        generation = props.get("default_generation_settings") or {}
+        llama = upstream.kind == "llama"
+        pools.append(
+            UpstreamSlots(
+                index=index,
+                upstream=upstream,
+                tokenizer=await tokenizer_for(upstream, settings.tokenizer),
+                n_slots=int(props.get("total_slots") or 1) if llama else 1,
+                n_ctx=generation.get("n_ctx"),
+                can_save=llama and bool(props.get("endpoint_slots", True)),
+                slot_dir=settings.slot_dir if EMBEDDED in app else None,
+            )
+        )
+    app[SLOTS] = SlotManager(pools, settings.route, settings.slot_cache_max_bytes)
+    yield
 
 
 async def embedded_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -18,6 +18,7 @@ from proxy.app import create_app
 from proxy.embedded import EmbeddedError
 from proxy.errors import ProxyError
 from proxy.log import configure, get_logger
+from proxy.routing import RoutePolicy
 from proxy.settings import EmbeddedSettings, Settings, default_data_dir
 from proxy.upstream import UpstreamSpec
 
@@ -45,6 +46,19 @@ SERVE_OPTIONS: tuple[tuple[str, type, str, str], ...] = (
     ("--upstream-timeout", float, "600",
      "seconds of upstream silence (before the first byte or between chunks) before a 504"),
     ("--log-level", str, "info", "debug, info, warning or error"),
+    ("--tokenizer", Path, None,
+     "GGUF file or tokenizer directory for exact tokens; default: the server's own GGUF"),
+    ("--slot-cache-max-bytes", int, str(4 * 1024**3),
+     "disk budget for saved slot files (oldest-used deleted first)"),
+    ("--records-max", int, "200000", "request records kept in LMDB (oldest pruned first)"),
+    ("--route-hot-tokens", int, "512",
+     "a slot that would lose this many recently used tokens is hot: not overwritten while "
+     "an empty or cold slot exists"),
+    ("--route-busy-wait-tokens", int, "2048",
+     "load guard: queue behind a busy slot only when it saves more prefill tokens than this"),
+    ("--route-max-queue", int, "2", "load guard: never queue this many requests on one slot"),
+    ("--route-min-restore-gain", int, "256",
+     "restore a saved prefix only when it beats every live slot by this many tokens"),
 )  # fmt: skip
 EMBEDDED_OPTIONS: tuple[tuple[str, type, str | None, str], ...] = (
     ("--model", Path, None, "GGUF file to serve; default: the bundled SmolLM2-135M-Instruct"),
@@ -101,6 +115,15 @@ def settings_from(args: argparse.Namespace) -> Settings:
         connect_timeout=args.connect_timeout,
         upstream_timeout=args.upstream_timeout,
         log_level=args.log_level,
+        tokenizer=args.tokenizer.expanduser() if args.tokenizer else None,
+        slot_cache_max_bytes=args.slot_cache_max_bytes,
+        records_max=args.records_max,
+        route=RoutePolicy(
+            hot_tokens=args.route_hot_tokens,
+            busy_wait_tokens=args.route_busy_wait_tokens,
+            max_queue=args.route_max_queue,
+            min_restore_gain=args.route_min_restore_gain,
+        ),
         embedded=EmbeddedSettings(
             model=args.model,
             parallel=args.slots,

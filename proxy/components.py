@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from proxy.conversation import Conversation
 from proxy.settings import Settings
+from proxy.slots import SlotManager
+from proxy.store import RecordStore
 from proxy.upstream import Upstream
 
 
@@ -21,10 +22,8 @@ class UpstreamPool:
     def primary(self) -> Upstream:
         return self.upstreams[0]
 
-    def choose(self, conv: Conversation) -> Upstream:
-        """Where a dialect request goes. Cache-aware routing replaces this (see routing)."""
-        return self.primary
-
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", UpstreamPool)
+SLOTS = web.AppKey("slots", SlotManager)
+STORE = web.AppKey("store", RecordStore)

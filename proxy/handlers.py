@@ -16,13 +16,20 @@ import aiohttp
 from aiohttp import web
 
 from proxy import ollama_bridge
-from proxy.components import POOL, SETTINGS
+from proxy.components import POOL, SETTINGS, SLOTS, STORE
 from proxy.conversation import Conversation
 from proxy.dialects.base import DialectBase
 from proxy.errors import BadRequest, PayloadTooLarge, ProxyError, UnsupportedMedia
 from proxy.log import get_logger
 from proxy.record import RequestRecord, new_request_id
-from proxy.streaming import SSESplitter, UsageObserver, decode_event, server_counters
+from proxy.slots import Lease, SlotManager, miss_cause
+from proxy.streaming import (
+    SSESplitter,
+    UsageObserver,
+    decode_event,
+    server_counters,
+    with_cached_tokens,
+)
 from proxy.upstream import Upstream, forwardable_headers
 
 log = get_logger("kvproxy.handlers")
@@ -128,35 +135,64 @@ async def relay_stream(
     return out
 
 
+CACHE_HEADER = "x-kvproxy-cache"
+
+
+def cache_header(lease: Lease) -> dict[str, str]:
+    """Known before the first byte, so it carries the prediction; the record and the
+    OpenAI usage carry the server's own figure."""
+    prompt = len(lease.prompt) if lease.prompt is not None else "?"
+    return {
+        CACHE_HEADER: f"cached={lease.route.predicted}; prompt={prompt}; slot={lease.slot_label}"
+    }
+
+
+def upstream_call(
+    dialect: DialectBase, conv: Conversation, upstream: Upstream, raw_path: str
+) -> tuple[str, dict[str, Any], bool]:
+    """(path, body, bridged): an ollama request to llama-server is translated; everything
+    else goes to the same path in its own dialect."""
+    if upstream.kind == "llama" and dialect.family == "ollama":
+        endpoint = "chat" if conv.kind == "chat" else "generate"
+        path, body = ollama_bridge.upstream_request(conv, endpoint)
+        return path, body, True
+    return raw_path, dialect.render(conv), False
+
+
 async def relay_native(
     request: web.Request,
     dialect: DialectBase,
-    conv: Conversation,
+    path: str,
+    body: dict[str, Any],
     upstream: Upstream,
     rec: RequestRecord,
+    observer: UsageObserver,
+    extra_headers: dict[str, str],
 ) -> web.StreamResponse:
-    """Same dialect on both sides: render the canonical request back, relay the bytes."""
-    rec.upstream_path = request.path
-    body = dialect.render(conv)
+    """Same dialect on both sides: relay the bytes, observing counters and generated text."""
+    rec.upstream_path = path
     async with upstream.request(
-        "POST", request.raw_path, json_body=body, headers=client_headers(request)
+        "POST", path, json_body=body, headers=client_headers(request)
     ) as resp:
         rec.status = resp.status
-        observer = UsageObserver("ndjson" if resp.content_type.endswith("ndjson") else "sse")
+        observer.framing("ndjson" if resp.content_type.endswith("ndjson") else "sse")
+        headers = {**forwardable_headers(resp.headers), **extra_headers}
         if is_stream(resp):
 
             def observe(chunk: bytes) -> list[bytes]:
                 observer.feed(chunk)
                 return [chunk]
 
-            out = await relay_stream(request, resp, upstream, dialect, rec, on_chunk=observe)
+            out = await relay_stream(
+                request, resp, upstream, dialect, rec, on_chunk=observe, headers=headers
+            )
         else:
             raw = await resp.read()
             rec.first_byte()
             observer.observe_body(raw)
-            out = web.Response(
-                status=resp.status, body=raw, headers=forwardable_headers(resp.headers)
-            )
+            if dialect.family == "openai" and resp.status == 200:
+                raw = with_cached_tokens(raw, observer.timings.get("cache_n"))
+            out = web.Response(status=resp.status, body=raw, headers=headers)
         rec.absorb(observer.counters())
         return out
 
@@ -167,14 +203,17 @@ def ndjson(objects: list[dict[str, Any]]) -> list[bytes]:
 
 async def relay_ollama_bridge(
     request: web.Request,
-    dialect: DialectBase,
     conv: Conversation,
+    dialect: DialectBase,
+    path: str,
+    body: dict[str, Any],
     upstream: Upstream,
     rec: RequestRecord,
+    observer: UsageObserver,
+    extra_headers: dict[str, str],
 ) -> web.StreamResponse:
     """An ollama request answered by llama-server: translate there and back."""
     endpoint = "chat" if conv.kind == "chat" else "generate"
-    path, body = ollama_bridge.upstream_request(conv, endpoint)
     rec.upstream_path, rec.translated = path, True
     responder = ollama_bridge.OllamaResponder(endpoint=endpoint, model=conv.model or "")
     async with upstream.request(
@@ -183,12 +222,14 @@ async def relay_ollama_bridge(
         rec.status = resp.status
         if resp.status != 200:
             message = upstream_error_message(await resp.read())
-            return web.json_response({"error": message}, status=resp.status)
+            return web.json_response({"error": message}, status=resp.status, headers=extra_headers)
         if not conv.stream:
-            answer = responder.whole(await resp.json(content_type=None))
+            whole = await resp.json(content_type=None)
+            observer.observe(whole)
+            answer = responder.whole(whole)
             rec.first_byte()
             rec.absorb(server_counters(responder.timings, responder.usage))
-            return web.json_response(answer)
+            return web.json_response(answer, headers=extra_headers)
         splitter = SSESplitter()
 
         def translate(chunk: bytes) -> list[bytes]:
@@ -198,6 +239,7 @@ async def relay_ollama_bridge(
                 if event is not None and "error" in event:
                     objects.append({"error": upstream_error_message(payload)})
                 elif event is not None:
+                    observer.observe(event)
                     objects.extend(responder.on_event(event))
             return ndjson(objects)
 
@@ -208,25 +250,88 @@ async def relay_ollama_bridge(
             dialect,
             rec,
             on_chunk=translate,
-            headers={"Content-Type": "application/x-ndjson"},
+            headers={"Content-Type": "application/x-ndjson", **extra_headers},
             closing=lambda: ndjson(responder.finish()),
         )
         rec.absorb(server_counters(responder.timings, responder.usage))
         return out
 
 
+def note_route(rec: RequestRecord, lease: Lease) -> None:
+    rec.upstream = lease.pool.upstream.name
+    rec.slot = lease.slot_label
+    rec.predicted_cached = lease.route.predicted if lease.prompt is not None else None
+    rec.route_reason = lease.route.reason
+    rec.restored = lease.restored
+    rec.estimated = lease.estimated
+
+
+def note_outcome(rec: RequestRecord, lease: Lease) -> None:
+    """Server figures for ollama are estimates: prompt_eval_count counts only the tokens
+    it evaluated, so cached = estimated prompt - evaluated."""
+    if lease.estimated and lease.prompt is not None and rec.prompt_tokens is not None:
+        evaluated = rec.prompt_tokens
+        rec.prefilled_tokens = evaluated
+        rec.prompt_tokens = max(len(lease.prompt), evaluated)
+        rec.cached_tokens = rec.prompt_tokens - evaluated
+    if lease.prompt is not None and rec.prompt_tokens is None and rec.status == 200:
+        rec.prompt_tokens = len(lease.prompt)
+    rec.miss_cause = miss_cause(lease, rec.cached_tokens, rec.prompt_tokens)
+
+
+async def finish_lease(
+    slots: SlotManager, lease: Lease, observer: UsageObserver, rec: RequestRecord
+) -> None:
+    completed = rec.status == 200 and rec.error is None
+    generated = None
+    if completed and lease.prompt is not None:
+        try:
+            generated = await lease.pool.tokenizer.text_tokens(observer.text)
+        except ProxyError:
+            completed = False
+    slots.release(
+        lease,
+        completed=completed,
+        generated=generated,
+        finish_reason=observer.finish_reason,
+        cached_actual=rec.cached_tokens,
+    )
+
+
 def dialect_handler(dialect: DialectBase) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
-        rec = RequestRecord(request_id=new_request_id(), path=request.path, dialect=dialect.name)
+        store = request.app[STORE]
+        rec = RequestRecord(
+            request_id=new_request_id(), path=request.path, dialect=dialect.name, sink=store.put
+        )
+        lease: Lease | None = None
+        slots = request.app[SLOTS]
+        observer = UsageObserver()
         try:
             body = await read_json(request, request.app[SETTINGS].max_body_bytes)
             conv = dialect.parse(body)
             rec.model, rec.stream = conv.model, conv.stream
-            upstream = request.app[POOL].choose(conv)
-            rec.upstream = upstream.name
-            if upstream.kind == "llama" and dialect.family == "ollama":
-                return await relay_ollama_bridge(request, dialect, conv, upstream, rec)
-            return await relay_native(request, dialect, conv, upstream, rec)
+            calls = {
+                pool.index: upstream_call(dialect, conv, pool.upstream, request.raw_path)
+                for pool in slots.pools
+            }
+            lease = await slots.acquire(conv, {i: call[1] for i, call in calls.items()})
+            note_route(rec, lease)
+            path, upstream_body, bridged = calls[lease.route.upstream]
+            if lease.pool.pins:
+                upstream_body = {**upstream_body, "id_slot": lease.route.slot, "cache_prompt": True}
+            upstream, headers = lease.pool.upstream, cache_header(lease)
+            if bridged:
+                out = await relay_ollama_bridge(
+                    request, conv, dialect, path, upstream_body, upstream, rec, observer, headers
+                )
+            else:
+                out = await relay_native(
+                    request, dialect, path, upstream_body, upstream, rec, observer, headers
+                )
+            note_outcome(rec, lease)
+            await finish_lease(slots, lease, observer, rec)
+            return out
         except ProxyError as err:
             rec.status, rec.error = err.status, err.message
             log.warning(
@@ -246,6 +351,8 @@ def dialect_handler(dialect: DialectBase) -> Handler:
             rec.status, rec.error = err.status, err.message
             return web.json_response(dialect.error_body(err), status=err.status)
         finally:
+            if lease is not None and not lease.released:
+                slots.release(lease, completed=False, cached_actual=rec.cached_tokens)
             rec.done()
 
     return handle

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.log import get_logger
@@ -36,7 +37,16 @@ class RequestRecord:
     prefilled_tokens: int | None = None
     prefill_ms: float | None = None
     decode_tokens: int | None = None
+    decode_ms: float | None = None
+    decode_tps: float | None = None
+    slot: str | None = None
+    predicted_cached: int | None = None
+    route_reason: str | None = None
+    restored: bool = False
+    miss_cause: str | None = None
+    estimated: bool = False
     error: str | None = None
+    sink: Callable[[dict[str, Any]], None] | None = field(default=None, repr=False)
     _emitted: bool = field(default=False, repr=False)
 
     def first_byte(self) -> None:
@@ -48,11 +58,26 @@ class RequestRecord:
             if value is not None and hasattr(self, key):
                 setattr(self, key, value)
 
+    def fields(self) -> dict[str, Any]:
+        skip = {"t0", "sink"}
+        out = {
+            k: getattr(self, k)
+            for k in self.__dataclass_fields__
+            if not k.startswith("_") and k not in skip
+        }
+        out["time"] = out.pop("started")
+        return out
+
     def done(self) -> None:
-        """Emit the ``request_done`` event; later calls are no-ops."""
+        """Emit the ``request_done`` event and hand the record to the store; later calls
+        are no-ops."""
         if self._emitted:
             return
         self._emitted = True
         self.duration_ms = round((time.perf_counter() - self.t0) * 1000, 3)
-        fields = {k: v for k, v in asdict(self).items() if not k.startswith("_") and k != "t0"}
+        if self.decode_tokens and self.decode_ms:
+            self.decode_tps = round(self.decode_tokens / (self.decode_ms / 1000), 2)
+        fields = self.fields()
         log.info("request_done", **fields)
+        if self.sink is not None:
+            self.sink(fields)

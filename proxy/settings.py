@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from proxy.routing import RoutePolicy
 from proxy.upstream import UpstreamSpec
 
 
@@ -37,3 +38,18 @@ class Settings:
     upstream_timeout: float = 600.0
     log_level: str = "info"
     embedded: EmbeddedSettings = field(default_factory=EmbeddedSettings)
+    # Exact tokens: a GGUF file or a Hugging Face tokenizer directory; default: the GGUF the
+    # llama-server reports in /props when it is readable here, else the server's endpoints.
+    tokenizer: Path | None = None
+    slot_cache_max_bytes: int = 4 * 1024**3
+    records_max: int = 200_000
+    route: RoutePolicy = field(default_factory=RoutePolicy)
+
+    @property
+    def records_dir(self) -> Path:
+        return self.data_dir / "records"
+
+    @property
+    def slot_dir(self) -> Path:
+        """Where the embedded llama-server saves slots (--slot-save-path)."""
+        return self.data_dir / "slots"

@@ -58,29 +58,60 @@ def decode_event(payload: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def generated_text(event: Mapping[str, Any]) -> tuple[str, str | None]:
+    """(text, finish reason) an event adds, in any of the upstream shapes: OpenAI chat
+    (delta or message), OpenAI completions, llama-server /completion, ollama."""
+    choices = event.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        choice = choices[0]
+        part = choice.get("delta") or choice.get("message") or {}
+        text = part.get("content") if isinstance(part, dict) else None
+        if text is None:
+            text = choice.get("text")
+        return (text if isinstance(text, str) else ""), choice.get("finish_reason")
+    if "content" in event and isinstance(event["content"], str):
+        reason = event.get("stop_type") if event.get("stop") else None
+        return event["content"], {"eos": "stop", "limit": "length"}.get(reason, reason)
+    message = event.get("message")
+    if isinstance(message, dict) and isinstance(message.get("content"), str):
+        return message["content"], event.get("done_reason")
+    if isinstance(event.get("response"), str):
+        return event["response"], event.get("done_reason")
+    return "", None
+
+
 class UsageObserver:
-    """Keeps the server-reported counters seen in a response, streamed or not.
+    """Keeps the server-reported counters seen in a response, streamed or not, and the text
+    generated (what the slot holds after the prompt, for the prefix index)."""
 
-    Only events that mention ``timings``, ``usage`` or ollama's ``prompt_eval_count`` are
-    decoded, so relaying a long stream costs one substring search per event.
-    """
-
-    MARKERS = (b'"timings"', b'"usage"', b'"prompt_eval_count"')
-
-    def __init__(self, framing: str) -> None:
-        self._splitter = SSESplitter() if framing == "sse" else NDJSONSplitter()
+    def __init__(self, framing: str = "sse") -> None:
+        self._splitter: SSESplitter | NDJSONSplitter = SSESplitter()
+        self.framing(framing)
         self.timings: dict[str, Any] = {}
         self.usage: dict[str, Any] = {}
         self.ollama: dict[str, Any] = {}
+        self._text: list[str] = []
+        self.finish_reason: str | None = None
+
+    def framing(self, framing: str) -> None:
+        self._splitter = SSESplitter() if framing == "sse" else NDJSONSplitter()
+
+    @property
+    def text(self) -> str:
+        return "".join(self._text)
 
     def feed(self, chunk: bytes) -> None:
         for payload in self._splitter.feed(chunk):
-            if any(m in payload for m in self.MARKERS):
-                self.observe(decode_event(payload))
+            self.observe(decode_event(payload))
 
     def observe(self, event: dict[str, Any] | None) -> None:
         if not event:
             return
+        text, reason = generated_text(event)
+        if text:
+            self._text.append(text)
+        if reason:
+            self.finish_reason = reason
         if isinstance(event.get("timings"), dict):
             self.timings = event["timings"]
         if isinstance(event.get("usage"), dict):
@@ -88,7 +119,12 @@ class UsageObserver:
         if "prompt_eval_count" in event:
             self.ollama = {
                 k: event[k]
-                for k in ("prompt_eval_count", "prompt_eval_duration", "eval_count")
+                for k in (
+                    "prompt_eval_count",
+                    "prompt_eval_duration",
+                    "eval_count",
+                    "eval_duration",
+                )
                 if k in event
             }
 
@@ -125,6 +161,7 @@ def server_counters(timings: Mapping[str, Any], usage: Mapping[str, Any]) -> dic
         out["prompt_tokens"] = timings["prompt_n"] + timings.get("cache_n", 0)
         out["prefill_ms"] = timings.get("prompt_ms")
         out["decode_tokens"] = timings.get("predicted_n")
+        out["decode_ms"] = timings.get("predicted_ms")
     elif "prompt_tokens" in usage:
         out["prompt_tokens"] = usage["prompt_tokens"]
         details = usage.get("prompt_tokens_details") or {}
@@ -132,3 +169,18 @@ def server_counters(timings: Mapping[str, Any], usage: Mapping[str, Any]) -> dic
             out["cached_tokens"] = details["cached_tokens"]
         out["decode_tokens"] = usage.get("completion_tokens")
     return out
+
+
+def with_cached_tokens(raw: bytes, cached: int | None) -> bytes:
+    """An OpenAI body with ``usage.prompt_tokens_details.cached_tokens`` set from the
+    server's own figure when the upstream left it out; otherwise the bytes unchanged."""
+    if cached is None or b'"usage"' not in raw or b'"cached_tokens"' in raw:
+        return raw
+    body = decode_event(raw.strip())
+    if body is None or not isinstance(body.get("usage"), dict):
+        return raw
+    details = body["usage"].setdefault("prompt_tokens_details", {})
+    if not isinstance(details, dict):
+        return raw
+    details["cached_tokens"] = cached
+    return json.dumps(body, separators=(",", ":")).encode()

@@ -1,0 +1,147 @@
+"""What token prefixes are held where, found by chained block hashes (sans-IO).
+
+A prefix is cut into blocks of ``BLOCK`` tokens; block i's hash chains the hash of block
+i-1, so equal hashes at depth i mean equal tokens up to the end of block i. A dict maps
+each chain hash to the entries that hold it. The longest stored match of a prompt is then
+a binary search over the prompt's own chain (membership is monotone in depth) and an exact
+token comparison inside one block: the cost depends on the prompt's length, not on how many
+prefixes are stored.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import xxhash
+
+BLOCK = 64
+# Candidates compared token by token inside the last partial block of a longest match.
+REFINE_CANDIDATES = 8
+
+
+def chain_hashes(tokens: Sequence[int], block: int = BLOCK) -> list[int]:
+    """The chained hash of every full block of ``tokens``."""
+    out: list[int] = []
+    prev = 0
+    full = len(tokens) - len(tokens) % block
+    data = array("i", tokens[:full]).tobytes()
+    step = block * 4
+    for start in range(0, len(data), step):
+        prev = xxhash.xxh3_64_intdigest(data[start : start + step], seed=prev)
+        out.append(prev)
+    return out
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int], start: int = 0) -> int:
+    """Length of the common prefix of ``a`` and ``b``, given that it is at least ``start``."""
+    n = min(len(a), len(b))
+    i = start
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt's tokens with their chain hashes, computed once per request."""
+
+    tokens: tuple[int, ...]
+    hashes: tuple[int, ...] = field(default=())
+
+    @classmethod
+    def of(cls, tokens: Iterable[int]) -> Prompt:
+        toks = tuple(tokens)
+        return cls(toks, tuple(chain_hashes(toks)))
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def shared_blocks(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading chain hashes ``a`` and ``b`` share (chains are prefix-closed)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[mid - 1] == b[mid - 1]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def match_length(held: Prompt, prompt: Prompt) -> int:
+    """Exact common token prefix of two prompts, in O(log blocks + BLOCK)."""
+    blocks = shared_blocks(held.hashes, prompt.hashes)
+    return common_prefix(held.tokens, prompt.tokens, blocks * BLOCK)
+
+
+class PrefixIndex:
+    """Token prefixes under caller-chosen keys (a live slot, a saved file, a ghost)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[Hashable, Prompt] = {}
+        self._by_hash: dict[int, dict[Hashable, None]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._entries
+
+    def get(self, key: Hashable) -> Prompt | None:
+        return self._entries.get(key)
+
+    def keys(self) -> list[Hashable]:
+        return list(self._entries)
+
+    def put(self, key: Hashable, prompt: Prompt) -> None:
+        self.remove(key)
+        self._entries[key] = prompt
+        for h in prompt.hashes:
+            self._by_hash.setdefault(h, {})[key] = None
+
+    def remove(self, key: Hashable) -> Prompt | None:
+        old = self._entries.pop(key, None)
+        if old is not None:
+            for h in old.hashes:
+                holders = self._by_hash.get(h)
+                if holders is not None:
+                    holders.pop(key, None)
+                    if not holders:
+                        del self._by_hash[h]
+        return old
+
+    def match(self, key: Hashable, prompt: Prompt) -> int:
+        held = self._entries.get(key)
+        return 0 if held is None else match_length(held, prompt)
+
+    def longest(self, prompt: Prompt) -> tuple[Hashable | None, int]:
+        """The stored entry sharing the longest token prefix with ``prompt``, and its length.
+
+        Only whole blocks are indexed, so a match shorter than one block is found only when
+        some entry is compared directly (``match``); such short matches are not worth a
+        restore anyway.
+        """
+        hashes = prompt.hashes
+        lo, hi = 0, len(hashes)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if hashes[mid - 1] in self._by_hash:
+                lo = mid
+            else:
+                hi = mid - 1
+        if lo == 0:
+            return None, 0
+        holders = self._by_hash[hashes[lo - 1]]
+        best_key: Hashable | None = None
+        best = -1
+        # The newest holders first: dicts keep insertion order.
+        for i, key in enumerate(reversed(holders)):
+            if i >= REFINE_CANDIDATES:
+                break
+            n = common_prefix(self._entries[key].tokens, prompt.tokens, lo * BLOCK)
+            if n > best:
+                best_key, best = key, n
+        return best_key, best

@@ -1,0 +1,155 @@
+"""Which upstream slot a request goes to: a pure decision over a snapshot of the slots.
+
+The inputs are what the prefix index predicts for this prompt on every slot and the best
+saved prefix on disk; the output names the slot, whether to restore a saved prefix into it
+first, and whether the slot's own content must be saved before it is overwritten. The
+thresholds are in ``RoutePolicy`` and documented in docs/config.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SlotView:
+    """One upstream slot as the router sees it for one prompt."""
+
+    upstream: int
+    slot: int
+    cached: int  # predicted cached tokens of this prompt on this slot
+    held: int  # tokens the slot holds now
+    busy: int = 0  # requests in flight on it
+    last_used: float = 0.0  # monotonic seconds; 0 = never
+    saved: bool = False  # its content is already on disk
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.upstream, self.slot)
+
+
+@dataclass(frozen=True)
+class SavedView:
+    """The best saved prefix for this prompt, and which upstreams can restore it."""
+
+    name: str
+    cached: int
+    upstream: int
+
+
+@dataclass(frozen=True)
+class RoutePolicy:
+    # A slot whose overwrite would discard at least this many tokens used within
+    # hot_seconds is hot: an unrelated prompt goes to an empty or cold slot instead.
+    hot_tokens: int = 512
+    hot_seconds: float = 1800.0
+    # Restore a saved prefix only when it beats every live slot by this many tokens.
+    min_restore_gain: int = 256
+    # Save a slot before overwriting it when it would lose at least this many tokens.
+    min_save_tokens: int = 256
+    # Load guard: a busy slot is taken over an idle one only when it saves more than this
+    # many tokens of prefill and fewer than max_queue requests are already on it.
+    busy_wait_tokens: int = 2048
+    max_queue: int = 2
+
+
+@dataclass(frozen=True)
+class Route:
+    upstream: int
+    slot: int
+    predicted: int  # cached tokens expected on the chosen slot
+    reason: str
+    restore: str | None = None  # saved prefix to restore into the slot first
+    save_first: bool = False  # save the slot's current content before overwriting
+    lost: int = 0  # tokens of the slot's content that this request discards
+
+
+def usable(cached: int, prompt_len: int) -> int:
+    """llama-server always evaluates at least one prompt token."""
+    return max(0, min(cached, prompt_len - 1))
+
+
+def discards(view: SlotView) -> int:
+    return max(0, view.held - view.cached)
+
+
+def is_hot(view: SlotView, policy: RoutePolicy, now: float) -> bool:
+    return (
+        discards(view) >= policy.hot_tokens
+        and view.last_used > 0
+        and now - view.last_used < policy.hot_seconds
+    )
+
+
+def value(view: SlotView, prompt_len: int, policy: RoutePolicy, now: float) -> int:
+    """Tokens this prompt reuses on the slot, minus the hot tokens it would throw away
+    (unless they are already saved, in which case they come back by restore)."""
+    penalty = discards(view) if is_hot(view, policy, now) and not view.saved else 0
+    return usable(view.cached, prompt_len) - penalty
+
+
+def rank(view: SlotView, prompt_len: int, policy: RoutePolicy, now: float) -> tuple:
+    """Sort key, best first: value, then idle over busy, then least recently used."""
+    return (-value(view, prompt_len, policy, now), view.busy > 0, view.last_used, view.key)
+
+
+def victim(idle: list[SlotView], policy: RoutePolicy, now: float) -> SlotView:
+    """Where a restored prefix goes: empty, then cold, then the least recently used."""
+    return min(idle, key=lambda v: (v.held > 0, is_hot(v, policy, now), v.last_used, v.key))
+
+
+def finish(view: SlotView, prompt_len: int, reason: str, policy: RoutePolicy) -> Route:
+    lost = discards(view)
+    return Route(
+        upstream=view.upstream,
+        slot=view.slot,
+        predicted=usable(view.cached, prompt_len),
+        reason=reason,
+        save_first=lost >= policy.min_save_tokens and not view.saved,
+        lost=lost,
+    )
+
+
+def choose(
+    prompt_len: int,
+    slots: list[SlotView],
+    saved: SavedView | None = None,
+    policy: RoutePolicy | None = None,
+    now: float = 0.0,
+) -> Route:
+    """The slot for a prompt of ``prompt_len`` tokens. ``slots`` must not be empty."""
+    policy = policy or RoutePolicy()
+    ranked = sorted(slots, key=lambda v: rank(v, prompt_len, policy, now))
+    idle = [v for v in ranked if v.busy == 0]
+    best = ranked[0]
+    reason = "prefix-hit" if usable(best.cached, prompt_len) > 0 else "no-match"
+    if best.busy and idle:
+        gain = usable(best.cached, prompt_len) - usable(idle[0].cached, prompt_len)
+        if best.busy >= policy.max_queue or gain <= policy.busy_wait_tokens:
+            best, reason = idle[0], "load-guard"
+    elif best.busy:
+        reason = "all-busy"
+    if (
+        saved is not None
+        and idle
+        and usable(saved.cached, prompt_len)
+        >= usable(best.cached, prompt_len) + policy.min_restore_gain
+    ):
+        target = victim([v for v in idle if v.upstream == saved.upstream] or idle, policy, now)
+        if target.upstream == saved.upstream:
+            base = finish(target, prompt_len, "restore", policy)
+            lost = target.held  # a restore replaces the slot's whole content
+            return Route(
+                upstream=base.upstream,
+                slot=base.slot,
+                predicted=usable(saved.cached, prompt_len),
+                reason="restore",
+                restore=saved.name,
+                save_first=lost >= policy.min_save_tokens and not target.saved,
+                lost=lost,
+            )
+    if reason == "no-match":
+        reason = (
+            "empty" if best.held == 0 else ("cold" if not is_hot(best, policy, now) else "evict")
+        )
+    return finish(best, prompt_len, reason, policy)

@@ -1,0 +1,352 @@
+"""What every upstream slot holds, and the I/O that routing decides: pin, save, restore.
+
+The decisions are ``routing.choose`` (pure); this module keeps the state they are made
+from (a ``PrefixIndex`` of live slots, one of saved files, one of evicted "ghosts" for miss
+causes), performs the slot saves and restores on llama-server, and updates the state from
+what each response says the slot now holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from proxy.conversation import Conversation
+from proxy.errors import ProxyError
+from proxy.log import get_logger
+from proxy.prefix_index import BLOCK, PrefixIndex, Prompt, common_prefix
+from proxy.routing import Route, RoutePolicy, SavedView, SlotView, choose
+from proxy.tokens import Tokenizer
+from proxy.upstream import Upstream
+
+log = get_logger("kvproxy.slots")
+
+# Evicted prefixes remembered (token hashes only) so that a later miss can say "evicted".
+GHOST_LIMIT = 4096
+# The generated tail of a slot is predicted from re-tokenized text, so a prompt that stops
+# this close to the end of what a slot held still counts as extending it.
+DIVERGE_SLACK = 2
+
+
+@dataclass
+class SlotState:
+    busy: int = 0
+    last_used: float = 0.0
+    saved: bool = False
+    prep: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass
+class UpstreamSlots:
+    """The slots of one upstream (ollama: one per instance) and how to tokenize for it."""
+
+    index: int
+    upstream: Upstream
+    tokenizer: Tokenizer
+    n_slots: int
+    n_ctx: int | None
+    can_save: bool
+    slot_dir: Path | None = None  # where its save files are, when they are on this host
+    held: PrefixIndex = field(default_factory=PrefixIndex)
+    states: list[SlotState] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.states:
+            self.states = [SlotState() for _ in range(self.n_slots)]
+
+    @property
+    def pins(self) -> bool:
+        return self.upstream.kind == "llama"
+
+
+@dataclass
+class Lease:
+    """One request's claim on a slot, from routing until its response is done."""
+
+    pool: UpstreamSlots
+    route: Route
+    prompt: Prompt | None
+    estimated: bool
+    known_best: int = 0  # longest prefix of this prompt anything ever held (live, saved, evicted)
+    known_from: str = "none"
+    diverged_from: int = 0  # the best live slot's held length, for "diverged at token N"
+    restored: bool = False
+    released: bool = False
+
+    @property
+    def slot_label(self) -> str:
+        return f"{self.route.upstream}/{self.route.slot}"
+
+
+@dataclass
+class SavedFile:
+    name: str
+    upstream: int
+    size: int
+
+
+class SlotManager:
+    def __init__(
+        self,
+        pools: list[UpstreamSlots],
+        policy: RoutePolicy,
+        max_saved_bytes: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.pools = pools
+        self.policy = policy
+        self.max_saved_bytes = max_saved_bytes
+        self.clock = clock
+        self.saved = PrefixIndex()
+        self.saved_files: OrderedDict[str, SavedFile] = OrderedDict()
+        self.ghosts = PrefixIndex()
+        self._lock = asyncio.Lock()
+
+    async def tokens_for(
+        self, conv: Conversation, bodies: dict[int, dict[str, Any]]
+    ) -> dict[int, Prompt | None]:
+        """Each upstream's prompt tokens, tokenizing once per distinct tokenizer."""
+        done: dict[int, Prompt | None] = {}
+        out: dict[int, Prompt | None] = {}
+        for pool in self.pools:
+            key = id(pool.tokenizer)
+            if key not in done:
+                try:
+                    toks = await pool.tokenizer.prompt_tokens(conv, bodies[pool.index])
+                except ProxyError as err:
+                    log.warning("tokenize_failed", upstream=pool.upstream.url, error=err.message)
+                    toks = None
+                done[key] = None if toks is None else Prompt.of(toks)
+            out[pool.index] = done[key]
+        return out
+
+    def views(self, pool: UpstreamSlots, prompt: Prompt | None) -> list[SlotView]:
+        out = []
+        for slot, state in enumerate(pool.states):
+            held = pool.held.get(slot)
+            out.append(
+                SlotView(
+                    upstream=pool.index,
+                    slot=slot,
+                    cached=pool.held.match(slot, prompt) if prompt is not None else 0,
+                    held=len(held) if held is not None else 0,
+                    busy=state.busy,
+                    last_used=state.last_used,
+                    saved=state.saved,
+                )
+            )
+        return out
+
+    def best_saved(self, prompt: Prompt | None) -> SavedView | None:
+        if prompt is None or not self.saved_files:
+            return None
+        name, n = self.saved.longest(prompt)
+        if name is None or n <= 0:
+            return None
+        return SavedView(name=str(name), cached=n, upstream=self.saved_files[str(name)].upstream)
+
+    async def acquire(self, conv: Conversation, bodies: dict[int, dict[str, Any]]) -> Lease:
+        """Route the request, and prepare the slot (save what it would lose, restore what
+        the request extends) before the request is sent."""
+        prompts = await self.tokens_for(conv, bodies)
+        async with self._lock:
+            now = self.clock()
+            views: list[SlotView] = []
+            for pool in self.pools:
+                views.extend(self.views(pool, prompts[pool.index]))
+            any_prompt = next((p for p in prompts.values() if p is not None), None)
+            length = len(any_prompt) if any_prompt is not None else 0
+            route = choose(length, views, self.best_saved(any_prompt), self.policy, now)
+            pool = self.pools[route.upstream]
+            prompt = prompts[route.upstream]
+            state = pool.states[route.slot]
+            state.busy += 1
+            state.last_used = now
+            lease = Lease(pool=pool, route=route, prompt=prompt, estimated=not pool.tokenizer.exact)
+            if prompt is not None:
+                self._note_known(lease, prompt, views)
+            await state.prep.acquire()
+        try:
+            if route.save_first and pool.can_save:
+                await self._save(pool, route.slot)
+            if route.restore is not None:
+                lease.restored = await self._restore(pool, route.slot, route.restore)
+                if not lease.restored:
+                    lease.route = Route(
+                        upstream=route.upstream,
+                        slot=route.slot,
+                        predicted=0,
+                        reason="restore-failed",
+                        lost=route.lost,
+                    )
+            if route.lost and not route.restore and pool.held.get(route.slot) is not None:
+                self._ghost(pool, route.slot)
+        finally:
+            state.prep.release()
+        return lease
+
+    def _note_known(self, lease: Lease, prompt: Prompt, views: list[SlotView]) -> None:
+        live = max(views, key=lambda v: v.cached)
+        best, source = live.cached, "live"
+        _, saved = self.saved.longest(prompt)
+        if saved > best:
+            best, source = saved, "saved"
+        _, ghost = self.ghosts.longest(prompt)
+        if ghost > best:
+            best, source = ghost, "evicted"
+        lease.known_best, lease.known_from = best, source
+        lease.diverged_from = live.held if live.cached > 0 else 0
+
+    def _ghost(self, pool: UpstreamSlots, slot: int) -> None:
+        held = pool.held.get(slot)
+        if held is None:
+            return
+        self.ghosts.put((pool.index, slot, self.clock()), held)
+        while len(self.ghosts) > GHOST_LIMIT:
+            self.ghosts.remove(self.ghosts.keys()[0])
+
+    async def _slot_action(
+        self, pool: UpstreamSlots, slot: int, action: str, name: str
+    ) -> dict[str, Any] | None:
+        try:
+            async with pool.upstream.request(
+                "POST", f"/slots/{slot}?action={action}", json_body={"filename": name}
+            ) as resp:
+                data = await resp.json(content_type=None)
+                if resp.status == 200 and isinstance(data, dict):
+                    return data
+                log.warning("slot_action_failed", action=action, slot=slot, status=resp.status)
+        except (ProxyError, ValueError) as err:
+            log.warning("slot_action_failed", action=action, slot=slot, error=str(err))
+        return None
+
+    async def _save(self, pool: UpstreamSlots, slot: int) -> None:
+        held = pool.held.get(slot)
+        if held is None or not held.hashes:
+            return
+        name = f"kvp-{xxhash.xxh3_64_hexdigest(repr(held.hashes[-1]).encode())}-{len(held)}.bin"
+        if name in self.saved_files:
+            self.saved_files.move_to_end(name)
+            pool.states[slot].saved = True
+            return
+        data = await self._slot_action(pool, slot, "save", name)
+        if data is None:
+            return
+        size = int(data.get("n_written") or 0)
+        self.saved_files[name] = SavedFile(name=name, upstream=pool.index, size=size)
+        self.saved.put(name, held)
+        pool.states[slot].saved = True
+        log.info("slot_saved", slot=slot, tokens=len(held), bytes=size, file=name)
+        self._bound_disk()
+
+    async def _restore(self, pool: UpstreamSlots, slot: int, name: str) -> bool:
+        prompt = self.saved.get(name)
+        if prompt is None:
+            return False
+        data = await self._slot_action(pool, slot, "restore", name)
+        if data is None:
+            return False
+        self.saved_files.move_to_end(name)
+        pool.held.put(slot, prompt)
+        pool.states[slot].saved = True
+        log.info("slot_restored", slot=slot, tokens=len(prompt), file=name)
+        return True
+
+    def _bound_disk(self) -> None:
+        """Oldest-used saved files go first once their total passes the budget."""
+        total = sum(f.size for f in self.saved_files.values())
+        while total > self.max_saved_bytes and len(self.saved_files) > 1:
+            name, old = self.saved_files.popitem(last=False)
+            total -= old.size
+            prompt = self.saved.remove(name)
+            if prompt is not None:
+                self.ghosts.put(("file", name), prompt)
+            slot_dir = self.pools[old.upstream].slot_dir
+            if slot_dir is not None:
+                (slot_dir / name).unlink(missing_ok=True)
+            log.info("slot_file_evicted", file=name, bytes=old.size)
+
+    def saved_bytes(self) -> int:
+        return sum(f.size for f in self.saved_files.values())
+
+    def release(
+        self,
+        lease: Lease,
+        *,
+        completed: bool,
+        generated: list[int] | None = None,
+        finish_reason: str | None = None,
+        cached_actual: int | None = None,
+    ) -> None:
+        """What the slot holds now: the prompt and the tokens fed back while generating
+        (all sampled tokens but the last, unless the last was the end-of-generation token
+        that is never fed back). An interrupted request leaves only what is certain."""
+        if lease.released:
+            return
+        lease.released = True
+        pool, slot = lease.pool, lease.route.slot
+        state = pool.states[slot]
+        state.busy = max(0, state.busy - 1)
+        state.last_used = self.clock()
+        prompt = lease.prompt
+        if prompt is None:
+            pool.held.remove(slot)
+            state.saved = False
+            return
+        if completed:
+            tail = list(generated or [])
+            if finish_reason not in ("stop", "eos") and tail:
+                tail = tail[:-1]
+            holds = Prompt.of(prompt.tokens + tuple(tail))
+        else:
+            keep = cached_actual if cached_actual is not None else lease.route.predicted
+            holds = Prompt.of(prompt.tokens[: max(0, keep)])
+        previous = pool.held.get(slot)
+        if previous is None or common_prefix(previous.tokens, holds.tokens) < len(previous):
+            state.saved = False
+        pool.held.put(slot, holds)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Per-slot state for logs and tests."""
+        out = []
+        for pool in self.pools:
+            for slot, state in enumerate(pool.states):
+                held = pool.held.get(slot)
+                out.append(
+                    {
+                        "upstream": pool.index,
+                        "slot": slot,
+                        "held": len(held) if held is not None else 0,
+                        "busy": state.busy,
+                        "saved": state.saved,
+                    }
+                )
+        return out
+
+
+def miss_cause(lease: Lease, cached: int | None, prompt_tokens: int | None) -> str | None:
+    """Why a request reused less than it could have; None for a hit.
+
+    - ``evicted``: a longer prefix had been held (overwritten, or saved and not restored);
+    - ``diverged at token N``: the best slot held more than this prompt shares with it (the
+      client changed its history at N), or the server reused less than predicted;
+    - ``cold``: nothing held shares even one block (``BLOCK`` tokens) with the prompt.
+    """
+    if cached is None or prompt_tokens is None:
+        return None
+    if cached < min(lease.known_best, prompt_tokens - 1):
+        if lease.known_from == "evicted" or (lease.known_from == "saved" and not lease.restored):
+            return "evicted"
+        return f"diverged at token {cached}"
+    if lease.known_best < BLOCK:
+        return "cold"
+    if lease.diverged_from > lease.known_best + DIVERGE_SLACK:
+        return f"diverged at token {lease.known_best}"
+    return None

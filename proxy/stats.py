@@ -1,0 +1,99 @@
+"""`kvproxy stats`: what the records say about cache reuse (pure summary, then text)."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+SINCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """``30m``, ``2h``, ``1d`` (ago) or a Unix time, to a Unix time."""
+    now = time.time() if now is None else now
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if match:
+        return now - float(match.group(1)) * SINCE_UNITS[match.group(2)]
+    try:
+        return float(text)
+    except ValueError as exc:
+        raise ValueError(f"--since takes 30m, 2h, 1d or a Unix time, not {text!r}") from exc
+
+
+@dataclass
+class Totals:
+    requests: int = 0
+    prompt: int = 0
+    cached: int = 0
+    prefilled: int = 0
+    prefill_ms: float = 0.0
+    compared: int = 0  # requests with both a prediction and the server's figure
+    exact: int = 0
+    abs_error: int = 0
+    causes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def add(self, r: dict[str, Any]) -> None:
+        self.requests += 1
+        self.prompt += r.get("prompt_tokens") or 0
+        self.cached += r.get("cached_tokens") or 0
+        self.prefilled += r.get("prefilled_tokens") or 0
+        self.prefill_ms += r.get("prefill_ms") or 0.0
+        predicted, actual = r.get("predicted_cached"), r.get("cached_tokens")
+        if predicted is not None and actual is not None and not r.get("estimated"):
+            self.compared += 1
+            self.exact += predicted == actual
+            self.abs_error += abs(predicted - actual)
+        cause = r.get("miss_cause")
+        if cause:
+            self.causes[cause.split(" at token")[0]] += 1
+
+    @property
+    def hit_rate(self) -> float:
+        return self.cached / self.prompt if self.prompt else 0.0
+
+    @property
+    def seconds_saved(self) -> float:
+        """Cached tokens times the measured prefill time per token."""
+        if not self.prefilled or not self.prefill_ms:
+            return 0.0
+        return self.cached * (self.prefill_ms / self.prefilled) / 1000
+
+
+def summarize(records: Iterable[dict[str, Any]]) -> tuple[Totals, dict[str, Totals]]:
+    total, per_slot = Totals(), defaultdict(Totals)
+    for r in records:
+        if r.get("status") not in (None, 200):
+            continue
+        total.add(r)
+        per_slot[r.get("slot") or "-"].add(r)
+    return total, dict(sorted(per_slot.items()))
+
+
+def render(total: Totals, per_slot: dict[str, Totals]) -> str:
+    if not total.requests:
+        return "no records"
+    lines = [
+        f"requests            {total.requests}",
+        f"prompt tokens       {total.prompt}",
+        f"cached tokens       {total.cached}  (hit rate by tokens {total.hit_rate:.1%})",
+        f"prefilled tokens    {total.prefilled}",
+        f"prefill saved       ~{total.seconds_saved:.1f} s (cached tokens at the measured rate)",
+    ]
+    if total.compared:
+        lines.append(
+            f"predicted = actual  {total.exact}/{total.compared} requests "
+            f"({total.exact / total.compared:.1%}), mean |error| "
+            f"{total.abs_error / total.compared:.1f} tokens"
+        )
+    if total.causes:
+        causes = ", ".join(f"{k} {v}" for k, v in sorted(total.causes.items()))
+        lines.append(f"misses              {causes}")
+    lines.append("")
+    lines.append(f"{'slot':<8}{'requests':>9}{'prompt':>10}{'cached':>10}{'hit rate':>10}")
+    for slot, t in per_slot.items():
+        lines.append(f"{slot:<8}{t.requests:>9}{t.prompt:>10}{t.cached:>10}{t.hit_rate:>10.1%}")
+    return "\n".join(lines)
