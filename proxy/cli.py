@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shlex
 import signal
@@ -20,6 +21,8 @@ from proxy.errors import ProxyError
 from proxy.log import configure, get_logger
 from proxy.routing import RoutePolicy
 from proxy.settings import EmbeddedSettings, Settings, default_data_dir
+from proxy.stats import parse_since, render, summarize
+from proxy.store import read_records
 from proxy.upstream import UpstreamSpec
 
 log = get_logger("kvproxy.cli")
@@ -101,7 +104,33 @@ def build_parser() -> argparse.ArgumentParser:
         serve.add_argument_group("embedded llama-server (used when no --upstream is given)"),
         EMBEDDED_OPTIONS,
     )
+    stats = sub.add_parser("stats", help="summarize the request records (hit rate, misses)")
+    stats.add_argument(
+        "--data-dir", type=Path, default=env("DATA_DIR", str(default_data_dir())),
+        help="kvproxy's data dir [KVPROXY_DATA_DIR]",
+    )  # fmt: skip
+    stats.add_argument("--since", default=None, help="30m, 2h, 1d or a Unix time; default: all")
+    stats.add_argument("--json", action="store_true", help="print the totals as JSON")
     return parser
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    try:
+        since = parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        print(f"kvproxy stats: {exc}", file=sys.stderr)
+        return 2
+    records_dir = Settings(data_dir=args.data_dir.expanduser()).records_dir
+    total, per_slot = summarize(read_records(records_dir, since))
+    if args.json:
+        out = {k: v for k, v in vars(total).items() if k != "causes"}
+        out.update(causes=dict(total.causes), hit_rate=total.hit_rate)
+        out["per_slot"] = {k: {"requests": t.requests, "hit_rate": t.hit_rate}
+                           for k, t in per_slot.items()}  # fmt: skip
+        print(json.dumps(out))
+    else:
+        print(render(total, per_slot))
+    return 0
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -162,6 +191,8 @@ async def serve(settings: Settings) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "stats":
+        return run_stats(args)
     if args.log_level not in LOG_LEVELS:
         build_parser().error(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
     settings = settings_from(args)

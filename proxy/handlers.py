@@ -279,16 +279,13 @@ def note_outcome(rec: RequestRecord, lease: Lease) -> None:
     rec.miss_cause = miss_cause(lease, rec.cached_tokens, rec.prompt_tokens)
 
 
-async def finish_lease(
+def finish_lease(
     slots: SlotManager, lease: Lease, observer: UsageObserver, rec: RequestRecord
 ) -> None:
+    """Synchronous on purpose: nothing between the end of the relay and the slot update
+    may be cancelled by a client that hangs up."""
     completed = rec.status == 200 and rec.error is None
-    generated = None
-    if completed and lease.prompt is not None:
-        try:
-            generated = await lease.pool.tokenizer.text_tokens(observer.text)
-        except ProxyError:
-            completed = False
+    generated = lease.pool.tokenizer.text_tokens(observer.text) if completed else None
     slots.release(
         lease,
         completed=completed,
@@ -330,7 +327,7 @@ def dialect_handler(dialect: DialectBase) -> Handler:
                     request, dialect, path, upstream_body, upstream, rec, observer, headers
                 )
             note_outcome(rec, lease)
-            await finish_lease(slots, lease, observer, rec)
+            finish_lease(slots, lease, observer, rec)
             return out
         except ProxyError as err:
             rec.status, rec.error = err.status, err.message

@@ -21,7 +21,12 @@ class SlotView:
     held: int  # tokens the slot holds now
     busy: int = 0  # requests in flight on it
     last_used: float = 0.0  # monotonic seconds; 0 = never
-    saved: bool = False  # its content is already on disk
+    unsaved: int = -1  # tokens held beyond what a saved file covers (-1: all of them)
+
+    @property
+    def saved(self) -> bool:
+        """Everything it holds can come back from disk."""
+        return self.held == 0 or self.unsaved == 0
 
     @property
     def key(self) -> tuple[int, int]:
@@ -45,7 +50,8 @@ class RoutePolicy:
     hot_seconds: float = 1800.0
     # Restore a saved prefix only when it beats every live slot by this many tokens.
     min_restore_gain: int = 256
-    # Save a slot before overwriting it when it would lose at least this many tokens.
+    # Save a slot before overwriting it when it would lose at least this many tokens (and
+    # part of its content is not on disk yet).
     min_save_tokens: int = 256
     # Load guard: a busy slot is taken over an idle one only when it saves more than this
     # many tokens of prefill and fewer than max_queue requests are already on it.

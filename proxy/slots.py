@@ -39,7 +39,7 @@ DIVERGE_SLACK = 2
 class SlotState:
     busy: int = 0
     last_used: float = 0.0
-    saved: bool = False
+    saved_len: int = 0  # leading tokens of what it holds that a saved file covers
     prep: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -76,7 +76,7 @@ class Lease:
     estimated: bool
     known_best: int = 0  # longest prefix of this prompt anything ever held (live, saved, evicted)
     known_from: str = "none"
-    diverged_from: int = 0  # the best live slot's held length, for "diverged at token N"
+    known_held: int = 0  # how long that holder was, for "diverged at token N"
     restored: bool = False
     released: bool = False
 
@@ -139,7 +139,7 @@ class SlotManager:
                     held=len(held) if held is not None else 0,
                     busy=state.busy,
                     last_used=state.last_used,
-                    saved=state.saved,
+                    unsaved=(len(held) - state.saved_len) if held is not None else 0,
                 )
             )
         return out
@@ -176,6 +176,9 @@ class SlotManager:
         try:
             if route.save_first and pool.can_save:
                 await self._save(pool, route.slot)
+            held = pool.held.get(route.slot)
+            if route.lost and held is not None and state.saved_len < len(held):
+                self._ghost(pool, route.slot)
             if route.restore is not None:
                 lease.restored = await self._restore(pool, route.slot, route.restore)
                 if not lease.restored:
@@ -186,23 +189,19 @@ class SlotManager:
                         reason="restore-failed",
                         lost=route.lost,
                     )
-            if route.lost and not route.restore and pool.held.get(route.slot) is not None:
-                self._ghost(pool, route.slot)
         finally:
             state.prep.release()
         return lease
 
     def _note_known(self, lease: Lease, prompt: Prompt, views: list[SlotView]) -> None:
         live = max(views, key=lambda v: v.cached)
-        best, source = live.cached, "live"
-        _, saved = self.saved.longest(prompt)
-        if saved > best:
-            best, source = saved, "saved"
-        _, ghost = self.ghosts.longest(prompt)
-        if ghost > best:
-            best, source = ghost, "evicted"
-        lease.known_best, lease.known_from = best, source
-        lease.diverged_from = live.held if live.cached > 0 else 0
+        best, source, held = live.cached, "live", live.held
+        for name, index in (("saved", self.saved), ("evicted", self.ghosts)):
+            key, n = index.longest(prompt)
+            if n > best and key is not None:
+                entry = index.get(key)
+                best, source, held = n, name, len(entry) if entry is not None else n
+        lease.known_best, lease.known_from, lease.known_held = best, source, held
 
     def _ghost(self, pool: UpstreamSlots, slot: int) -> None:
         held = pool.held.get(slot)
@@ -232,17 +231,22 @@ class SlotManager:
         if held is None or not held.hashes:
             return
         name = f"kvp-{xxhash.xxh3_64_hexdigest(repr(held.hashes[-1]).encode())}-{len(held)}.bin"
+        state = pool.states[slot]
         if name in self.saved_files:
             self.saved_files.move_to_end(name)
-            pool.states[slot].saved = True
+            state.saved_len = len(held)
             return
         data = await self._slot_action(pool, slot, "save", name)
         if data is None:
             return
+        # A file that holds a prefix of this content is now redundant.
+        older, n = self.saved.longest(held)
+        if older is not None and (entry := self.saved.get(older)) is not None and n == len(entry):
+            self._drop_file(str(older), ghost=False)
         size = int(data.get("n_written") or 0)
         self.saved_files[name] = SavedFile(name=name, upstream=pool.index, size=size)
         self.saved.put(name, held)
-        pool.states[slot].saved = True
+        state.saved_len = len(held)
         log.info("slot_saved", slot=slot, tokens=len(held), bytes=size, file=name)
         self._bound_disk()
 
@@ -255,22 +259,27 @@ class SlotManager:
             return False
         self.saved_files.move_to_end(name)
         pool.held.put(slot, prompt)
-        pool.states[slot].saved = True
+        pool.states[slot].saved_len = len(prompt)
         log.info("slot_restored", slot=slot, tokens=len(prompt), file=name)
         return True
 
-    def _bound_disk(self) -> None:
-        """Oldest-used saved files go first once their total passes the budget."""
-        total = sum(f.size for f in self.saved_files.values())
-        while total > self.max_saved_bytes and len(self.saved_files) > 1:
-            name, old = self.saved_files.popitem(last=False)
-            total -= old.size
-            prompt = self.saved.remove(name)
-            if prompt is not None:
-                self.ghosts.put(("file", name), prompt)
+    def _drop_file(self, name: str, ghost: bool) -> None:
+        old = self.saved_files.pop(name, None)
+        prompt = self.saved.remove(name)
+        if ghost and prompt is not None:
+            self.ghosts.put(("file", name), prompt)
+        if old is not None:
             slot_dir = self.pools[old.upstream].slot_dir
             if slot_dir is not None:
                 (slot_dir / name).unlink(missing_ok=True)
+
+    def _bound_disk(self) -> None:
+        """Oldest-used saved files go first once their total passes the budget."""
+        total = self.saved_bytes()
+        while total > self.max_saved_bytes and len(self.saved_files) > 1:
+            name, old = next(iter(self.saved_files.items()))
+            total -= old.size
+            self._drop_file(name, ghost=True)
             log.info("slot_file_evicted", file=name, bytes=old.size)
 
     def saved_bytes(self) -> int:
@@ -298,9 +307,10 @@ class SlotManager:
         prompt = lease.prompt
         if prompt is None:
             pool.held.remove(slot)
-            state.saved = False
+            state.saved_len = 0
             return
         if completed:
+            # generated is None when the tokenizer needs I/O: the prompt is what is certain.
             tail = list(generated or [])
             if finish_reason not in ("stop", "eos") and tail:
                 tail = tail[:-1]
@@ -309,8 +319,8 @@ class SlotManager:
             keep = cached_actual if cached_actual is not None else lease.route.predicted
             holds = Prompt.of(prompt.tokens[: max(0, keep)])
         previous = pool.held.get(slot)
-        if previous is None or common_prefix(previous.tokens, holds.tokens) < len(previous):
-            state.saved = False
+        if previous is None or common_prefix(previous.tokens, holds.tokens) < state.saved_len:
+            state.saved_len = 0
         pool.held.put(slot, holds)
 
     def snapshot(self) -> list[dict[str, Any]]:
@@ -325,7 +335,7 @@ class SlotManager:
                         "slot": slot,
                         "held": len(held) if held is not None else 0,
                         "busy": state.busy,
-                        "saved": state.saved,
+                        "saved_len": state.saved_len,
                     }
                 )
         return out
@@ -334,19 +344,19 @@ class SlotManager:
 def miss_cause(lease: Lease, cached: int | None, prompt_tokens: int | None) -> str | None:
     """Why a request reused less than it could have; None for a hit.
 
+    - ``cold``: nothing ever held shares even one block (``BLOCK`` tokens) with the prompt;
     - ``evicted``: a longer prefix had been held (overwritten, or saved and not restored);
-    - ``diverged at token N``: the best slot held more than this prompt shares with it (the
-      client changed its history at N), or the server reused less than predicted;
-    - ``cold``: nothing held shares even one block (``BLOCK`` tokens) with the prompt.
+    - ``diverged at token N``: the best holder held more than this prompt shares with it (the
+      client changed its history at N), or the server reused less than predicted.
     """
     if cached is None or prompt_tokens is None:
         return None
+    if lease.known_best < BLOCK:
+        return "cold"
     if cached < min(lease.known_best, prompt_tokens - 1):
         if lease.known_from == "evicted" or (lease.known_from == "saved" and not lease.restored):
             return "evicted"
         return f"diverged at token {cached}"
-    if lease.known_best < BLOCK:
-        return "cold"
-    if lease.diverged_from > lease.known_best + DIVERGE_SLACK:
+    if lease.known_held > lease.known_best + DIVERGE_SLACK:
         return f"diverged at token {lease.known_best}"
     return None

@@ -59,8 +59,10 @@ class Tokenizer(Protocol):
         """The tokens the upstream will see for this request, or None if unknowable."""
         ...
 
-    async def text_tokens(self, text: str) -> list[int]:
-        """Tokens of generated text, as the prompt of the next turn would hold them."""
+    def text_tokens(self, text: str) -> list[int] | None:
+        """Tokens of generated text, as the prompt of the next turn holds them; None when
+        that needs I/O. Synchronous: it runs as the response ends, where a client that
+        hangs up would cancel an await and lose what the slot now holds."""
         ...
 
 
@@ -254,11 +256,8 @@ class ServerTokenizer:
     async def render(self, body: dict[str, Any]) -> str:
         return (await self._post("/apply-template", body))["prompt"]
 
-    async def text_tokens(self, text: str) -> list[int]:
-        if not text:
-            return []
-        data = await self._post("/tokenize", {"content": text, "add_special": False})
-        return [t if isinstance(t, int) else t["id"] for t in data.get("tokens", [])]
+    def text_tokens(self, text: str) -> list[int] | None:
+        return [] if not text else None
 
     async def prompt_tokens(self, conv: Conversation, body: dict[str, Any]) -> list[int] | None:
         if conv.kind == "chat":
@@ -301,8 +300,8 @@ class LocalTokenizer:
     def tokens_of_chat(self, body: dict[str, Any]) -> list[int]:
         return self.pieces.encode(self.render(body))
 
-    async def text_tokens(self, text: str) -> list[int]:
-        return await asyncio.to_thread(self.pieces.encode, text, False)
+    def text_tokens(self, text: str) -> list[int] | None:
+        return self.pieces.encode(text, add_special=False)
 
     async def prompt_tokens(self, conv: Conversation, body: dict[str, Any]) -> list[int] | None:
         if conv.kind == "chat":
@@ -345,7 +344,7 @@ class EstimatedTokens:
             return estimate_tokens([conv.prompt])
         return None
 
-    async def text_tokens(self, text: str) -> list[int]:
+    def text_tokens(self, text: str) -> list[int] | None:
         return estimate_tokens([f"assistant\n{text!r}"])
 
 
