@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-WORDS = [
+WORDS = (
     "cache",
     "slot",
     "prefix",
@@ -54,7 +54,7 @@ WORDS = [
     "summary",
     "tool",
     "result",
-]
+)
 
 
 def document(seed: int, words: int) -> str:
