@@ -1,0 +1,106 @@
+"""The slot table's bookkeeping and miss causes (no server: save/restore is e2e-tested)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from proxy.conversation import Conversation
+from proxy.prefix_index import Prompt
+from proxy.routing import Route, RoutePolicy
+from proxy.slots import Lease, SlotManager, UpstreamSlots, miss_cause
+
+
+class ListTokenizer:
+    """Takes the tokens from the body: the manager's logic, not tokenization, is under test."""
+
+    exact = True
+
+    async def prompt_tokens(self, conv: Conversation, body: dict[str, Any]) -> list[int] | None:
+        return body.get("tokens")
+
+    def text_tokens(self, text: str) -> list[int] | None:
+        return [ord(c) for c in text]
+
+
+class NoServer:
+    kind = "llama"
+    url = "http://unused"
+
+
+def manager(slots: int = 2) -> SlotManager:
+    pool = UpstreamSlots(0, NoServer(), ListTokenizer(), slots, 4096, can_save=False)  # type: ignore[arg-type]
+    return SlotManager([pool], RoutePolicy(), 1 << 30, clock=iter(range(1, 10_000)).__next__)
+
+
+CHAT = Conversation(kind="chat")
+
+
+async def test_release_holds_prompt_and_fed_back_tokens() -> None:
+    m = manager(1)
+    lease = await m.acquire(CHAT, {0: {"tokens": list(range(100))}})
+    m.release(lease, completed=True, generated=[1, 2, 3], finish_reason="length")
+    # the last sampled token of a length-stopped generation is never fed back
+    assert m.pools[0].held.get(0) == Prompt.of([*range(100), 1, 2])
+    lease = await m.acquire(CHAT, {0: {"tokens": list(range(100))}})
+    m.release(lease, completed=True, generated=[1, 2, 3], finish_reason="stop")
+    assert len(m.pools[0].held.get(0) or ()) == 103
+
+
+async def test_interrupted_request_keeps_only_the_reused_prefix() -> None:
+    m = manager(1)
+    lease = await m.acquire(CHAT, {0: {"tokens": list(range(300))}})
+    m.release(lease, completed=False, cached_actual=120)
+    assert len(m.pools[0].held.get(0) or ()) == 120
+    assert m.pools[0].states[0].busy == 0
+
+
+async def test_second_turn_is_predicted_on_the_same_slot() -> None:
+    m = manager(2)
+    first = list(range(1000))
+    lease = await m.acquire(CHAT, {0: {"tokens": first}})
+    m.release(lease, completed=True, generated=[5, 6], finish_reason="stop")
+    other = await m.acquire(CHAT, {0: {"tokens": list(range(5000, 6000))}})
+    assert other.route.slot != lease.route.slot  # the hot slot is left alone
+    m.release(other, completed=True, generated=[], finish_reason="stop")
+    again = await m.acquire(CHAT, {0: {"tokens": [*first, 5, 6, 7, 8]}})
+    assert (again.route.slot, again.route.predicted) == (lease.route.slot, 1002)
+
+
+async def test_unknown_prompt_is_routed_and_clears_the_slot() -> None:
+    m = manager(1)
+    lease = await m.acquire(CHAT, {0: {}})
+    assert lease.prompt is None
+    m.release(lease, completed=True, generated=[1], finish_reason="stop")
+    assert m.pools[0].held.get(0) is None
+
+
+def lease_with(known: int, source: str, held: int, restored: bool = False) -> Lease:
+    lease = Lease(pool=None, route=Route(0, 0, known, "x"), prompt=None, estimated=False)  # type: ignore[arg-type]
+    lease.known_best, lease.known_from, lease.known_held, lease.restored = (
+        known,
+        source,
+        held,
+        restored,
+    )
+    return lease
+
+
+@pytest.mark.parametrize(
+    ("lease", "cached", "prompt", "cause"),
+    [
+        (lease_with(0, "none", 0), 0, 500, "cold"),
+        (lease_with(19, "live", 1300), 19, 1300, "cold"),
+        (lease_with(1200, "live", 1200), 1200, 1250, None),
+        (lease_with(1200, "live", 1201), 1200, 1250, None),  # generated tail slack
+        (lease_with(1200, "saved", 1200, restored=True), 1200, 1250, None),
+        (lease_with(1200, "saved", 1200), 0, 1250, "evicted"),
+        (lease_with(1200, "evicted", 1200), 19, 1250, "evicted"),
+        (lease_with(700, "live", 1500), 700, 900, "diverged at token 700"),
+        (lease_with(1200, "live", 1200), 800, 1250, "diverged at token 800"),
+        (lease_with(1200, "live", 1200), None, 1250, None),
+    ],
+)
+def test_miss_cause(lease: Lease, cached: int | None, prompt: int, cause: str | None) -> None:
+    assert miss_cause(lease, cached, prompt) == cause
