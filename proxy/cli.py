@@ -55,8 +55,8 @@ SERVE_OPTIONS: tuple[tuple[str, type, str, str], ...] = (
      "disk budget for saved slot files (oldest-used deleted first)"),
     ("--records-max", int, "200000", "request records kept in LMDB (oldest pruned first)"),
     ("--route-hot-tokens", int, "512",
-     "a slot that would lose this many recently used tokens is hot: not overwritten while "
-     "an empty or cold slot exists"),
+     "a slot that would lose this many recently used tokens is hot: restores and "
+     "unrelated prompts go to empty or cold slots first"),
     ("--route-busy-wait-tokens", int, "2048",
      "load guard: queue behind a busy slot only when it saves more prefill tokens than this"),
     ("--route-max-queue", int, "2", "load guard: never queue this many requests on one slot"),

@@ -44,8 +44,9 @@ class SavedView:
 
 @dataclass(frozen=True)
 class RoutePolicy:
-    # A slot whose overwrite would discard at least this many tokens used within
-    # hot_seconds is hot: an unrelated prompt goes to an empty or cold slot instead.
+    # Tokens used within hot_seconds count against overwriting a slot (an unrelated prompt
+    # goes to an empty or cold slot instead); a slot that would lose at least hot_tokens of
+    # them is hot: a restore picks any other victim first.
     hot_tokens: int = 512
     hot_seconds: float = 1800.0
     # Restore a saved prefix only when it beats every live slot by this many tokens.
@@ -80,18 +81,19 @@ def discards(view: SlotView) -> int:
 
 
 def is_hot(view: SlotView, policy: RoutePolicy, now: float) -> bool:
-    return (
-        discards(view) >= policy.hot_tokens
-        and view.last_used > 0
-        and now - view.last_used < policy.hot_seconds
-    )
+    return discards(view) >= policy.hot_tokens and is_recent(view, policy, now)
+
+
+def is_recent(view: SlotView, policy: RoutePolicy, now: float) -> bool:
+    return view.last_used > 0 and now - view.last_used < policy.hot_seconds
 
 
 def value(view: SlotView, prompt_len: int, policy: RoutePolicy, now: float) -> int:
-    """Tokens this prompt reuses on the slot, minus the hot tokens it would throw away
-    (unless they are already saved, in which case they come back by restore)."""
-    penalty = discards(view) if is_hot(view, policy, now) and not view.saved else 0
-    return usable(view.cached, prompt_len) - penalty
+    """Tokens this prompt reuses on the slot, minus the recently used tokens it would throw
+    away (unless they are saved, in which case a restore brings them back): an empty or
+    cold slot beats a few shared tokens on a slot that another conversation still uses."""
+    recent_loss = is_recent(view, policy, now) and not view.saved
+    return usable(view.cached, prompt_len) - (discards(view) if recent_loss else 0)
 
 
 def rank(view: SlotView, prompt_len: int, policy: RoutePolicy, now: float) -> tuple:
