@@ -13,7 +13,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 STAMP := $(VENV)/.kvproxy-installed
 
-.PHONY: run test lint bench-overhead clean
+.PHONY: run test lint bench-overhead bench-routing clean
 
 run: $(STAMP)
 	$(BIN)/kvproxy serve
@@ -28,6 +28,9 @@ lint: $(STAMP)
 
 bench-overhead: $(STAMP)
 	$(BIN)/python -m bench.overhead
+
+bench-routing: $(STAMP)
+	$(BIN)/python -m bench.routing
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

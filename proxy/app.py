@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -67,8 +69,18 @@ async def slots_ctx(app: web.Application) -> AsyncIterator[None]:
                 slot_dir=settings.slot_dir if EMBEDDED in app else None,
             )
         )
-    app[SLOTS] = SlotManager(pools, settings.route, settings.slot_cache_max_bytes)
-    yield
+    manager = SlotManager(pools, settings.route, settings.slot_cache_max_bytes)
+    app[SLOTS] = manager
+    checkpoints = None
+    if settings.slot_checkpoint_idle > 0 and any(p.can_save for p in pools):
+        checkpoints = asyncio.create_task(manager.checkpoint_loop(settings.slot_checkpoint_idle))
+    try:
+        yield
+    finally:
+        if checkpoints is not None:
+            checkpoints.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await checkpoints
 
 
 async def embedded_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -53,6 +53,9 @@ SERVE_OPTIONS: tuple[tuple[str, type, str, str], ...] = (
      "GGUF file or tokenizer directory for exact tokens; default: the server's own GGUF"),
     ("--slot-cache-max-bytes", int, str(4 * 1024**3),
      "disk budget for saved slot files (oldest-used deleted first)"),
+    ("--slot-checkpoint-idle", float, "2",
+     "save a slot's new content to disk once it has been idle this many seconds (0: only "
+     "save when evicting)"),
     ("--records-max", int, "200000", "request records kept in LMDB (oldest pruned first)"),
     ("--route-hot-tokens", int, "512",
      "a slot that would lose this many recently used tokens is hot: restores and "
@@ -146,6 +149,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         log_level=args.log_level,
         tokenizer=args.tokenizer.expanduser() if args.tokenizer else None,
         slot_cache_max_bytes=args.slot_cache_max_bytes,
+        slot_checkpoint_idle=args.slot_checkpoint_idle,
         records_max=args.records_max,
         route=RoutePolicy(
             hot_tokens=args.route_hot_tokens,

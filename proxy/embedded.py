@@ -101,10 +101,16 @@ class EmbeddedServer:
     url: str
     log_path: Path
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
     @classmethod
-    def start(cls, settings: EmbeddedSettings, data_dir: Path) -> EmbeddedServer:
-        """Launch and wait until healthy (blocking)."""
-        server = cls.launch(settings, data_dir)
+    def start(
+        cls, settings: EmbeddedSettings, data_dir: Path, port: int | None = None
+    ) -> EmbeddedServer:
+        """Launch and wait until healthy (blocking); ``port`` lets a restart keep its URL."""
+        server = cls.launch(settings, data_dir, port)
         server.ready(settings.startup_timeout)
         return server
 
@@ -117,10 +123,12 @@ class EmbeddedServer:
         return server
 
     @classmethod
-    def launch(cls, settings: EmbeddedSettings, data_dir: Path) -> EmbeddedServer:
+    def launch(
+        cls, settings: EmbeddedSettings, data_dir: Path, port: int | None = None
+    ) -> EmbeddedServer:
         slot_dir = data_dir / "slots"
         slot_dir.mkdir(parents=True, exist_ok=True)
-        port = free_port()
+        port = port or free_port()
         argv = command_line(settings, port, slot_dir)
         log_path = data_dir / "llama-server.log"
         log.info("embedded_starting", argv=argv, log=str(log_path))

@@ -42,6 +42,7 @@ class Settings:
     # llama-server reports in /props when it is readable here, else the server's endpoints.
     tokenizer: Path | None = None
     slot_cache_max_bytes: int = 4 * 1024**3
+    slot_checkpoint_idle: float = 2.0
     records_max: int = 200_000
     route: RoutePolicy = field(default_factory=RoutePolicy)
 

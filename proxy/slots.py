@@ -33,6 +33,8 @@ GHOST_LIMIT = 4096
 # The generated tail of a slot is predicted from re-tokenized text, so a prompt that stops
 # this close to the end of what a slot held still counts as extending it.
 DIVERGE_SLACK = 2
+# Seconds to wait for llama-server's /slots before routing without the check.
+SYNC_TIMEOUT = 0.5
 
 
 @dataclass
@@ -156,6 +158,9 @@ class SlotManager:
         """Route the request, and prepare the slot (save what it would lose, restore what
         the request extends) before the request is sent."""
         prompts = await self.tokens_for(conv, bodies)
+        for pool in self.pools:
+            if pool.pins:
+                await self.sync(pool)
         async with self._lock:
             now = self.clock()
             views: list[SlotView] = []
@@ -192,6 +197,67 @@ class SlotManager:
         finally:
             state.prep.release()
         return lease
+
+    async def checkpoint(self, idle_seconds: float) -> int:
+        """Save every slot idle for ``idle_seconds`` whose content is not yet on disk (at
+        least ``min_save_tokens`` of it): a crashed or restarted server, or one that
+        unloaded the model, then gets its conversations back by restore. Returns how
+        many slots were saved."""
+        saved = 0
+        now = self.clock()
+        for pool in self.pools:
+            if not pool.can_save:
+                continue
+            for slot, state in enumerate(pool.states):
+                held = pool.held.get(slot)
+                if (
+                    held is None
+                    or state.busy
+                    or state.prep.locked()
+                    or now - state.last_used < idle_seconds
+                    or len(held) - state.saved_len < self.policy.min_save_tokens
+                ):
+                    continue
+                async with state.prep:
+                    if state.busy == 0 and pool.held.get(slot) is held:
+                        await self._save(pool, slot)
+                        saved += 1
+        return saved
+
+    async def checkpoint_loop(self, idle_seconds: float, every: float = 0.5) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.checkpoint(idle_seconds)
+            except ProxyError as err:
+                log.warning("checkpoint_failed", error=err.message)
+
+    async def sync(self, pool: UpstreamSlots) -> None:
+        """Reconcile with the server's own ``/slots`` (``n_prompt_tokens`` per slot): a
+        restarted server, or another client talking to it directly, leaves slots that hold
+        less than the index says; those are cut back to what the server has. Slots with a
+        request in flight are left alone; a slow or failing answer skips the check."""
+        try:
+            slots = await asyncio.wait_for(pool.upstream.get_json("/slots"), SYNC_TIMEOUT)
+        except (ProxyError, TimeoutError):
+            return
+        if not isinstance(slots, list):
+            return
+        for info in slots:
+            slot = info.get("id") if isinstance(info, dict) else None
+            if not isinstance(slot, int) or not 0 <= slot < len(pool.states):
+                continue
+            held = pool.held.get(slot)
+            if held is None or pool.states[slot].busy or info.get("is_processing"):
+                continue
+            has = int(info.get("n_prompt_tokens") or 0)
+            if has < len(held) - DIVERGE_SLACK:
+                log.info("slot_out_of_sync", slot=slot, index_tokens=len(held), server_tokens=has)
+                if has:
+                    pool.held.put(slot, Prompt.of(held.tokens[:has]))
+                else:
+                    pool.held.remove(slot)
+                pool.states[slot].saved_len = min(pool.states[slot].saved_len, has)
 
     def _note_known(self, lease: Lease, prompt: Prompt, views: list[SlotView]) -> None:
         live = max(views, key=lambda v: v.cached)

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from proxy.conversation import Conversation
+from proxy.errors import UpstreamUnavailable
 from proxy.prefix_index import Prompt
 from proxy.routing import Route, RoutePolicy
 from proxy.slots import Lease, SlotManager, UpstreamSlots, miss_cause
@@ -25,8 +26,13 @@ class ListTokenizer:
 
 
 class NoServer:
+    """No server to reconcile with: /slots fails and the index is trusted."""
+
     kind = "llama"
     url = "http://unused"
+
+    async def get_json(self, path: str) -> Any:
+        raise UpstreamUnavailable("no server here")
 
 
 def manager(slots: int = 2) -> SlotManager:
