@@ -8,12 +8,14 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from proxy.components import POOL, SETTINGS, SLOTS, STORE, UpstreamPool
+from proxy.components import POOL, REWRITER, SETTINGS, SLOTS, STORE, UpstreamPool
 from proxy.dialects import REGISTRY
 from proxy.embedded import EmbeddedServer
 from proxy.errors import ProxyError
 from proxy.handlers import setup_routes
 from proxy.log import get_logger
+from proxy.rewrite.engine import Rewriter
+from proxy.rewrite.tape import TapeStore
 from proxy.settings import Settings
 from proxy.slots import SlotManager, UpstreamSlots
 from proxy.store import RecordStore
@@ -44,6 +46,12 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     store = RecordStore(settings.records_dir, max_records=settings.records_max)
     store.start()
     app[STORE] = store
+    tapes = TapeStore(
+        max_tapes=settings.max_tapes,
+        persist=lambda lineage, raw: store.put_state(b"tapes", lineage, raw),
+    )
+    tapes.restore(await asyncio.to_thread(store.load_state, b"tapes"))
+    app[REWRITER] = Rewriter(settings.rewrite, tapes)
     try:
         yield
     finally:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shlex
 import signal
 import sys
@@ -19,6 +20,7 @@ from proxy.app import create_app
 from proxy.embedded import EmbeddedError
 from proxy.errors import ProxyError
 from proxy.log import configure, get_logger
+from proxy.rewrite.engine import RewriteConfig
 from proxy.routing import RoutePolicy
 from proxy.settings import EmbeddedSettings, Settings, default_data_dir
 from proxy.stats import parse_since, render, summarize
@@ -56,6 +58,12 @@ SERVE_OPTIONS: tuple[tuple[str, type, str, str], ...] = (
     ("--slot-checkpoint-idle", float, "2",
      "save a slot's new content to disk once it has been idle this many seconds (0: only "
      "save when evicting)"),
+    ("--rewrite", str, "all",
+     "rewrite rules: all, off (a pure router), a list (tape,volatile,compaction,tools) or "
+     "removals (-volatile)"),
+    ("--rewrite-reserve-tokens", int, "1024",
+     "context kept free for the reply when a compaction summary is appended to the tape"),
+    ("--max-tapes", int, "512", "conversation lineages remembered (least recently used out)"),
     ("--records-max", int, "200000", "request records kept in LMDB (oldest pruned first)"),
     ("--route-hot-tokens", int, "512",
      "a slot that would lose this many recently used tokens is hot: restores and "
@@ -99,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_options(serve, SERVE_OPTIONS)
     serve.add_argument(
+        "--volatile-pattern", action="append", default=None, metavar="REGEX",
+        help="system-message text matching this regex is volatile from the first turn; "
+        "repeatable [KVPROXY_VOLATILE_PATTERN, newline-separated]",
+    )  # fmt: skip
+    serve.add_argument(
         "--upstream", action="append", default=None, metavar="URL",
         help="server to proxy, repeatable; kind auto-detected, or prefix llama: / ollama:. "
         "None: start the embedded llama-server [KVPROXY_UPSTREAM, comma-separated]",
@@ -136,6 +149,17 @@ def run_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def rewrite_config(args: argparse.Namespace) -> RewriteConfig:
+    patterns = args.volatile_pattern
+    if patterns is None:
+        patterns = [p for p in (env("VOLATILE_PATTERN") or "").splitlines() if p.strip()]
+    try:
+        return RewriteConfig.parse(args.rewrite, patterns, args.rewrite_reserve_tokens)
+    except (ValueError, re.error) as exc:
+        build_parser().error(f"--rewrite/--volatile-pattern: {exc}")
+        raise
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     upstreams = args.upstream if args.upstream is not None else env_list("UPSTREAM")
     return Settings(
@@ -151,6 +175,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         slot_cache_max_bytes=args.slot_cache_max_bytes,
         slot_checkpoint_idle=args.slot_checkpoint_idle,
         records_max=args.records_max,
+        rewrite=rewrite_config(args),
+        max_tapes=args.max_tapes,
         route=RoutePolicy(
             hot_tokens=args.route_hot_tokens,
             busy_wait_tokens=args.route_busy_wait_tokens,

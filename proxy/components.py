@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from proxy.rewrite.engine import Rewriter
 from proxy.settings import Settings
 from proxy.slots import SlotManager
 from proxy.store import RecordStore
@@ -27,3 +28,4 @@ SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", UpstreamPool)
 SLOTS = web.AppKey("slots", SlotManager)
 STORE = web.AppKey("store", RecordStore)
+REWRITER = web.AppKey("rewriter", Rewriter)

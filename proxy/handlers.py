@@ -16,12 +16,14 @@ import aiohttp
 from aiohttp import web
 
 from proxy import ollama_bridge
-from proxy.components import POOL, SETTINGS, SLOTS, STORE
+from proxy.components import POOL, REWRITER, SETTINGS, SLOTS, STORE
 from proxy.conversation import Conversation
 from proxy.dialects.base import DialectBase
 from proxy.errors import BadRequest, PayloadTooLarge, ProxyError, UnsupportedMedia
 from proxy.log import get_logger
+from proxy.prefix_index import Prompt
 from proxy.record import RequestRecord, new_request_id
+from proxy.rewrite.engine import Plan
 from proxy.slots import Lease, SlotManager, miss_cause
 from proxy.streaming import (
     SSESplitter,
@@ -136,6 +138,7 @@ async def relay_stream(
 
 
 CACHE_HEADER = "x-kvproxy-cache"
+REWRITE_HEADER = "x-kvproxy-rewrite"
 
 
 def cache_header(lease: Lease) -> dict[str, str]:
@@ -277,6 +280,10 @@ def note_outcome(rec: RequestRecord, lease: Lease) -> None:
     if lease.prompt is not None and rec.prompt_tokens is None and rec.status == 200:
         rec.prompt_tokens = len(lease.prompt)
     rec.miss_cause = miss_cause(lease, rec.cached_tokens, rec.prompt_tokens)
+    if rec.rewrite_cause and (rec.miss_cause or rec.cached_tokens == 0):
+        rec.miss_cause = rec.rewrite_cause
+    if rec.original_predicted is not None and rec.cached_tokens is not None:
+        rec.rewrite_saved = rec.cached_tokens - rec.original_predicted
 
 
 def finish_lease(
@@ -295,6 +302,58 @@ def finish_lease(
     )
 
 
+Calls = dict[int, tuple[str, dict[str, Any], bool]]
+
+
+def calls_for(slots: SlotManager, dialect: DialectBase, conv: Conversation, raw_path: str) -> Calls:
+    return {
+        pool.index: upstream_call(dialect, conv, pool.upstream, raw_path) for pool in slots.pools
+    }
+
+
+def over_budget(slots: SlotManager, prompts: dict[int, Prompt | None], reserve: int) -> bool:
+    """Whether a prompt leaves less than ``reserve`` tokens of some slot's context."""
+    for pool in slots.pools:
+        prompt = prompts.get(pool.index)
+        if prompt is not None and pool.n_ctx and len(prompt) > pool.n_ctx - reserve:
+            return True
+    return False
+
+
+async def plan_request(
+    request: web.Request, dialect: DialectBase, conv: Conversation
+) -> tuple[Plan, Calls, dict[int, Prompt | None]]:
+    """The rewritten request, its upstream bodies and tokens; a compaction append that would
+    not fit the context falls back to the client's own compacted form (``over-budget``)."""
+    slots = request.app[SLOTS]
+    plan = request.app[REWRITER].plan(conv)
+    while True:
+        calls = calls_for(slots, dialect, plan.conv, request.raw_path)
+        prompts = await slots.tokens_for(plan.conv, {i: c[1] for i, c in calls.items()})
+        reserve = request.app[REWRITER].config.reserve_tokens
+        if plan.fallback is None or not over_budget(slots, prompts, reserve):
+            return plan, calls, prompts
+        plan = plan.fallback
+
+
+async def original_prediction(request: web.Request, dialect: DialectBase, plan: Plan) -> int | None:
+    """Cached tokens the client's own form would have had (for the tokens a rewrite saved)."""
+    if plan.conv is plan.original or not plan.applied:
+        return None
+    slots = request.app[SLOTS]
+    calls = calls_for(slots, dialect, plan.original, request.raw_path)
+    prompts = await slots.tokens_for(plan.original, {i: c[1] for i, c in calls.items()})
+    return slots.best_predicted(prompts)
+
+
+def note_rewrite(rec: RequestRecord, plan: Plan, original_cached: int | None) -> None:
+    rec.rewrite = list(plan.applied)
+    rec.rewrite_cause = plan.cause
+    rec.original_predicted = original_cached
+    if original_cached is not None and rec.predicted_cached is not None:
+        rec.rewrite_saved_predicted = rec.predicted_cached - original_cached
+
+
 def dialect_handler(dialect: DialectBase) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         store = request.app[STORE]
@@ -308,16 +367,15 @@ def dialect_handler(dialect: DialectBase) -> Handler:
             body = await read_json(request, request.app[SETTINGS].max_body_bytes)
             conv = dialect.parse(body)
             rec.model, rec.stream = conv.model, conv.stream
-            calls = {
-                pool.index: upstream_call(dialect, conv, pool.upstream, request.raw_path)
-                for pool in slots.pools
-            }
-            lease = await slots.acquire(conv, {i: call[1] for i, call in calls.items()})
+            plan, calls, prompts = await plan_request(request, dialect, conv)
+            lease = await slots.acquire_prompts(prompts)
             note_route(rec, lease)
+            note_rewrite(rec, plan, await original_prediction(request, dialect, plan))
             path, upstream_body, bridged = calls[lease.route.upstream]
             if lease.pool.pins:
                 upstream_body = {**upstream_body, "id_slot": lease.route.slot, "cache_prompt": True}
-            upstream, headers = lease.pool.upstream, cache_header(lease)
+            upstream = lease.pool.upstream
+            headers = {**cache_header(lease), REWRITE_HEADER: plan.header}
             if bridged:
                 out = await relay_ollama_bridge(
                     request, conv, dialect, path, upstream_body, upstream, rec, observer, headers
@@ -328,6 +386,8 @@ def dialect_handler(dialect: DialectBase) -> Handler:
                 )
             note_outcome(rec, lease)
             finish_lease(slots, lease, observer, rec)
+            if rec.status == 200 and rec.error is None:
+                request.app[REWRITER].commit(plan)
             return out
         except ProxyError as err:
             rec.status, rec.error = err.status, err.message

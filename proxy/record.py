@@ -45,6 +45,11 @@ class RequestRecord:
     restored: bool = False
     miss_cause: str | None = None
     estimated: bool = False
+    rewrite: list[str] = field(default_factory=list)
+    rewrite_cause: str | None = None
+    original_predicted: int | None = None  # cached tokens the client's own form would get
+    rewrite_saved_predicted: int | None = None
+    rewrite_saved: int | None = None  # actual cached minus original_predicted
     error: str | None = None
     sink: Callable[[dict[str, Any]], None] | None = field(default=None, repr=False)
     _emitted: bool = field(default=False, repr=False)

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from proxy.rewrite.engine import RewriteConfig
 from proxy.routing import RoutePolicy
 from proxy.upstream import UpstreamSpec
 
@@ -45,6 +46,8 @@ class Settings:
     slot_checkpoint_idle: float = 2.0
     records_max: int = 200_000
     route: RoutePolicy = field(default_factory=RoutePolicy)
+    rewrite: RewriteConfig = field(default_factory=RewriteConfig)
+    max_tapes: int = 512
 
     @property
     def records_dir(self) -> Path:

@@ -157,7 +157,21 @@ class SlotManager:
     async def acquire(self, conv: Conversation, bodies: dict[int, dict[str, Any]]) -> Lease:
         """Route the request, and prepare the slot (save what it would lose, restore what
         the request extends) before the request is sent."""
-        prompts = await self.tokens_for(conv, bodies)
+        return await self.acquire_prompts(await self.tokens_for(conv, bodies))
+
+    def best_predicted(self, prompts: dict[int, Prompt | None]) -> int | None:
+        """The most cached tokens any live slot or saved file offers these prompts."""
+        best: int | None = None
+        for pool in self.pools:
+            prompt = prompts.get(pool.index)
+            if prompt is None:
+                continue
+            live = max((v.cached for v in self.views(pool, prompt)), default=0)
+            _, saved = self.saved.longest(prompt)
+            best = max(best or 0, min(max(live, saved), max(0, len(prompt) - 1)))
+        return best
+
+    async def acquire_prompts(self, prompts: dict[int, Prompt | None]) -> Lease:
         for pool in self.pools:
             if pool.pins:
                 await self.sync(pool)

@@ -23,7 +23,11 @@ from proxy.log import get_logger
 log = get_logger("kvproxy.store")
 
 RECORDS = b"records"
+STATE_DBS = (b"tapes",)
 BATCH = 512
+
+# A queued state change: (database, key, value or None to delete).
+StateOp = tuple[bytes, bytes, bytes | None]
 
 
 def record_key(t: float, seq: int) -> bytes:
@@ -47,7 +51,8 @@ class RecordStore:
         self.max_records = max_records
         self.env = open_env(path, map_size)
         self.db = self.env.open_db(RECORDS)
-        self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.state_dbs = {name: self.env.open_db(name) for name in STATE_DBS}
+        self._queue: asyncio.Queue[dict[str, Any] | StateOp | None] = asyncio.Queue()
         self._seq = 0
         self._task: asyncio.Task[None] | None = None
         self.written = 0
@@ -58,6 +63,15 @@ class RecordStore:
     def put(self, record: dict[str, Any]) -> None:
         """Queue one record; never blocks."""
         self._queue.put_nowait(record)
+
+    def put_state(self, db: bytes, key: str, value: bytes | None) -> None:
+        """Queue a state change (a tape, say), committed in order with the records."""
+        self._queue.put_nowait((db, key.encode(), value))
+
+    def load_state(self, db: bytes) -> list[bytes]:
+        """Every value of a state database, in key order (blocking: call off the loop)."""
+        with self.env.begin(db=self.state_dbs[db]) as txn:
+            return [bytes(v) for _, v in txn.cursor()]
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
@@ -76,21 +90,28 @@ class RecordStore:
             batch = [await self._queue.get()]
             while len(batch) < BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            stop = None in batch
+            stop = any(item is None for item in batch)
             records = [r for r in batch if r is not None]
             try:
                 if records:
                     await asyncio.to_thread(self._commit, records)
-                    self.written += len(records)
+                    self.written += sum(isinstance(r, dict) for r in records)
             except lmdb.Error as exc:
                 log.error("record_write_failed", error=str(exc), records=len(records))
             finally:
                 for _ in batch:
                     self._queue.task_done()
 
-    def _commit(self, records: list[dict[str, Any]]) -> None:
+    def _commit(self, records: list[dict[str, Any] | StateOp]) -> None:
         with self.env.begin(write=True, db=self.db) as txn:
             for record in records:
+                if isinstance(record, tuple):
+                    db, key, value = record
+                    if value is None:
+                        txn.delete(key, db=self.state_dbs[db])
+                    else:
+                        txn.put(key, value, db=self.state_dbs[db])
+                    continue
                 self._seq += 1
                 key = record_key(record.get("time") or time.time(), self._seq)
                 txn.put(key, json.dumps(record, separators=(",", ":")).encode())

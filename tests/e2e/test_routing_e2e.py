@@ -176,3 +176,28 @@ def test_several_upstreams_share_the_load(tmp_path: Path) -> None:
         stop_proxy(proxy)
         for server in servers:
             server.stop()
+
+
+def test_restarted_upstream_gets_its_conversations_back(tmp_path: Path) -> None:
+    """Idle slots are checkpointed; after the server restarts empty, kvproxy notices it
+    (/slots) and restores each conversation before its next turn."""
+    settings = EmbeddedSettings(parallel=2, ctx_per_slot=4096, extra_args=("--cache-ram", "0"))
+    llama = EmbeddedServer.start(settings, tmp_path / "llama")
+    proxy = start_proxy(tmp_path / "p", "--upstream", llama.url, "--slot-checkpoint-idle", "0.3")
+    try:
+        convs = [Conversation.start(s, 500) for s in (7, 8)]
+        first = play(proxy.url, convs, turns=1)
+        slot_files = tmp_path / "llama" / "slots"
+        deadline = time.monotonic() + 30
+        while len(list(slot_files.glob("kvp-*.bin"))) < 2:
+            assert time.monotonic() < deadline, "idle slots were not checkpointed"
+            time.sleep(0.2)
+        port = llama.port
+        llama.stop()
+        llama = EmbeddedServer.start(settings, tmp_path / "llama", port)
+        after = play(proxy.url, convs, turns=1, first_turn=1)
+        for before, call in zip(first, after, strict=True):
+            assert call.predicted == call.cache_n >= before.prompt_tokens
+    finally:
+        stop_proxy(proxy)
+        llama.stop()

@@ -1,0 +1,63 @@
+"""Compaction summaries: recognise a request whose history the client replaced by a summary.
+
+Built-in shapes for the clients people use (observed, ../shared/client-shapes.md), then a
+generic detector: the request is shorter than the previous one of its lineage and carries a
+new message before its newest user turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from proxy.conversation import Message
+
+# (client, role or None for any, text marker, where: "start" or "in")
+SHAPES: tuple[tuple[str, str | None, str, str], ...] = (
+    ("openclaw", "user",
+     "The conversation history before this point was compacted into the following summary:",
+     "start"),
+    ("hermes", None, "[CONTEXT COMPACTION", "in"),
+    ("codex", "user", "Another language model started to solve this problem", "start"),
+)  # fmt: skip
+GENERIC_MIN_CHARS = 200
+
+
+def shape_of(message: Message) -> str | None:
+    text = message.text()
+    for client, role, marker, where in SHAPES:
+        if role is not None and message.role != role:
+            continue
+        if text.startswith(marker) if where == "start" else marker in text:
+            return client
+    return None
+
+
+def last_user(messages: Sequence[Message]) -> int:
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i].role == "user":
+            return i
+    return len(messages)
+
+
+def find_summary(
+    messages: Sequence[Message], is_new: Sequence[bool], shorter: bool
+) -> tuple[int, str] | None:
+    """(index, shape) of the summary among the request's new messages, if it is compacted."""
+    for i, message in enumerate(messages):
+        if is_new[i] and (shape := shape_of(message)) is not None:
+            return i, shape
+    if not shorter:
+        return None
+    newest = last_user(messages)
+    for i in range(newest):
+        long_new = is_new[i] and len(messages[i].text()) >= GENERIC_MIN_CHARS
+        if long_new and messages[i].role in ("user", "assistant", "system"):
+            return i, "generic"
+    return None
+
+
+def append_order(new: Sequence[Message], summary: Message) -> list[Message]:
+    """New messages with the summary placed right before the newest user turn: what the
+    slot holds (the previous reply first) stays a prefix."""
+    newest = last_user(new)
+    return [*new[:newest], summary, *new[newest:]]
