@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from proxy.conversation import Conversation, Message
 from proxy.rewrite import compaction, tools, volatile
-from proxy.rewrite.tape import Tape, TapeStore, align, message_hash
+from proxy.rewrite.tape import Tape, TapeStore, align, client_hashes
 
 RULES = ("tape", "volatile", "compaction", "tools")
 
@@ -77,7 +77,7 @@ class Rewriter:
     def plan(self, conv: Conversation) -> Plan:
         if conv.kind != "chat" or not conv.messages or not self.config.rules:
             return Plan(conv=conv, original=conv)
-        hashes = [message_hash(m) for m in conv.messages]
+        hashes = client_hashes(conv.messages)
         system = system_text(conv)
         stable, marked = (
             volatile.marker_split(system, self.config.patterns)

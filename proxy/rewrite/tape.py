@@ -30,6 +30,18 @@ def message_hash(message: Message) -> str:
     return xxhash.xxh3_64_hexdigest(raw.encode("utf-8", "surrogatepass"))
 
 
+SYSTEM_SLOT = "system"
+
+
+def client_hashes(messages: Sequence[Message]) -> list[str]:
+    """Message hashes for alignment; a leading system message aligns by position, since
+    its changes are judged by the volatile rule (a volatile part, or a new system prompt)."""
+    out = [message_hash(m) for m in messages]
+    if messages and messages[0].role == "system":
+        out[0] = SYSTEM_SLOT
+    return out
+
+
 def to_json(message: Message) -> dict[str, Any]:
     return {"role": message.role, "content": thaw(message.content), "extra": thaw(message.extra)}
 

@@ -1,0 +1,215 @@
+"""Rewrite rules, turn by turn (pure): what goes upstream extends what was sent before."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from proxy.conversation import Conversation, Message
+from proxy.rewrite.engine import RewriteConfig, Rewriter
+from proxy.rewrite.tape import Tape, TapeStore
+from proxy.rewrite.volatile import BLOCK_OPEN, changed_lines
+
+SYSTEM = "You are an agent.\nFollow the rules.\nCurrent date: 2026-11-21\nBe brief.\n"
+OPENCLAW_SUMMARY = (
+    "The conversation history before this point was compacted into the following summary:"
+    "\n\n<summary>We read three files and fixed a bug.</summary>"
+)
+HERMES_SUMMARY = "[CONTEXT COMPACTION — REFERENCE ONLY] Earlier turns: files were read. --- END"
+
+
+def m(role: str, content: object, **extra: object) -> Message:
+    return Message.make(role, content, **extra)
+
+
+def chat(*messages: Message, tools: list[dict] | None = None) -> Conversation:
+    return Conversation(
+        kind="chat", messages=tuple(messages), tools=tuple(tools) if tools else None
+    )
+
+
+def rewriter(spec: str = "all", patterns: tuple[str, ...] = ()) -> Rewriter:
+    return Rewriter(RewriteConfig.parse(spec, patterns), TapeStore())
+
+
+def send(rw: Rewriter, conv: Conversation) -> tuple[list[Message], list[str], str | None]:
+    plan = rw.plan(conv)
+    rw.commit(plan)
+    return list(plan.conv.messages), plan.applied, plan.cause
+
+
+def extends(before: list[Message], after: list[Message]) -> bool:
+    return after[: len(before)] == before
+
+
+def test_append_only_conversation_passes_unchanged() -> None:
+    rw = rewriter()
+    turn1 = [m("system", SYSTEM), m("user", "hi")]
+    sent1, applied, _ = send(rw, chat(*turn1))
+    assert sent1 == turn1 and applied == []
+    turn2 = [*turn1, m("assistant", "hello"), m("user", "more")]
+    sent2, applied, _ = send(rw, chat(*turn2))
+    assert sent2 == turn2 and applied == []
+
+
+def test_learned_volatile_system_line_moves_to_the_newest_turn() -> None:
+    rw = rewriter()
+    sent1, _, _ = send(rw, chat(m("system", SYSTEM), m("user", "hi")))
+    new_system = SYSTEM.replace("2026-11-21", "2026-11-22")
+    sent2, applied, _ = send(
+        rw, chat(m("system", new_system), m("user", "hi"), m("assistant", "yo"), m("user", "q"))
+    )
+    assert applied == ["volatile"] and extends(sent1, sent2)
+    assert sent2[-1].content == f"q\n\n{BLOCK_OPEN}\nCurrent date: 2026-11-22\n</context-update>"
+    # same volatile value next turn: nothing new to tell, still append-only
+    sent3, applied, _ = send(
+        rw,
+        chat(m("system", new_system), m("user", "hi"), m("assistant", "yo"), m("user", "q"),
+             m("assistant", "a"), m("user", "r")),
+    )  # fmt: skip
+    assert applied == [] and extends(sent2, sent3) and sent3[-1].content == "r"
+
+
+def test_operator_pattern_is_volatile_from_the_first_turn() -> None:
+    rw = rewriter(patterns=(r"<context>.*?</context>\n?",))
+    system = "Rules.\n<context>RAG one</context>\nEnd.\n"
+    sent1, applied, _ = send(rw, chat(m("system", system), m("user", "hi")))
+    assert applied == ["volatile"] and sent1[0].content == "Rules.\nEnd.\n"
+    assert "<context>RAG one</context>" in sent1[1].content
+    system2 = system.replace("RAG one", "RAG two")
+    sent2, applied, _ = send(
+        rw, chat(m("system", system2), m("user", "hi"), m("assistant", "ok"), m("user", "next"))
+    )
+    assert applied == ["volatile"] and extends(sent1, sent2)
+    assert "RAG two" in sent2[-1].content
+
+
+def test_whole_new_system_prompt_is_a_miss_not_a_volatile_part() -> None:
+    rw = rewriter()
+    send(rw, chat(m("system", SYSTEM), m("user", "hi")))
+    _, applied, cause = send(
+        rw, chat(m("system", "Totally different.\n"), m("user", "hi"), m("assistant", "a"),
+                 m("user", "b"))
+    )  # fmt: skip
+    assert cause == "system-mutation" and applied == []
+
+
+def test_transient_trailing_context_stays_in_place() -> None:
+    rw = rewriter()
+    internal = m("user", [{"type": "text", "text": "<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>> 1"}])
+    base = [m("system", SYSTEM), m("user", "task")]
+    sent1, _, _ = send(rw, chat(*base, internal))
+    internal2 = m("user", [{"type": "text", "text": "<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>> 2"}])
+    sent2, applied, _ = send(rw, chat(*base, m("assistant", "done"), m("user", "next"), internal2))
+    assert applied == ["transient"] and extends(sent1, sent2)
+    assert sent2[len(sent1) :] == [m("assistant", "done"), m("user", "next"), internal2]
+
+
+def test_openclaw_compaction_is_appended_to_the_tape() -> None:
+    rw = rewriter()
+    history = [m("system", SYSTEM), m("user", "read a"), m("assistant", "read"),
+               m("user", "read b"), m("assistant", "read b too"), m("user", "fix it")]  # fmt: skip
+    sent1, _, _ = send(rw, chat(*history))
+    compacted = [m("system", SYSTEM), m("user", OPENCLAW_SUMMARY), m("assistant", "fixed"),
+                 m("user", "now test it")]  # fmt: skip
+    plan = rw.plan(chat(*compacted))
+    sent2 = list(plan.conv.messages)
+    assert plan.applied == ["compaction:openclaw"] and extends(sent1, sent2)
+    assert sent2[len(sent1) :] == [m("assistant", "fixed"), m("user", OPENCLAW_SUMMARY),
+                                   m("user", "now test it")]  # fmt: skip
+    assert plan.fallback is not None and plan.fallback.cause == "over-budget"
+    assert list(plan.fallback.conv.messages) == compacted
+    rw.commit(plan)
+    sent3, applied, _ = send(rw, chat(*compacted, m("assistant", "ok"), m("user", "again")))
+    assert applied == [] and extends(sent2, sent3)
+
+
+def test_hermes_compaction_with_kept_head_and_tail() -> None:
+    rw = rewriter()
+    turns = [m("user" if i % 2 == 0 else "assistant", f"turn {i}") for i in range(10)]
+    sent1, _, _ = send(rw, chat(m("system", SYSTEM), *turns))
+    compacted = [m("system", SYSTEM), *turns[:3], m("assistant", HERMES_SUMMARY), *turns[7:],
+                 m("assistant", "reply 9"), m("user", "new")]  # fmt: skip
+    sent2, applied, _ = send(rw, chat(*compacted))
+    assert applied == ["compaction:hermes"] and extends(sent1, sent2)
+    assert sent2[len(sent1) :] == [m("assistant", "reply 9"), m("assistant", HERMES_SUMMARY),
+                                   m("user", "new")]  # fmt: skip
+
+
+def test_edited_history_starts_a_new_tape() -> None:
+    rw = rewriter()
+    send(rw, chat(m("system", SYSTEM), m("user", "a"), m("assistant", "b"), m("user", "c")))
+    _, applied, cause = send(
+        rw, chat(m("system", SYSTEM), m("user", "EDITED"), m("assistant", "b"), m("user", "c"),
+                 m("assistant", "d"), m("user", "e"))
+    )  # fmt: skip
+    assert cause is None and applied == []  # shares only the system: a new conversation
+    send(rw, chat(m("system", SYSTEM), m("user", "x"), m("assistant", "y"), m("user", "z")))
+    _, _, cause = send(
+        rw, chat(m("system", SYSTEM), m("user", "x"), m("assistant", "Y2"), m("user", "z"),
+                 m("assistant", "w"), m("user", "v"))
+    )  # fmt: skip
+    assert cause == "edited-history"
+
+
+def test_reordered_tools_keep_the_first_order() -> None:
+    a = {"type": "function", "function": {"name": "a", "parameters": {"type": "object"}}}
+    b = {"function": {"parameters": {"type": "object"}, "name": "b"}, "type": "function"}
+    rw = rewriter()
+    plan = rw.plan(chat(m("user", "hi"), tools=[a, b]))
+    rw.commit(plan)
+    plan2 = rw.plan(chat(m("user", "hi"), m("assistant", "x"), m("user", "y"), tools=[b, a]))
+    assert plan2.applied == ["tools"]
+    assert [t["function"]["name"] for t in plan2.conv.tools or ()] == ["a", "b"]
+    assert list(plan2.conv.tools[1]) == ["function", "type"]  # keys sorted
+
+
+@pytest.mark.parametrize(
+    ("spec", "rules"),
+    [("all", {"tape", "volatile", "compaction", "tools"}), ("off", set()),
+     ("tape,tools", {"tape", "tools"}), ("-volatile", {"tape", "compaction", "tools"})],
+)  # fmt: skip
+def test_rewrite_spec(spec: str, rules: set[str]) -> None:
+    assert RewriteConfig.parse(spec).rules == rules
+
+
+def test_rewrite_spec_rejects_unknown_rules() -> None:
+    with pytest.raises(ValueError, match="unknown rewrite rule"):
+        RewriteConfig.parse("tape,magic")
+
+
+def test_off_is_a_pure_router() -> None:
+    rw = rewriter("off")
+    conv = chat(m("system", SYSTEM), m("user", "hi"))
+    assert rw.plan(conv).conv is conv
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [("a\nb\nc\n", "a\nX\nc\n", ("b\n", "X\n")), ("a\n", "a\n", None),
+     ("a\nb\n", "a\nb\nnote\n", ("", "note\n"))],
+)  # fmt: skip
+def test_changed_lines(old: str, new: str, expected: tuple[str, str] | None) -> None:
+    assert changed_lines(old, new) == expected
+
+
+def test_tapes_round_trip_through_bytes() -> None:
+    tape = Tape("l1", ["h"], ["user"], [m("user", [{"type": "text", "text": "é"}], name="n")])
+    assert Tape.load(tape.dump()) == tape
+
+
+def test_tape_store_is_bounded_and_mirrored() -> None:
+    mirror: dict[str, bytes | None] = {}
+    store = TapeStore(max_tapes=2, persist=lambda k, v: mirror.__setitem__(k, v))
+    for i in range(3):
+        store.put(Tape(f"l{i}", [str(i)], ["user"], []))
+    assert len(store) == 2 and mirror["l0"] is None and mirror["l2"] is not None
+    again = TapeStore()
+    again.restore([v for v in mirror.values() if v])
+    assert again.get("l2") is not None and again.get("l0") is None
+
+
+def test_block_pattern_in_config_is_compiled() -> None:
+    config = RewriteConfig.parse("all", [r"Current date: \S+"])
+    assert config.patterns[0].pattern == re.compile(r"Current date: \S+").pattern
