@@ -13,7 +13,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 STAMP := $(VENV)/.kvproxy-installed
 
-.PHONY: run test lint bench-overhead bench-routing clean
+.PHONY: run test lint bench-overhead bench-routing bench-rewrite clean
 
 run: $(STAMP)
 	$(BIN)/kvproxy serve
@@ -31,6 +31,9 @@ bench-overhead: $(STAMP)
 
 bench-routing: $(STAMP)
 	$(BIN)/python -m bench.routing
+
+bench-rewrite: $(STAMP)
+	$(BIN)/python -m bench.rewrite
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

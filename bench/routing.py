@@ -15,7 +15,6 @@ import argparse
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,10 +118,10 @@ def main(argv: list[str] | None = None) -> None:
     ]
     rows, restart_line = [], ""
     for name, n, s, cache_ram, restart in runs:
-        play_side: Callable[[bool], Side] = lambda proxied: run_side(  # noqa: E731
-            proxied, n, s, cache_ram, args.turns, args.words, restart
+        direct, via = (
+            run_side(proxied, n, s, cache_ram, args.turns, args.words, restart)
+            for proxied in (False, True)
         )
-        direct, via = play_side(False), play_side(True)
         rows.append(pct_row(name, direct, via))
         print(rows[-1], flush=True)
         if restart:

@@ -108,10 +108,15 @@ def parse_cache_header(value: str | None) -> tuple[int | None, str | None]:
 
 
 def chat(
-    client: httpx.Client, base: str, messages: list[dict[str, Any]], max_tokens: int
+    client: httpx.Client,
+    base: str,
+    messages: list[dict[str, Any]],
+    max_tokens: int,
+    extra: dict[str, Any] | None = None,
 ) -> tuple[str, dict[str, Any], httpx.Headers, float]:
     """One streamed chat completion: (text, timings, headers, ms to the first content)."""
     body = {
+        **{k: v for k, v in (extra or {}).items() if k != "messages"},
         "messages": messages,
         "max_tokens": max_tokens,
         "temperature": 0,

@@ -1,0 +1,160 @@
+"""`make bench-rewrite`: the cache-breaking scenarios, direct versus through kvproxy.
+
+Each scenario (bench.scenarios) runs twice in this process against a fresh llama-server
+(bundled SmolLM2, 1 slot): direct, and through kvproxy. Per call: the server's own
+``prompt_n`` (prefilled) and ``cache_n``; per scenario: tokens prefilled, TTFT p50, HIT/MISS
+per call and the prefill amplification, tokens prefilled / tokens new, where "new" counts
+the tokens of the lines (and 4 per message for the template) that the previous request of
+the same scenario did not contain. 1.0 is the physical limit. The table goes into
+docs/benchmarks.md between the rewrite markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.scenarios import SCENARIOS, Scenario
+from bench.workload import chat
+from proxy.embedded import EmbeddedServer
+from proxy.process import spawn_proxy
+from proxy.settings import EmbeddedSettings
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- rewrite:begin -->", "<!-- rewrite:end -->"
+TEMPLATE_TOKENS = 4
+
+
+@dataclass
+class CallResult:
+    prompt_n: int
+    cache_n: int
+    new: int
+    ttft_ms: float
+    rewrite: str | None
+
+    @property
+    def hit(self) -> bool:
+        return self.prompt_n <= 1.1 * self.new + 16
+
+
+def text_lines(body: dict[str, Any]) -> list[str]:
+    out = []
+    for message in body["messages"]:
+        content = message.get("content")
+        if isinstance(content, list):
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        out.extend(line for line in (content or "").splitlines() if line.strip())
+        for call in message.get("tool_calls") or ():
+            out.append(str(call))
+    return out
+
+
+def new_tokens(client: httpx.Client, base: str, body: dict, previous: dict | None) -> int:
+    seen = set(text_lines(previous)) if previous else set()
+    fresh = [line for line in text_lines(body) if line not in seen]
+    old_messages = [repr(m) for m in previous["messages"]] if previous else []
+    new_messages = sum(repr(m) not in old_messages for m in body["messages"])
+    if not fresh:
+        return max(1, TEMPLATE_TOKENS * new_messages)
+    tokens = client.post(base + "/tokenize", json={"content": "\n".join(fresh)}).json()
+    return len(tokens["tokens"]) + TEMPLATE_TOKENS * new_messages
+
+
+def run(base: str, tokenize_base: str, scenario: Scenario) -> list[CallResult]:
+    results = []
+    previous: dict | None = None
+    limits = httpx.Limits(max_keepalive_connections=0)
+    with httpx.Client(timeout=600, limits=limits) as client:
+        reply: str | None = None
+        while True:
+            try:
+                body = scenario.send(reply) if reply is not None else next(scenario)
+            except StopIteration:
+                break
+            text, timings, headers, ttft = chat(client, base, body["messages"], 8, body)
+            results.append(
+                CallResult(
+                    prompt_n=int(timings.get("prompt_n", 0)),
+                    cache_n=int(timings.get("cache_n", 0)),
+                    new=new_tokens(client, tokenize_base, body, previous),
+                    ttft_ms=ttft,
+                    rewrite=headers.get("x-kvproxy-rewrite"),
+                )
+            )
+            previous, reply = body, text
+    return results
+
+
+def side(name: str, proxied: bool) -> list[CallResult]:
+    tmp = Path(tempfile.mkdtemp(prefix="kvp-rewrite-"))
+    llama = EmbeddedServer.start(EmbeddedSettings(parallel=1, ctx_per_slot=4096), tmp / "llama")
+    proxy = spawn_proxy(tmp / "proxy", "--upstream", llama.url) if proxied else None
+    try:
+        return run(proxy.url if proxy else llama.url, llama.url, SCENARIOS[name]())
+    finally:
+        if proxy:
+            proxy.stop()
+        llama.stop()
+
+
+def amplification(results: list[CallResult]) -> float:
+    return sum(r.prompt_n for r in results) / max(1, sum(r.new for r in results))
+
+
+def marks(results: list[CallResult]) -> str:
+    return " ".join("HIT" if r.hit else "MISS" for r in results)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--no-write", action="store_true", help="do not update the docs")
+    parser.add_argument("--only", default=None, help="run the scenarios whose name has this")
+    args = parser.parse_args(argv)
+    rows = [
+        "| scenario | calls | direct prefilled | kvproxy prefilled | new | direct ampl. "
+        "| kvproxy ampl. | direct TTFT p50 ms | kvproxy TTFT p50 ms | direct | kvproxy "
+        "| rules applied |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for name in SCENARIOS:
+        if args.only and args.only not in name:
+            continue
+        direct, via = side(name, False), side(name, True)
+        applied = sorted({r.rewrite for r in via if r.rewrite and r.rewrite != "none"})
+        rows.append(
+            f"| {name} | {len(via)} | {sum(r.prompt_n for r in direct)} "
+            f"| {sum(r.prompt_n for r in via)} | {sum(r.new for r in via)} "
+            f"| {amplification(direct):.2f} | {amplification(via):.2f} "
+            f"| {statistics.median(r.ttft_ms for r in direct):.0f} "
+            f"| {statistics.median(r.ttft_ms for r in via):.0f} "
+            f"| {marks(direct)} | {marks(via)} | {', '.join(applied) or 'none'} |"
+        )
+        print(rows[-1], flush=True)
+        if name.startswith("8 "):
+            d, v = direct[-2], via[-2]
+            notes.append(
+                f"Scenario 8, first call after the compaction: TTFT direct {d.ttft_ms:.0f} ms, "
+                f"kvproxy {v.ttft_ms:.0f} ms (**{d.ttft_ms / v.ttft_ms:.1f}x**); prefilled "
+                f"direct {d.prompt_n}, kvproxy {v.prompt_n} tokens."
+            )
+            print(notes[-1], flush=True)
+    table = "\n".join(rows) + ("\n\n" + "\n".join(notes) if notes else "")
+    print(table)
+    if not args.no_write and DOC.exists() and not args.only:
+        text = DOC.read_text()
+        if BEGIN in text and END in text:
+            head, rest = text.split(BEGIN, 1)
+            _, tail = rest.split(END, 1)
+            DOC.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
+
+
+if __name__ == "__main__":
+    main()
