@@ -10,6 +10,8 @@ from typing import Any
 from bench.workload import document
 
 Body = dict[str, Any]
+# Replies long enough that re-prefilling one (what a dropped message costs) shows.
+REPLY_TOKENS = 96
 Scenario = Generator[Body, str, None]
 OPENCLAW_MARKER = (
     "The conversation history before this point was compacted into the following summary:"
@@ -41,11 +43,11 @@ def body(messages: list[dict[str, Any]], **extra: Any) -> Body:
 
 def rag_in_system(turns: int = 4) -> Scenario:
     """Scenario 6: a retrieved snippet spliced into the system message, new every turn."""
-    head, tail = rules(900), "Answer from the context above.\n"
+    intro, body_rules = "You are a coding agent.\n", rules(900)
     messages: list[dict[str, Any]] = []
     for turn in range(turns):
         rag = "<context>\n" + document(300 + turn, 100) + "\n</context>\n"
-        system = {"role": "system", "content": head + rag + tail}
+        system = {"role": "system", "content": intro + rag + body_rules}
         messages = [system, *messages[1:], {"role": "user", "content": question(turn)}]
         reply = yield body(messages)
         messages.append({"role": "assistant", "content": reply})
@@ -86,7 +88,7 @@ def transient_context(turns: int = 4) -> Scenario:
             "content": [{"type": "text", "text": "<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>\n"
                          f"Active exec sessions: {turn}\n<<<END_OPENCLAW_INTERNAL_CONTEXT>>>"}],
         }  # fmt: skip
-        reply = yield body([*messages, internal])
+        reply = yield body([*messages, internal], max_tokens=REPLY_TOKENS)
         messages.append({"role": "assistant", "content": reply})
 
 
@@ -97,14 +99,14 @@ def agentic_compaction() -> Scenario:
     system = {"role": "system", "content": "You are a coding agent. Use the tools."}
     messages: list[dict[str, Any]] = [
         system,
-        {"role": "user", "content": "Fix the bug in this project.\n" + document(700, 1000)},
+        {"role": "user", "content": "Fix the bug in this project.\n" + document(700, 400)},
     ]
-    for step in range(3):
+    for step, words in enumerate((100, 100, 1400)):
         call = {"id": f"call{step}", "type": "function",
                 "function": {"name": "read", "arguments": f'{{"path": "f{step}.py"}}'}}  # fmt: skip
         messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         messages.append(
-            {"role": "tool", "tool_call_id": f"call{step}", "content": document(710 + step, 300)}
+            {"role": "tool", "tool_call_id": f"call{step}", "content": document(710 + step, words)}
         )
         reply = yield body(messages, tools=TOOLS)
     kept = messages[-2:]  # the most recent tool call and its (long) result

@@ -116,9 +116,9 @@ def chat(
 ) -> tuple[str, dict[str, Any], httpx.Headers, float]:
     """One streamed chat completion: (text, timings, headers, ms to the first content)."""
     body = {
+        "max_tokens": max_tokens,
         **{k: v for k, v in (extra or {}).items() if k != "messages"},
         "messages": messages,
-        "max_tokens": max_tokens,
         "temperature": 0,
         "stream": True,
         "stream_options": {"include_usage": True},
