@@ -77,15 +77,29 @@ def new_tokens(client: httpx.Client, base: str, body: dict, previous: dict | Non
     return max(1, len(tokens) + TEMPLATE_TOKENS * count)
 
 
-def run(base: str, tokenize_base: str, scenario: Scenario) -> list[CallResult]:
-    results = []
+@dataclass
+class Session:
+    """A scenario being played; it can be paused and resumed against another base URL."""
+
+    scenario: Scenario
+    reply: str | None = None
     previous: dict | None = None
+    started: bool = False
+
+
+def run(
+    base: str, tokenize_base: str, scenario: Scenario | Session, limit: int | None = None
+) -> list[CallResult]:
+    session = scenario if isinstance(scenario, Session) else Session(scenario)
+    results: list[CallResult] = []
     limits = httpx.Limits(max_keepalive_connections=0)
     with httpx.Client(timeout=600, limits=limits) as client:
-        reply: str | None = None
-        while True:
+        while limit is None or len(results) < limit:
             try:
-                body = scenario.send(reply) if reply is not None else next(scenario)
+                if session.started:
+                    body = session.scenario.send(session.reply or "")
+                else:
+                    body, session.started = next(session.scenario), True
             except StopIteration:
                 break
             text, timings, headers, ttft = chat(client, base, body["messages"], 8, body)
@@ -93,12 +107,12 @@ def run(base: str, tokenize_base: str, scenario: Scenario) -> list[CallResult]:
                 CallResult(
                     prompt_n=int(timings.get("prompt_n", 0)),
                     cache_n=int(timings.get("cache_n", 0)),
-                    new=new_tokens(client, tokenize_base, body, previous),
+                    new=new_tokens(client, tokenize_base, body, session.previous),
                     ttft_ms=ttft,
                     rewrite=headers.get("x-kvproxy-rewrite"),
                 )
             )
-            previous, reply = body, text
+            session.previous, session.reply = body, text
     return results
 
 

@@ -322,28 +322,24 @@ def over_budget(slots: SlotManager, prompts: dict[int, Prompt | None], reserve: 
 
 async def plan_request(
     request: web.Request, dialect: DialectBase, conv: Conversation
-) -> tuple[Plan, Calls, dict[int, Prompt | None]]:
-    """The rewritten request, its upstream bodies and tokens; a compaction append that would
-    not fit the context falls back to the client's own compacted form (``over-budget``)."""
+) -> tuple[Plan, Calls, dict[int, Prompt | None], int | None]:
+    """The rewritten request, its upstream bodies and tokens, and the cached tokens the
+    client's own form would have had (tokenized alongside, for the record). A compaction
+    append that would not fit the context falls back to the client's compacted form
+    (``over-budget``)."""
     slots = request.app[SLOTS]
-    plan = request.app[REWRITER].plan(conv)
+    rewriter = request.app[REWRITER]
+    plan = rewriter.plan(conv)
     while True:
         calls = calls_for(slots, dialect, plan.conv, request.raw_path)
-        prompts = await slots.tokens_for(plan.conv, {i: c[1] for i, c in calls.items()})
-        reserve = request.app[REWRITER].config.reserve_tokens
-        if plan.fallback is None or not over_budget(slots, prompts, reserve):
-            return plan, calls, prompts
+        wanted = [slots.tokens_for(plan.conv, {i: c[1] for i, c in calls.items()})]
+        if plan.applied and plan.conv is not plan.original:
+            originals = calls_for(slots, dialect, plan.original, request.raw_path)
+            wanted.append(slots.tokens_for(plan.original, {i: c[1] for i, c in originals.items()}))
+        prompts, *original = await asyncio.gather(*wanted)
+        if plan.fallback is None or not over_budget(slots, prompts, rewriter.config.reserve_tokens):
+            return plan, calls, prompts, slots.best_predicted(original[0]) if original else None
         plan = plan.fallback
-
-
-async def original_prediction(request: web.Request, dialect: DialectBase, plan: Plan) -> int | None:
-    """Cached tokens the client's own form would have had (for the tokens a rewrite saved)."""
-    if plan.conv is plan.original or not plan.applied:
-        return None
-    slots = request.app[SLOTS]
-    calls = calls_for(slots, dialect, plan.original, request.raw_path)
-    prompts = await slots.tokens_for(plan.original, {i: c[1] for i, c in calls.items()})
-    return slots.best_predicted(prompts)
 
 
 def note_rewrite(rec: RequestRecord, plan: Plan, original_cached: int | None) -> None:
@@ -367,10 +363,10 @@ def dialect_handler(dialect: DialectBase) -> Handler:
             body = await read_json(request, request.app[SETTINGS].max_body_bytes)
             conv = dialect.parse(body)
             rec.model, rec.stream = conv.model, conv.stream
-            plan, calls, prompts = await plan_request(request, dialect, conv)
+            plan, calls, prompts, original_cached = await plan_request(request, dialect, conv)
             lease = await slots.acquire_prompts(prompts)
             note_route(rec, lease)
-            note_rewrite(rec, plan, await original_prediction(request, dialect, plan))
+            note_rewrite(rec, plan, original_cached)
             path, upstream_body, bridged = calls[lease.route.upstream]
             if lease.pool.pins:
                 upstream_body = {**upstream_body, "id_slot": lease.route.slot, "cache_prompt": True}

@@ -39,6 +39,22 @@ def last_user(messages: Sequence[Message]) -> int:
     return len(messages)
 
 
+def new_in_order(previous: Sequence[str], current: Sequence[str]) -> list[bool]:
+    """Which of the current messages are new: the others match the previous request's
+    messages in order (a kept head and a kept tail), each previous message at most once, so
+    a repeated reply is still new where it is not kept history."""
+    out, at = [], 0
+    for h in current:
+        try:
+            found = previous.index(h, at)
+        except ValueError:
+            out.append(True)
+            continue
+        out.append(False)
+        at = found + 1
+    return out
+
+
 def find_summary(
     messages: Sequence[Message], is_new: Sequence[bool], shorter: bool
 ) -> tuple[int, str] | None:

@@ -92,8 +92,7 @@ class Rewriter:
         if alignment.kind == "diverged":
             found = None
             if self.on("compaction"):
-                in_prev = set(tape.client)
-                is_new = [h not in in_prev for h in hashes]
+                is_new = compaction.new_in_order(tape.client, hashes)
                 found = compaction.find_summary(
                     conv.messages, is_new, shorter=len(hashes) < len(tape.client)
                 )

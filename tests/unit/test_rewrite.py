@@ -213,3 +213,17 @@ def test_tape_store_is_bounded_and_mirrored() -> None:
 def test_block_pattern_in_config_is_compiled() -> None:
     config = RewriteConfig.parse("all", [r"Current date: \S+"])
     assert config.patterns[0].pattern == re.compile(r"Current date: \S+").pattern
+
+
+def test_compaction_keeps_a_reply_that_repeats_an_earlier_one() -> None:
+    """A reply equal to an earlier reply is still a new message after the kept history."""
+    rw = rewriter()
+    prev = [m("system", SYSTEM), m("user", "long task"), m("assistant", "Ready."),
+            m("user", "step 1")]  # fmt: skip
+    sent1, _, _ = send(rw, chat(*prev))
+    compacted = [m("system", SYSTEM), m("user", OPENCLAW_SUMMARY), m("user", "step 1"),
+                 m("assistant", "Ready."), m("user", "step 2")]  # fmt: skip
+    sent2, applied, _ = send(rw, chat(*compacted))
+    assert applied == ["compaction:openclaw"]
+    assert sent2[len(sent1) :] == [m("assistant", "Ready."), m("user", OPENCLAW_SUMMARY),
+                                   m("user", "step 2")]  # fmt: skip
