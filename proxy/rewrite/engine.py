@@ -87,7 +87,7 @@ class Rewriter:
         tape, shared = self.tapes.best(hashes, stable) if self.on("tape") else (None, 0)
         if tape is None:
             return self.fresh(conv, hashes, stable, marked, cause=None)
-        alignment = align(tape, hashes)
+        alignment = align(tape, hashes, [m.role for m in conv.messages])
         plan = Plan(conv=conv, original=conv)
         if alignment.kind == "diverged":
             found = None

@@ -86,16 +86,21 @@ def common_prefix(a: Sequence[str], b: Sequence[str]) -> int:
     return n
 
 
-def align(tape: Tape, hashes: Sequence[str]) -> Alignment:
+def align(tape: Tape, hashes: Sequence[str], roles: Sequence[str]) -> Alignment:
+    """How the new request's messages follow the previous request's: an append; an append
+    after dropping the previous request's trailing context (a short non-assistant tail
+    that followed its newest user turn, where the new request now has the reply); or not."""
     common = common_prefix(tape.client, hashes)
     dropped = tape.client_roles[common:]
     if not dropped:
         return Alignment("append", common)
     transient = (
         len(dropped) <= TRANSIENT_MAX
-        and common < len(hashes)
-        and common >= 1
         and all(role not in ("assistant", "tool") for role in dropped)
+        and common >= 1
+        and "user" in tape.client_roles[:common]
+        and common < len(roles)
+        and roles[common] == "assistant"
     )
     return Alignment("transient" if transient else "diverged", common)
 

@@ -227,3 +227,14 @@ def test_compaction_keeps_a_reply_that_repeats_an_earlier_one() -> None:
     assert applied == ["compaction:openclaw"]
     assert sent2[len(sent1) :] == [m("assistant", "Ready."), m("user", OPENCLAW_SUMMARY),
                                    m("user", "step 2")]  # fmt: skip
+
+
+def test_a_new_conversation_with_the_same_system_is_not_a_transient_of_another() -> None:
+    rw = rewriter()
+    for doc in ("document A", "document B"):
+        sent, applied, cause = send(rw, chat(m("system", SYSTEM), m("user", doc)))
+        assert (sent, applied, cause) == ([m("system", SYSTEM), m("user", doc)], [], None)
+    for doc in ("document A", "document B"):
+        turn2 = [m("system", SYSTEM), m("user", doc), m("assistant", "same"), m("user", "next")]
+        sent, applied, _ = send(rw, chat(*turn2))
+        assert (sent, applied) == (turn2, [])
