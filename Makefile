@@ -13,7 +13,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 STAMP := $(VENV)/.kvproxy-installed
 
-.PHONY: run test lint bench-overhead bench-routing bench-rewrite clean
+.PHONY: run test lint bench-overhead bench-routing bench-rewrite bench-index clean
 
 run: $(STAMP)
 	$(BIN)/kvproxy serve
@@ -34,6 +34,9 @@ bench-routing: $(STAMP)
 
 bench-rewrite: $(STAMP)
 	$(BIN)/python -m bench.rewrite
+
+bench-index: $(STAMP)
+	$(BIN)/pytest -p no:cacheprovider bench/test_prefix_index_bench.py --benchmark-columns=min,median,mean,rounds
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

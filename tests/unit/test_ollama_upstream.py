@@ -14,7 +14,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.app import create_app
+from proxy.components import STORE
 from proxy.settings import Settings
+from proxy.store import read_records
 from proxy.upstream import UpstreamSpec
 
 DOC_CHAT_STREAM = [
@@ -96,3 +98,11 @@ async def test_ollama_upstream_is_detected_and_passed_through(tmp_path) -> None:
             async with httpx.AsyncClient() as raw:
                 version = await raw.get(str(proxy.make_url("/api/version")))
             assert version.json() == {"version": "0.5.1"}
+            await proxy_app[STORE].flush()
+            (record,) = [
+                r for r in read_records(tmp_path / "records") if r["dialect"] == "ollama_chat"
+            ]
+            # ollama: one slot per instance, estimated tokens, counters from prompt_eval_count
+            assert record["slot"] == "0/0" and record["estimated"] is True
+            assert record["prompt_tokens"] == 26 and record["prefilled_tokens"] == 26
+            assert record["cached_tokens"] == 0 and record["decode_tokens"] == 282

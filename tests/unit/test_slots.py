@@ -110,3 +110,22 @@ def lease_with(known: int, source: str, held: int, restored: bool = False) -> Le
 )
 def test_miss_cause(lease: Lease, cached: int | None, prompt: int, cause: str | None) -> None:
     assert miss_cause(lease, cached, prompt) == cause
+
+
+def test_saved_files_are_bounded_least_recently_used_first(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from proxy.slots import SavedFile
+
+    m = manager(1)
+    m.pools[0].slot_dir = tmp_path
+    m.max_saved_bytes = 250
+    for i in range(4):
+        name = f"kvp-{i}.bin"
+        (tmp_path / name).write_bytes(b"x")
+        m.saved_files[name] = SavedFile(name=name, upstream=0, size=100)
+        m.saved.put(name, Prompt.of(range(i * 1000, i * 1000 + 128)))
+    m.saved_files.move_to_end("kvp-0.bin")  # used recently: kept
+    m._bound_disk()
+    assert list(m.saved_files) == ["kvp-3.bin", "kvp-0.bin"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kvp-0.bin", "kvp-3.bin"]
+    # an evicted file's prefix is remembered as a ghost, for the "evicted" miss cause
+    assert m.ghosts.longest(Prompt.of(range(1000, 1128)))[1] == 128

@@ -80,3 +80,25 @@ def test_observer_reads_ollama_counters() -> None:
 def test_server_counters(timings: dict, usage: dict, expected: dict) -> None:
     got = server_counters(timings, usage)
     assert {k: got[k] for k in expected} == expected
+
+
+def test_cached_tokens_are_filled_from_the_servers_figure_only_when_missing() -> None:
+    from proxy.streaming import with_cached_tokens
+
+    body = json.dumps({"usage": {"prompt_tokens": 10, "completion_tokens": 2}}).encode()
+    filled = json.loads(with_cached_tokens(body, 7))
+    assert filled["usage"]["prompt_tokens_details"] == {"cached_tokens": 7}
+    present = json.dumps({"usage": {"prompt_tokens_details": {"cached_tokens": 3}}}).encode()
+    assert with_cached_tokens(present, 7) == present
+    assert with_cached_tokens(body, None) == body
+
+
+def test_observer_collects_generated_text_and_finish_reason() -> None:
+    from proxy.streaming import UsageObserver
+
+    observer = UsageObserver("sse")
+    for delta, reason in (("Hel", None), ("lo", None), ("", "length")):
+        event = {"choices": [{"delta": {"content": delta}, "finish_reason": reason}]}
+        observer.feed(b"data: " + json.dumps(event).encode() + b"\n\n")
+    observer.feed(b'data: {"content": "", "stop": true, "stop_type": "eos"}\n\n')
+    assert observer.text == "Hello" and observer.finish_reason == "stop"
