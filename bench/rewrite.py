@@ -20,14 +20,13 @@ from typing import Any
 
 import httpx
 
+from bench.report import write_section
 from bench.scenarios import SCENARIOS, Scenario
 from bench.workload import chat
 from proxy.embedded import EmbeddedServer
 from proxy.process import spawn_proxy
 from proxy.settings import EmbeddedSettings
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- rewrite:begin -->", "<!-- rewrite:end -->"
 TEMPLATE_TOKENS = 4
 
 
@@ -172,12 +171,8 @@ def main(argv: list[str] | None = None) -> None:
             print(notes[-1], flush=True)
     table = "\n".join(rows) + ("\n\n" + "\n".join(notes) if notes else "")
     print(table)
-    if not args.no_write and DOC.exists() and not args.only:
-        text = DOC.read_text()
-        if BEGIN in text and END in text:
-            head, rest = text.split(BEGIN, 1)
-            _, tail = rest.split(END, 1)
-            DOC.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
+    if not args.no_write and not args.only:
+        write_section("rewrite", table)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.report import write_section
 from bench.workload import Call, Conversation, ideal_prefill, play
 from proxy.embedded import EmbeddedServer
 from proxy.process import spawn_proxy
 from proxy.settings import EmbeddedSettings
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- routing:begin -->", "<!-- routing:end -->"
 CTX = 4096
 
 
@@ -137,12 +136,8 @@ def main(argv: list[str] | None = None) -> None:
             print(restart_line, flush=True)
     table = "\n".join([HEADER, *rows]) + "\n\n" + restart_line
     print(table)
-    if not args.no_write and DOC.exists():
-        text = DOC.read_text()
-        if BEGIN in text and END in text:
-            head, rest = text.split(BEGIN, 1)
-            _, tail = rest.split(END, 1)
-            DOC.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
+    if not args.no_write:
+        write_section("routing", table)
 
 
 if __name__ == "__main__":
