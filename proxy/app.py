@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from proxy.components import POOL, REWRITER, SETTINGS, SLOTS, STORE, UpstreamPool
+from proxy.components import METRICS, POOL, REWRITER, SETTINGS, SLOTS, STORE, UpstreamPool
 from proxy.dialects import REGISTRY
 from proxy.embedded import EmbeddedServer
 from proxy.errors import ProxyError
 from proxy.handlers import setup_routes
 from proxy.log import get_logger
+from proxy.metrics import Metrics
 from proxy.rewrite.engine import Rewriter
 from proxy.rewrite.tape import TapeStore
 from proxy.settings import Settings
@@ -32,6 +33,7 @@ def create_app(settings: Settings) -> web.Application:
     # aiohttp's own limit only has to stay out of their way.
     app = web.Application(client_max_size=settings.max_body_bytes + 1)
     app[SETTINGS] = settings
+    app[METRICS] = Metrics()
     app.cleanup_ctx.append(store_ctx)
     if not settings.upstreams:
         app.cleanup_ctx.append(embedded_ctx)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from proxy.metrics import Metrics
 from proxy.rewrite.engine import Rewriter
 from proxy.settings import Settings
 from proxy.slots import SlotManager
@@ -29,3 +30,4 @@ POOL = web.AppKey("pool", UpstreamPool)
 SLOTS = web.AppKey("slots", SlotManager)
 STORE = web.AppKey("store", RecordStore)
 REWRITER = web.AppKey("rewriter", Rewriter)
+METRICS = web.AppKey("metrics", Metrics)

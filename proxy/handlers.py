@@ -16,11 +16,12 @@ import aiohttp
 from aiohttp import web
 
 from proxy import ollama_bridge
-from proxy.components import POOL, REWRITER, SETTINGS, SLOTS, STORE
+from proxy.components import METRICS, POOL, REWRITER, SETTINGS, SLOTS, STORE
 from proxy.conversation import Conversation
 from proxy.dialects.base import DialectBase
 from proxy.errors import BadRequest, PayloadTooLarge, ProxyError, UnsupportedMedia
 from proxy.log import get_logger
+from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.prefix_index import Prompt
 from proxy.record import RequestRecord, new_request_id
 from proxy.rewrite.engine import Plan
@@ -352,9 +353,14 @@ def note_rewrite(rec: RequestRecord, plan: Plan, original_cached: int | None) ->
 
 def dialect_handler(dialect: DialectBase) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
-        store = request.app[STORE]
+        store, metrics = request.app[STORE], request.app[METRICS]
+
+        def sink(fields: dict[str, Any]) -> None:
+            store.put(fields)
+            metrics.observe(fields)
+
         rec = RequestRecord(
-            request_id=new_request_id(), path=request.path, dialect=dialect.name, sink=store.put
+            request_id=new_request_id(), path=request.path, dialect=dialect.name, sink=sink
         )
         lease: Lease | None = None
         slots = request.app[SLOTS]
@@ -461,9 +467,22 @@ def ollama_endpoint(build: Callable[[dict[str, Any], dict[str, Any]], dict[str, 
     return handle
 
 
+async def own_metrics(request: web.Request) -> web.Response:
+    """kvproxy's Prometheus metrics (the upstream's are at /upstream/metrics)."""
+    return web.Response(
+        body=request.app[METRICS].render(), headers={"Content-Type": METRICS_CONTENT_TYPE}
+    )
+
+
+async def upstream_metrics(request: web.Request) -> web.StreamResponse:
+    return await forward(request.clone(rel_url="/metrics"))
+
+
 def setup_routes(app: web.Application, registry: dict[str, DialectBase]) -> None:
     for path, dialect in registry.items():
         app.router.add_post(path, dialect_handler(dialect))
+    app.router.add_get("/metrics", own_metrics)
+    app.router.add_get("/upstream/metrics", upstream_metrics)
     app.router.add_get("/api/tags", ollama_endpoint(ollama_bridge.tags))
     app.router.add_post("/api/show", ollama_endpoint(ollama_bridge.show))
     app.router.add_get("/api/version", ollama_endpoint(lambda _m, _p: ollama_bridge.version()))

@@ -162,7 +162,7 @@ def test_other_paths_forward_byte_for_byte(
 
 
 def test_metrics_of_the_upstream_pass_through(proxy: Proxy) -> None:
-    resp = httpx.get(proxy.url + "/metrics")
+    resp = httpx.get(proxy.url + "/upstream/metrics")
     assert resp.status_code == 200 and "llamacpp:" in resp.text
 
 

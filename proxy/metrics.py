@@ -1,0 +1,83 @@
+"""kvproxy's own Prometheus metrics, fed by the same finished records as the store.
+
+One ``CollectorRegistry`` per Application (no process-global registry), served at
+``/metrics``; the upstream's own metrics stay reachable at ``/upstream/metrics``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "kvproxy_requests_total", "Dialect requests finished", ["dialect", "status"],
+            registry=r,
+        )  # fmt: skip
+        self.prompt = Counter("kvproxy_prompt_tokens_total", "Prompt tokens", registry=r)
+        self.cached = Counter(
+            "kvproxy_cached_tokens_total", "Prompt tokens the server reused", registry=r
+        )
+        self.prefilled = Counter(
+            "kvproxy_prefilled_tokens_total", "Prompt tokens the server computed", registry=r
+        )
+        self.predictions = Counter(
+            "kvproxy_predictions_total", "Requests with a prediction and the server's figure",
+            registry=r,
+        )  # fmt: skip
+        self.prediction_error = Counter(
+            "kvproxy_prediction_error_tokens_total",
+            "Sum of |predicted - actual| cached tokens", registry=r,
+        )  # fmt: skip
+        self.ttft = Histogram(
+            "kvproxy_ttft_seconds", "Time to the first byte to the client", buckets=TTFT_BUCKETS,
+            registry=r,
+        )  # fmt: skip
+        self.rewrites = Counter(
+            "kvproxy_rewrite_actions_total", "Rewrite rules applied", ["rule"], registry=r
+        )
+        self.misses = Counter("kvproxy_misses_total", "Misses by cause", ["cause"], registry=r)
+        self.restores = Counter(
+            "kvproxy_restores_total", "Saved prefixes restored into a slot", registry=r
+        )
+        self.upstream_errors = Counter(
+            "kvproxy_upstream_errors_total", "Requests answered 5xx", ["status"], registry=r
+        )
+
+    def observe(self, record: dict[str, Any]) -> None:
+        """Count one finished request (a RequestRecord's fields)."""
+        status = record.get("status")
+        self.requests.labels(record.get("dialect") or "-", str(status)).inc()
+        if isinstance(status, int) and status >= 500:
+            self.upstream_errors.labels(str(status)).inc()
+        for counter, key in (
+            (self.prompt, "prompt_tokens"),
+            (self.cached, "cached_tokens"),
+            (self.prefilled, "prefilled_tokens"),
+        ):
+            if record.get(key):
+                counter.inc(record[key])
+        predicted, actual = record.get("predicted_cached"), record.get("cached_tokens")
+        if predicted is not None and actual is not None and not record.get("estimated"):
+            self.predictions.inc()
+            self.prediction_error.inc(abs(predicted - actual))
+        if record.get("ttft_ms") is not None:
+            self.ttft.observe(record["ttft_ms"] / 1000)
+        for rule in record.get("rewrite") or ():
+            self.rewrites.labels(rule.split(":")[0]).inc()
+        if record.get("miss_cause"):
+            self.misses.labels(record["miss_cause"].split(" at token")[0]).inc()
+        if record.get("restored"):
+            self.restores.inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
