@@ -19,7 +19,7 @@ from proxy import __version__
 from proxy.app import create_app
 from proxy.embedded import EmbeddedError
 from proxy.errors import ProxyError
-from proxy.log import configure, get_logger
+from proxy.log import LOG_FILE, configure, get_logger
 from proxy.rewrite.engine import RewriteConfig
 from proxy.routing import RoutePolicy
 from proxy.settings import EmbeddedSettings, Settings, default_data_dir
@@ -226,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.log_level not in LOG_LEVELS:
         build_parser().error(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
     settings = settings_from(args)
-    configure(settings.log_level)
+    configure(settings.log_level, settings.data_dir / LOG_FILE)
     if args.command == "serve":
         try:
             asyncio.run(serve(settings))

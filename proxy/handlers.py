@@ -346,6 +346,9 @@ async def plan_request(
 def note_rewrite(rec: RequestRecord, plan: Plan, original_cached: int | None) -> None:
     rec.rewrite = list(plan.applied)
     rec.rewrite_cause = plan.cause
+    rec.lineage = plan.tape.lineage if plan.tape is not None else None
+    rec.diverged_message = plan.diverged_message
+    rec.messages = len(plan.original.messages) if plan.original.kind == "chat" else None
     rec.original_predicted = original_cached
     if original_cached is not None and rec.predicted_cached is not None:
         rec.rewrite_saved_predicted = rec.predicted_cached - original_cached

@@ -45,6 +45,9 @@ class RequestRecord:
     restored: bool = False
     miss_cause: str | None = None
     estimated: bool = False
+    lineage: str | None = None
+    messages: int | None = None
+    diverged_message: int | None = None
     rewrite: list[str] = field(default_factory=list)
     rewrite_cause: str | None = None
     original_predicted: int | None = None  # cached tokens the client's own form would get

@@ -52,6 +52,7 @@ class Plan:
     original: Conversation
     applied: list[str] = field(default_factory=list)
     cause: str | None = None  # why the lineage's prefix could not be kept
+    diverged_message: int | None = None  # first client message that differs from the tape
     tape: Tape | None = None  # what to record once sent
     fallback: Plan | None = None  # the client's compacted form, if the append is too long
 
@@ -98,7 +99,9 @@ class Rewriter:
                 )
             if found is None:
                 cause = "edited-history" if shared > 1 else None
-                return self.fresh(conv, hashes, stable, marked, cause=cause)
+                fresh = self.fresh(conv, hashes, stable, marked, cause=cause)
+                fresh.diverged_message = alignment.common if cause else None
+                return fresh
             index, shape = found
             new = [m for m, n, i in zip(conv.messages, is_new, range(len(hashes)), strict=True)
                    if n and i != index]  # fmt: skip
@@ -111,7 +114,9 @@ class Rewriter:
                 plan.applied.append("transient")
         sent_system, block, new_volatile = self.system_update(tape, stable, marked)
         if sent_system is None:  # the system prompt itself changed: a real miss
-            return self.fresh(conv, hashes, stable, marked, cause="system-mutation")
+            fresh = self.fresh(conv, hashes, stable, marked, cause="system-mutation")
+            fresh.diverged_message = 0
+            return fresh
         if block:
             appended, placed = place_block(appended, block)
             if placed:
