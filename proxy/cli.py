@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from proxy import __version__
+from proxy import __version__, dashboard, explain
 from proxy.app import create_app
 from proxy.embedded import EmbeddedError
 from proxy.errors import ProxyError
@@ -121,13 +121,34 @@ def build_parser() -> argparse.ArgumentParser:
         EMBEDDED_OPTIONS,
     )
     stats = sub.add_parser("stats", help="summarize the request records (hit rate, misses)")
-    stats.add_argument(
-        "--data-dir", type=Path, default=env("DATA_DIR", str(default_data_dir())),
-        help="kvproxy's data dir [KVPROXY_DATA_DIR]",
-    )  # fmt: skip
     stats.add_argument("--since", default=None, help="30m, 2h, 1d or a Unix time; default: all")
     stats.add_argument("--json", action="store_true", help="print the totals as JSON")
+    tail = sub.add_parser("tail", help="live dashboard from the log file of a running kvproxy")
+    tail.add_argument("--once", action="store_true", help="print one frame and exit")
+    explain = sub.add_parser("explain", help="why a request missed, from the records")
+    explain.add_argument("request_id", nargs="?", default=None)
+    explain.add_argument("--last-miss", action="store_true", help="the most recent miss")
+    for reader in (stats, tail, explain):
+        reader.add_argument(
+            "--data-dir", type=Path, default=env("DATA_DIR", str(default_data_dir())),
+            help="the data dir of the kvproxy serve to read [KVPROXY_DATA_DIR]",
+        )  # fmt: skip
     return parser
+
+
+def run_tail(args: argparse.Namespace) -> int:
+    return dashboard.tail(args.data_dir.expanduser() / LOG_FILE, once=args.once)
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    records = list(read_records(Settings(data_dir=args.data_dir.expanduser()).records_dir))
+    record = explain.find(records, args.request_id, args.last_miss)
+    if record is None:
+        what = args.request_id or ("miss" if args.last_miss else "request")
+        print(f"kvproxy explain: no {what} in the records", file=sys.stderr)
+        return 1
+    print(explain.explain(records, record))
+    return 0
 
 
 def run_stats(args: argparse.Namespace) -> int:
@@ -221,8 +242,9 @@ async def serve(settings: Settings) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "stats":
-        return run_stats(args)
+    readers = {"stats": run_stats, "tail": run_tail, "explain": run_explain}
+    if args.command in readers:
+        return readers[args.command](args)
     if args.log_level not in LOG_LEVELS:
         build_parser().error(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
     settings = settings_from(args)
