@@ -13,7 +13,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 STAMP := $(VENV)/.kvproxy-installed
 
-.PHONY: run test lint bench-overhead bench-routing bench-rewrite bench-index clean
+.PHONY: run test lint bench bench-overhead bench-routing bench-rewrite bench-index clean
 
 run: $(STAMP)
 	$(BIN)/kvproxy serve
@@ -25,6 +25,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check proxy tests bench
 	$(BIN)/ruff format --check proxy tests bench
+
+# The 13-scenario suite; `make bench SCENARIOS=6,8` runs a subset.
+bench: $(STAMP)
+	$(BIN)/python -m bench.suite $(if $(SCENARIOS),--scenarios $(SCENARIOS))
 
 bench-overhead: $(STAMP)
 	$(BIN)/python -m bench.overhead
