@@ -145,3 +145,20 @@ def test_tapes_survive_a_restart_and_off_is_a_pure_router(
         stop_proxy(off)
     assert [c.rewrite for c in calls] == ["none", "none", "none"]
     assert not reused_previous(calls)
+
+
+def test_compaction_that_does_not_fit_goes_through_as_sent(
+    llama: EmbeddedServer, tmp_path: Path
+) -> None:
+    """With almost no context left for the reply, the appended form is over budget: the
+    client's compacted form goes upstream once and the record says why."""
+    proxy = start_proxy(tmp_path, "--upstream", llama.url, "--rewrite-reserve-tokens", "3900")
+    try:
+        calls = run(proxy.url, llama.url, compaction_session())
+        records = wait_for(lambda: list(read_records(proxy.data_dir / "records"))[3:])
+    finally:
+        stop_proxy(proxy)
+    assert [c.rewrite for c in calls] == ["none", "none", "none", "none"]
+    compacted = list(read_records(proxy.data_dir / "records"))[2]
+    assert compacted["rewrite_cause"] == "over-budget" and compacted["miss_cause"] == "over-budget"
+    assert records
