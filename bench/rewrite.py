@@ -1,7 +1,7 @@
 """`make bench-rewrite`: the cache-breaking scenarios, direct versus through kvproxy.
 
 Each scenario (bench.scenarios) runs twice in this process against a fresh llama-server
-(bundled SmolLM2, 1 slot): direct, and through kvproxy. Per call: the server's own
+(bundled SmolLM2, 1 slot of 8192 tokens): direct, and through kvproxy. Per call: the server's own
 ``prompt_n`` (prefilled) and ``cache_n``; per scenario: tokens prefilled, TTFT p50, HIT/MISS
 per call and the prefill amplification, tokens prefilled / tokens new, where "new" counts
 the tokens of the lines (and 4 per message for the template) that the previous request of
@@ -117,7 +117,7 @@ def run(
 
 def side(name: str, proxied: bool) -> list[CallResult]:
     tmp = Path(tempfile.mkdtemp(prefix="kvp-rewrite-"))
-    llama = EmbeddedServer.start(EmbeddedSettings(parallel=1, ctx_per_slot=4096), tmp / "llama")
+    llama = EmbeddedServer.start(EmbeddedSettings(parallel=1, ctx_per_slot=8192), tmp / "llama")
     proxy = spawn_proxy(tmp / "proxy", "--upstream", llama.url) if proxied else None
     try:
         return run(proxy.url if proxy else llama.url, llama.url, SCENARIOS[name]())

@@ -12,6 +12,8 @@ from bench.workload import document
 Body = dict[str, Any]
 # Replies long enough that re-prefilling one (what a dropped message costs) shows.
 REPLY_TOKENS = 96
+# The most recent tool result, kept by the compaction (a large file read, ~3,300 tokens).
+KEPT_WORDS = 2800
 Scenario = Generator[Body, str, None]
 OPENCLAW_MARKER = (
     "The conversation history before this point was compacted into the following summary:"
@@ -101,7 +103,7 @@ def agentic_compaction() -> Scenario:
         system,
         {"role": "user", "content": "Fix the bug in this project.\n" + document(700, 400)},
     ]
-    for step, words in enumerate((100, 100, 1400)):
+    for step, words in enumerate((100, 100, KEPT_WORDS)):
         call = {"id": f"call{step}", "type": "function",
                 "function": {"name": "read", "arguments": f'{{"path": "f{step}.py"}}'}}  # fmt: skip
         messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
