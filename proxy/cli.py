@@ -107,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_options(serve, SERVE_OPTIONS)
     serve.add_argument(
+        "--log-content", action="store_true", default=env("LOG_CONTENT", "") in ("1", "true"),
+        help="put short prompt snippets in the records and the log, for kvproxy explain "
+        "[KVPROXY_LOG_CONTENT=1]",
+    )  # fmt: skip
+    serve.add_argument(
         "--volatile-pattern", action="append", default=None, metavar="REGEX",
         help="system-message text matching this regex is volatile from the first turn; "
         "repeatable [KVPROXY_VOLATILE_PATTERN, newline-separated]",
@@ -197,6 +202,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         slot_checkpoint_idle=args.slot_checkpoint_idle,
         records_max=args.records_max,
         rewrite=rewrite_config(args),
+        log_content=args.log_content,
         max_tapes=args.max_tapes,
         route=RoutePolicy(
             hot_tokens=args.route_hot_tokens,

@@ -84,6 +84,10 @@ def explain(records: Sequence[dict[str, Any]], record: dict[str, Any]) -> str:
                 f"cost         {lost} tokens prefilled, ~{lost * rate / 1000:.2f} s at this "
                 f"upstream's measured {1000 / rate:.0f} tokens/s"
             )
+    for name, text in (record.get("snippets") or {}).items():
+        lines.append(f"{name + ' text':<13}{text!r}")
+    if record.get("snippets") is None:
+        lines.append("text         not logged (kvproxy serve --log-content records snippets)")
     rules = ", ".join(record.get("rewrite") or []) or "none"
     lines.append(f"rewrite      applied: {rules}")
     if record.get("rewrite_saved") is not None:

@@ -343,6 +343,24 @@ async def plan_request(
         plan = plan.fallback
 
 
+SNIPPET_CHARS = 160
+
+
+def snippets(plan: Plan) -> dict[str, str]:
+    """Short text for ``kvproxy explain`` (only with --log-content): the newest message and
+    the first one that diverged from the tape."""
+    messages = plan.original.messages
+    out: dict[str, str] = {}
+    if messages:
+        out["last"] = f"{messages[-1].role}: {messages[-1].text()[:SNIPPET_CHARS]}"
+    index = plan.diverged_message
+    if index is not None and index < len(messages):
+        out["diverged"] = f"{messages[index].role}: {messages[index].text()[:SNIPPET_CHARS]}"
+    if plan.original.kind == "completion" and isinstance(plan.original.prompt, str):
+        out["prompt"] = plan.original.prompt[-SNIPPET_CHARS:]
+    return out
+
+
 def note_rewrite(rec: RequestRecord, plan: Plan, original_cached: int | None) -> None:
     rec.rewrite = list(plan.applied)
     rec.rewrite_cause = plan.cause
@@ -376,6 +394,8 @@ def dialect_handler(dialect: DialectBase) -> Handler:
             lease = await slots.acquire_prompts(prompts)
             note_route(rec, lease)
             note_rewrite(rec, plan, original_cached)
+            if request.app[SETTINGS].log_content:
+                rec.snippets = snippets(plan)
             path, upstream_body, bridged = calls[lease.route.upstream]
             if lease.pool.pins:
                 upstream_body = {**upstream_body, "id_slot": lease.route.slot, "cache_prompt": True}

@@ -48,6 +48,7 @@ class RequestRecord:
     lineage: str | None = None
     messages: int | None = None
     diverged_message: int | None = None
+    snippets: dict[str, str] | None = None  # only with --log-content
     rewrite: list[str] = field(default_factory=list)
     rewrite_cause: str | None = None
     original_predicted: int | None = None  # cached tokens the client's own form would get

@@ -48,6 +48,8 @@ class Settings:
     route: RoutePolicy = field(default_factory=RoutePolicy)
     rewrite: RewriteConfig = field(default_factory=RewriteConfig)
     max_tapes: int = 512
+    # Put short text snippets into the records and the log (off: hashes and counts only).
+    log_content: bool = False
 
     @property
     def records_dir(self) -> Path:

@@ -93,3 +93,22 @@ def test_log_follower_survives_rotation(tmp_path: Path) -> None:
     follower.close()
     assert [e["request_id"] for e in board.recent] == ["a", "b"]
     assert board.cached == 10 and render(board) is not None
+
+
+def test_snippets_only_with_log_content(proxy: Proxy, llama, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import start_proxy, stop_proxy
+
+    out = kvproxy("explain", "--data-dir", str(proxy.data_dir))
+    assert "text         not logged" in out.stdout
+    logging_proxy = start_proxy(tmp_path, "--upstream", llama.url, "--log-content")
+    try:
+        chat(logging_proxy, [SYSTEM, {"role": "user", "content": "Name a fruit, quickly."}])
+        deadline = time.monotonic() + 30
+        while not list(read_records(logging_proxy.data_dir / "records")):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        stop_proxy(logging_proxy)
+    out = kvproxy("explain", "--data-dir", str(logging_proxy.data_dir))
+    assert "last text    'user: Name a fruit, quickly.'" in out.stdout
+    assert "Name a fruit" not in (proxy.data_dir / "kvproxy.log").read_text()
