@@ -111,4 +111,4 @@ def test_snippets_only_with_log_content(proxy: Proxy, llama, tmp_path: Path) -> 
         stop_proxy(logging_proxy)
     out = kvproxy("explain", "--data-dir", str(logging_proxy.data_dir))
     assert "last text    'user: Name a fruit, quickly.'" in out.stdout
-    assert "Name a fruit" not in (proxy.data_dir / "kvproxy.log").read_text()
+    assert all(r["snippets"] is None for r in read_records(proxy.data_dir / "records"))
