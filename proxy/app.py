@@ -80,6 +80,10 @@ async def slots_ctx(app: web.Application) -> AsyncIterator[None]:
             )
         )
     manager = SlotManager(pools, settings.route, settings.slot_cache_max_bytes)
+    store = app[STORE]
+    loaded = manager.load_state(await asyncio.to_thread(store.load_items, b"slots"))
+    log.info("slot_state_loaded", entries=loaded)
+    manager.persist = lambda key, raw: store.put_state(b"slots", key, raw)
     app[SLOTS] = manager
     checkpoints = None
     if settings.slot_checkpoint_idle > 0 and any(p.can_save for p in pools):

@@ -9,7 +9,10 @@ what each response says the slot now holds.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -110,6 +113,60 @@ class SlotManager:
         self.saved_files: OrderedDict[str, SavedFile] = OrderedDict()
         self.ghosts = PrefixIndex()
         self._lock = asyncio.Lock()
+        # Mirrors slot contents and saved files to durable storage (LMDB), so that a
+        # restarted kvproxy starts warm: persist(key, value or None to delete).
+        self.persist: Callable[[str, bytes | None], None] | None = None
+
+    def _mirror_slot(self, pool: UpstreamSlots, slot: int) -> None:
+        if self.persist is None:
+            return
+        held = pool.held.get(slot)
+        key = f"live|{pool.upstream.url}|{slot}"
+        value = None
+        if held is not None:
+            value = encode_state(held, saved_len=pool.states[slot].saved_len)
+        self.persist(key, value)
+
+    def _mirror_file(self, name: str) -> None:
+        if self.persist is None:
+            return
+        info, prompt = self.saved_files.get(name), self.saved.get(name)
+        value = None
+        if info is not None and prompt is not None:
+            value = encode_state(
+                prompt, upstream=self.pools[info.upstream].upstream.url, size=info.size
+            )
+        self.persist(f"file|{name}", value)
+
+    def load_state(self, items: list[tuple[str, bytes]]) -> int:
+        """Slot contents and saved files from a previous run, for the upstreams that are
+        still configured (files only if still on disk, where kvproxy knows the directory).
+        The next request's /slots check cuts back whatever the servers no longer hold."""
+        by_url = {pool.upstream.url: pool for pool in self.pools}
+        loaded = 0
+        for key, raw in items:
+            kind, _, rest = key.partition("|")
+            try:
+                prompt, meta = decode_state(raw)
+            except (ValueError, KeyError, TypeError):
+                continue
+            if kind == "live":
+                url, _, slot_text = rest.rpartition("|")
+                pool = by_url.get(url)
+                if pool is None or not slot_text.isdigit() or int(slot_text) >= pool.n_slots:
+                    continue
+                pool.held.put(int(slot_text), prompt)
+                pool.states[int(slot_text)].saved_len = int(meta.get("saved_len", 0))
+            elif kind == "file":
+                pool = by_url.get(meta.get("upstream", ""))
+                if pool is None:
+                    continue
+                if pool.slot_dir is not None and not (pool.slot_dir / rest).exists():
+                    continue
+                self.saved_files[rest] = SavedFile(rest, pool.index, int(meta.get("size", 0)))
+                self.saved.put(rest, prompt)
+            loaded += 1
+        return loaded
 
     async def tokens_for(
         self, conv: Conversation, bodies: dict[int, dict[str, Any]]
@@ -272,6 +329,7 @@ class SlotManager:
                 else:
                     pool.held.remove(slot)
                 pool.states[slot].saved_len = min(pool.states[slot].saved_len, has)
+                self._mirror_slot(pool, slot)
 
     def _note_known(self, lease: Lease, prompt: Prompt, views: list[SlotView]) -> None:
         live = max(views, key=lambda v: v.cached)
@@ -327,6 +385,8 @@ class SlotManager:
         self.saved_files[name] = SavedFile(name=name, upstream=pool.index, size=size)
         self.saved.put(name, held)
         state.saved_len = len(held)
+        self._mirror_file(name)
+        self._mirror_slot(pool, slot)
         log.info("slot_saved", slot=slot, tokens=len(held), bytes=size, file=name)
         self._bound_disk()
 
@@ -340,12 +400,14 @@ class SlotManager:
         self.saved_files.move_to_end(name)
         pool.held.put(slot, prompt)
         pool.states[slot].saved_len = len(prompt)
+        self._mirror_slot(pool, slot)
         log.info("slot_restored", slot=slot, tokens=len(prompt), file=name)
         return True
 
     def _drop_file(self, name: str, ghost: bool) -> None:
         old = self.saved_files.pop(name, None)
         prompt = self.saved.remove(name)
+        self._mirror_file(name)
         if ghost and prompt is not None:
             self.ghosts.put(("file", name), prompt)
         if old is not None:
@@ -388,6 +450,7 @@ class SlotManager:
         if prompt is None:
             pool.held.remove(slot)
             state.saved_len = 0
+            self._mirror_slot(pool, slot)
             return
         if completed:
             # generated is None when the tokenizer needs I/O: the prompt is what is certain.
@@ -402,6 +465,7 @@ class SlotManager:
         if previous is None or common_prefix(previous.tokens, holds.tokens) < state.saved_len:
             state.saved_len = 0
         pool.held.put(slot, holds)
+        self._mirror_slot(pool, slot)
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Per-slot state for logs and tests."""
@@ -419,6 +483,19 @@ class SlotManager:
                     }
                 )
         return out
+
+
+def encode_state(prompt: Prompt, **meta: Any) -> bytes:
+    """A prompt's tokens and a little metadata, for LMDB."""
+    tokens = base64.b64encode(array("i", prompt.tokens).tobytes()).decode()
+    return json.dumps({"tokens": tokens, **meta}, separators=(",", ":")).encode()
+
+
+def decode_state(raw: bytes) -> tuple[Prompt, dict[str, Any]]:
+    data = json.loads(raw)
+    tokens = array("i")
+    tokens.frombytes(base64.b64decode(data.pop("tokens")))
+    return Prompt.of(tokens.tolist()), data
 
 
 def miss_cause(lease: Lease, cached: int | None, prompt_tokens: int | None) -> str | None:

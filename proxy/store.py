@@ -23,7 +23,7 @@ from proxy.log import get_logger
 log = get_logger("kvproxy.store")
 
 RECORDS = b"records"
-STATE_DBS = (b"tapes",)
+STATE_DBS = (b"tapes", b"slots")
 BATCH = 512
 
 # A queued state change: (database, key, value or None to delete).
@@ -70,8 +70,11 @@ class RecordStore:
 
     def load_state(self, db: bytes) -> list[bytes]:
         """Every value of a state database, in key order (blocking: call off the loop)."""
+        return [v for _, v in self.load_items(db)]
+
+    def load_items(self, db: bytes) -> list[tuple[str, bytes]]:
         with self.env.begin(db=self.state_dbs[db]) as txn:
-            return [bytes(v) for _, v in txn.cursor()]
+            return [(bytes(k).decode(), bytes(v)) for k, v in txn.cursor()]
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""

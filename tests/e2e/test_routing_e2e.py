@@ -201,3 +201,20 @@ def test_restarted_upstream_gets_its_conversations_back(tmp_path: Path) -> None:
     finally:
         stop_proxy(proxy)
         llama.stop()
+
+
+def test_restarted_kvproxy_starts_warm(llama_nocache: EmbeddedServer, tmp_path: Path) -> None:
+    """Slot contents are mirrored to LMDB: after a kvproxy restart the next turn is still
+    predicted exactly (and the server reuses the conversation)."""
+    convs = [Conversation.start(s, 300) for s in (31, 32)]
+    proxy = start_proxy(tmp_path, "--upstream", llama_nocache.url)
+    try:
+        play(proxy.url, convs, turns=1)
+    finally:
+        stop_proxy(proxy)
+    proxy = start_proxy(tmp_path, "--upstream", llama_nocache.url)
+    try:
+        after = play(proxy.url, convs, turns=1, first_turn=1)
+    finally:
+        stop_proxy(proxy)
+    assert all(c.predicted == c.cache_n > 300 for c in after)

@@ -129,3 +129,16 @@ def test_saved_files_are_bounded_least_recently_used_first(tmp_path) -> None:  #
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kvp-0.bin", "kvp-3.bin"]
     # an evicted file's prefix is remembered as a ghost, for the "evicted" miss cause
     assert m.ghosts.longest(Prompt.of(range(1000, 1128)))[1] == 128
+
+
+async def test_slot_state_round_trips_through_its_mirror(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    mirror: dict[str, bytes | None] = {}
+    m = manager(2)
+    m.persist = mirror.__setitem__
+    lease = await m.acquire(CHAT, {0: {"tokens": list(range(300))}})
+    m.release(lease, completed=True, generated=[7, 8], finish_reason="stop")
+    again = manager(2)
+    assert again.load_state([(k, v) for k, v in mirror.items() if v is not None]) == 1
+    assert again.pools[0].held.get(lease.route.slot) == Prompt.of([*range(300), 7, 8])
+    # an upstream that is no longer configured is skipped
+    assert again.load_state([("live|http://elsewhere|0", next(iter(mirror.values())))]) == 0  # type: ignore[list-item]
