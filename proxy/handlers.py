@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -163,17 +164,30 @@ def upstream_call(
     return raw_path, dialect.render(conv), False
 
 
-async def relay_native(
-    request: web.Request,
-    dialect: DialectBase,
-    path: str,
-    body: dict[str, Any],
-    upstream: Upstream,
-    rec: RequestRecord,
-    observer: UsageObserver,
-    extra_headers: dict[str, str],
-) -> web.StreamResponse:
+@dataclass
+class Relay:
+    """One routed request on its way: what goes upstream, and what observes the answer."""
+
+    request: web.Request
+    dialect: DialectBase
+    conv: Conversation
+    path: str
+    body: dict[str, Any]
+    upstream: Upstream
+    rec: RequestRecord
+    observer: UsageObserver
+    extra_headers: dict[str, str]
+
+
+async def relay_native(call: Relay) -> web.StreamResponse:
     """Same dialect on both sides: relay the bytes, observing counters and generated text."""
+    request, dialect, path, body = call.request, call.dialect, call.path, call.body
+    upstream, rec, observer, extra_headers = (
+        call.upstream,
+        call.rec,
+        call.observer,
+        call.extra_headers,
+    )
     rec.upstream_path = path
     async with upstream.request(
         "POST", path, json_body=body, headers=client_headers(request)
@@ -205,18 +219,15 @@ def ndjson(objects: list[dict[str, Any]]) -> list[bytes]:
     return [json.dumps(o, separators=(",", ":")).encode() + b"\n" for o in objects]
 
 
-async def relay_ollama_bridge(
-    request: web.Request,
-    conv: Conversation,
-    dialect: DialectBase,
-    path: str,
-    body: dict[str, Any],
-    upstream: Upstream,
-    rec: RequestRecord,
-    observer: UsageObserver,
-    extra_headers: dict[str, str],
-) -> web.StreamResponse:
+async def relay_ollama_bridge(call: Relay) -> web.StreamResponse:
     """An ollama request answered by llama-server: translate there and back."""
+    request, conv, dialect, path, body = call.request, call.conv, call.dialect, call.path, call.body
+    upstream, rec, observer, extra_headers = (
+        call.upstream,
+        call.rec,
+        call.observer,
+        call.extra_headers,
+    )
     endpoint = "chat" if conv.kind == "chat" else "generate"
     rec.upstream_path, rec.translated = path, True
     responder = ollama_bridge.OllamaResponder(endpoint=endpoint, model=conv.model or "")
@@ -401,14 +412,10 @@ def dialect_handler(dialect: DialectBase) -> Handler:
                 upstream_body = {**upstream_body, "id_slot": lease.route.slot, "cache_prompt": True}
             upstream = lease.pool.upstream
             headers = {**cache_header(lease), REWRITE_HEADER: plan.header}
-            if bridged:
-                out = await relay_ollama_bridge(
-                    request, conv, dialect, path, upstream_body, upstream, rec, observer, headers
-                )
-            else:
-                out = await relay_native(
-                    request, dialect, path, upstream_body, upstream, rec, observer, headers
-                )
+            call = Relay(request, dialect, plan.conv, path, upstream_body, upstream, rec,
+                         observer, headers)  # fmt: skip
+            relay = relay_ollama_bridge if bridged else relay_native
+            out = await relay(call)
             note_outcome(rec, lease)
             finish_lease(slots, lease, observer, rec)
             if rec.status == 200 and rec.error is None:

@@ -123,18 +123,8 @@ class Rewriter:
                 plan.applied.append("volatile")
             else:
                 new_volatile = tape.volatile
-        messages = [*tape.sent, *appended]
-        sent_tools, tool_keys = self.tool_update(conv, tape.tools, plan)
-        plan.conv = replace(conv, messages=tuple(messages), tools=sent_tools)
-        plan.tape = Tape(
-            lineage=tape.lineage,
-            client=hashes,
-            client_roles=[m.role for m in conv.messages],
-            sent=messages,
-            system_stable=stable,
-            volatile=new_volatile,
-            tools=tool_keys,
-        )
+        self.finish(plan, tape.lineage, hashes, [*tape.sent, *appended], stable, new_volatile,
+                    tape.tools)  # fmt: skip
         return plan
 
     def system_update(
@@ -190,18 +180,32 @@ class Rewriter:
                 messages = list(conv.messages)
                 stable = system_text(conv)
                 marked = ""
-        sent_tools, tool_keys = self.tool_update(conv, [], plan)
+        self.finish(plan, uuid.uuid4().hex[:16], hashes, messages, stable, marked, [])
+        return plan
+
+    def finish(
+        self,
+        plan: Plan,
+        lineage: str,
+        hashes: list[str],
+        messages: list[Message],
+        stable: str | None,
+        volatile_text: str,
+        previous_tools: list[str],
+    ) -> None:
+        """The upstream conversation (messages, tools in their stable order) and its tape."""
+        conv = plan.original
+        sent_tools, tool_keys = self.tool_update(conv, previous_tools, plan)
         plan.conv = replace(conv, messages=tuple(messages), tools=sent_tools)
         plan.tape = Tape(
-            lineage=uuid.uuid4().hex[:16],
+            lineage=lineage,
             client=hashes,
             client_roles=[m.role for m in conv.messages],
             sent=messages,
             system_stable=stable,
-            volatile=marked,
+            volatile=volatile_text,
             tools=tool_keys,
         )
-        return plan
 
     def commit(self, plan: Plan) -> None:
         if plan.tape is not None and self.on("tape"):
