@@ -31,8 +31,9 @@ from proxy.upstream import Upstream
 
 log = get_logger("kvproxy.slots")
 
-# Evicted prefixes remembered (token hashes only) so that a later miss can say "evicted".
-GHOST_LIMIT = 4096
+# Evicted prefixes remembered, oldest out, so that a later miss can say "evicted" (a few
+# hundred: each holds its tokens).
+GHOST_LIMIT = 256
 # The generated tail of a slot is predicted from re-tokenized text, so a prompt that stops
 # this close to the end of what a slot held still counts as extending it.
 DIVERGE_SLACK = 2
