@@ -39,6 +39,7 @@ GHOST_LIMIT = 256
 DIVERGE_SLACK = 2
 # Seconds to wait for llama-server's /slots before routing without the check.
 SYNC_TIMEOUT = 0.5
+SYNC_INTERVAL = 1.0
 
 
 @dataclass
@@ -62,6 +63,7 @@ class UpstreamSlots:
     slot_dir: Path | None = None  # where its save files are, when they are on this host
     held: PrefixIndex = field(default_factory=PrefixIndex)
     states: list[SlotState] = field(default_factory=list)
+    synced: float | None = None  # when /slots was last read
 
     def __post_init__(self) -> None:
         if not self.states:
@@ -308,7 +310,13 @@ class SlotManager:
         """Reconcile with the server's own ``/slots`` (``n_prompt_tokens`` per slot): a
         restarted server, or another client talking to it directly, leaves slots that hold
         less than the index says; those are cut back to what the server has. Slots with a
-        request in flight are left alone; a slow or failing answer skips the check."""
+        request in flight are left alone; a slow or failing answer skips the check. At
+        most once per SYNC_INTERVAL: a restart takes longer than that, and a burst of
+        requests need not pay a round trip each."""
+        now = self.clock()
+        if pool.synced is not None and now - pool.synced < SYNC_INTERVAL:
+            return
+        pool.synced = now
         try:
             slots = await asyncio.wait_for(pool.upstream.get_json("/slots"), SYNC_TIMEOUT)
         except (ProxyError, TimeoutError):
