@@ -14,7 +14,14 @@ from dataclasses import dataclass, field, replace
 
 from proxy.conversation import Conversation, Message
 from proxy.rewrite import compaction, tools, volatile
-from proxy.rewrite.tape import Tape, TapeStore, align, client_hashes
+from proxy.rewrite.tape import (
+    Tape,
+    TapeStore,
+    align,
+    client_hashes,
+    first_user_index,
+    splice_match,
+)
 
 RULES = ("tape", "volatile", "compaction", "tools")
 
@@ -90,7 +97,11 @@ class Rewriter:
             return self.fresh(conv, hashes, stable, marked, cause=None)
         alignment = align(tape, hashes, [m.role for m in conv.messages])
         plan = Plan(conv=conv, original=conv)
-        if alignment.kind == "diverged":
+        spliced = self.first_user_splice(tape, conv, hashes)
+        if spliced is not None:
+            appended = spliced
+            plan.applied.append("volatile")
+        elif alignment.kind == "diverged":
             found = None
             if self.on("compaction"):
                 is_new = compaction.new_in_order(tape.client, hashes)
@@ -126,6 +137,26 @@ class Rewriter:
         self.finish(plan, tape.lineage, hashes, [*tape.sent, *appended], stable, new_volatile,
                     tape.tools)  # fmt: skip
         return plan
+
+    def first_user_splice(
+        self, tape: Tape, conv: Conversation, hashes: list[str]
+    ) -> list[Message] | None:
+        """Content spliced into the first user message (the variable part of an otherwise
+        unchanged history): the changed lines go to the newest user turn, the first user
+        message stays as the tape holds it. None when this is not such a request."""
+        if not self.on("volatile") or not splice_match(tape, hashes):
+            return None
+        f = first_user_index(tape.client_roles)
+        assert f is not None
+        new_text = conv.messages[f].content
+        if not isinstance(new_text, str):
+            return None
+        change = volatile.changed_lines(tape.first_user, new_text)
+        if change is None or not volatile.is_volatile_change(new_text, change[1]):
+            return None
+        block = volatile.context_block(change[1], volatile.FIRST_USER_OPEN)
+        appended, placed = place_block(list(conv.messages[len(tape.client) :]), block)
+        return appended if placed else None
 
     def system_update(
         self, tape: Tape, stable: str | None, marked: str
@@ -197,6 +228,7 @@ class Rewriter:
         conv = plan.original
         sent_tools, tool_keys = self.tool_update(conv, previous_tools, plan)
         plan.conv = replace(conv, messages=tuple(messages), tools=sent_tools)
+        f = first_user_index([m.role for m in conv.messages])
         plan.tape = Tape(
             lineage=lineage,
             client=hashes,
@@ -205,6 +237,7 @@ class Rewriter:
             system_stable=stable,
             volatile=volatile_text,
             tools=tool_keys,
+            first_user=conv.messages[f].text() if f is not None else "",
         )
 
     def commit(self, plan: Plan) -> None:

@@ -59,6 +59,7 @@ class Tape:
     system_stable: str | None = None  # the client's system text last time, markers removed
     volatile: str = ""  # volatile text the model has been given most recently
     tools: list[str] = field(default_factory=list)  # canonical tools, in the order sent
+    first_user: str = ""  # the client's first user message text last time
     updated: float = field(default_factory=time.time)
 
     def dump(self) -> bytes:
@@ -103,6 +104,26 @@ def align(tape: Tape, hashes: Sequence[str], roles: Sequence[str]) -> Alignment:
         and roles[common] == "assistant"
     )
     return Alignment("transient" if transient else "diverged", common)
+
+
+def first_user_index(roles: Sequence[str]) -> int | None:
+    return next((i for i, role in enumerate(roles) if role == "user"), None)
+
+
+def splice_match(tape: Tape, hashes: Sequence[str]) -> bool:
+    """The new request is the previous one with only its first user message changed, plus
+    new messages: the lineage is established by the history after that message (at
+    least one message of it), so a new conversation is never taken for a splice."""
+    f = first_user_index(tape.client_roles)
+    n = len(tape.client)
+    return (
+        f is not None
+        and n > f + 1
+        and len(hashes) > n
+        and list(hashes[:f]) == tape.client[:f]
+        and hashes[f] != tape.client[f]
+        and list(hashes[f + 1 : n]) == tape.client[f + 1 :]
+    )
 
 
 class TapeStore:
@@ -167,6 +188,9 @@ class TapeStore:
                 best, shared = tape, n
         if best is not None and shared >= 2:
             return best, shared
+        for tape in reversed(self._tapes.values()):
+            if splice_match(tape, hashes):
+                return tape, len(tape.client) - 1
         if system is not None:
             for tape in reversed(self._tapes.values()):
                 if tape.system_stable == system:

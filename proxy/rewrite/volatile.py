@@ -16,6 +16,7 @@ from proxy.conversation import Message
 
 BLOCK_OPEN = '<context-update source="system">'
 BLOCK_CLOSE = "</context-update>"
+FIRST_USER_OPEN = '<context-update source="first user message">'
 # A change larger than this share of the system message is a new system prompt, not a
 # volatile part of the old one.
 MAX_VOLATILE_SHARE = 0.5
@@ -49,8 +50,8 @@ def marker_split(text: str, patterns: Sequence[re.Pattern[str]]) -> tuple[str, s
     return text, "\n".join(found)
 
 
-def context_block(volatile: str) -> str:
-    return f"\n\n{BLOCK_OPEN}\n{volatile.strip(chr(10))}\n{BLOCK_CLOSE}"
+def context_block(volatile: str, opening: str = BLOCK_OPEN) -> str:
+    return f"\n\n{opening}\n{volatile.strip(chr(10))}\n{BLOCK_CLOSE}"
 
 
 def with_block(message: Message, block: str) -> Message:

@@ -144,7 +144,8 @@ def test_edited_history_starts_a_new_tape() -> None:
         rw, chat(m("system", SYSTEM), m("user", "EDITED"), m("assistant", "b"), m("user", "c"),
                  m("assistant", "d"), m("user", "e"))
     )  # fmt: skip
-    assert cause is None and applied == []  # shares only the system: a new conversation
+    # the history after the first user message is the same: this conversation, edited
+    assert cause == "edited-history" and applied == []
     send(rw, chat(m("system", SYSTEM), m("user", "x"), m("assistant", "y"), m("user", "z")))
     _, _, cause = send(
         rw, chat(m("system", SYSTEM), m("user", "x"), m("assistant", "Y2"), m("user", "z"),
@@ -238,3 +239,30 @@ def test_a_new_conversation_with_the_same_system_is_not_a_transient_of_another()
         turn2 = [m("system", SYSTEM), m("user", doc), m("assistant", "same"), m("user", "next")]
         sent, applied, _ = send(rw, chat(*turn2))
         assert (sent, applied) == (turn2, [])
+
+
+def test_content_spliced_into_the_first_user_message_moves_to_the_newest_turn() -> None:
+    rw = rewriter()
+    first = "Runtime: agent=main | session=1\nTask: fix the bug in the parser.\nBe careful.\n"
+    turns = [m("assistant", "ok"), m("user", "step 1")]
+    sent1, _, _ = send(rw, chat(m("system", SYSTEM), m("user", first), *turns))
+    spliced = first.replace("session=1", "session=2")
+    sent2, applied, cause = send(
+        rw, chat(m("system", SYSTEM), m("user", spliced), *turns, m("assistant", "done"),
+                 m("user", "step 2"))
+    )  # fmt: skip
+    assert applied == ["volatile"] and cause is None and extends(sent1, sent2)
+    assert sent2[-1].content.endswith(
+        '<context-update source="first user message">\n'
+        "Runtime: agent=main | session=2\n</context-update>"
+    )
+
+
+def test_second_turn_of_another_conversation_is_not_a_splice() -> None:
+    rw = rewriter()
+    send(rw, chat(m("system", SYSTEM), m("user", "Task A\nline\nline\n")))
+    sent, applied, _ = send(
+        rw, chat(m("system", SYSTEM), m("user", "Task B\nline\nline\n"), m("assistant", "x"),
+                 m("user", "y"))
+    )  # fmt: skip
+    assert applied == [] and sent[1].content == "Task B\nline\nline\n"

@@ -19,7 +19,9 @@ TOOLS = [
     {"type": "function", "function": {"name": f"t{i}", "parameters": {"type": "object"}}}
     for i in range(4)
 ]
-ACTION = st.sampled_from(["turn", "turn", "tool", "transient", "volatile", "compact", "edit"])
+ACTION = st.sampled_from(
+    ["turn", "turn", "tool", "transient", "volatile", "compact", "edit", "splice"]
+)
 
 
 def lines(message: Message) -> list[str]:
@@ -28,12 +30,13 @@ def lines(message: Message) -> list[str]:
 
 def check(client: Conversation, sent: Conversation) -> None:
     """Each client message has its own sent message carrying its text (a user message may
-    carry a context block after it); the system message's lines may be spread over the
-    system message and blocks."""
+    carry a context block after it); the lines of the system message and of the first user
+    message may be spread over that message and context blocks."""
     sent_text = "\n".join(m.text() for m in sent.messages)
     used: set[int] = set()
-    for message in client.messages:
-        if message.role == "system":
+    first_user = next((i for i, m in enumerate(client.messages) if m.role == "user"), None)
+    for i, message in enumerate(client.messages):
+        if message.role == "system" or i == first_user:
             for line in lines(message):
                 assert line in sent_text, f"lost {line!r}"
             continue
@@ -80,6 +83,9 @@ def test_every_client_line_and_tool_reaches_the_upstream(
             system = f"Stable rules.\nDate: {step + 1}\nMore rules.\n"
         if action == "edit" and len(history) > 2:
             history[0] = Message.make("user", "edited " + word)
+        if action == "splice":
+            first = history[0].text().split("\n")
+            history[0] = Message.make("user", "\n".join([f"Runtime {step}", *first[1:], "keep"]))
         if action == "compact" and len(history) > 3:
             marker = SHAPES[0][2]
             history = [Message.make("user", f"{marker}\n<summary>{word}</summary>"), *history[-2:]]
