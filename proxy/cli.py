@@ -10,8 +10,10 @@ import re
 import shlex
 import signal
 import sys
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -106,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="run the proxy", formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     add_options(serve, SERVE_OPTIONS)
+    serve.add_argument(
+        "--config", type=Path, default=env("CONFIG"), metavar="FILE",
+        help="TOML file of serve options (keys as the flags without --: rewrite = "
+        '"-volatile", volatile-pattern = ["..."]); flags and KVPROXY_* override it '
+        "[KVPROXY_CONFIG]",
+    )  # fmt: skip
     serve.add_argument(
         "--log-content", action="store_true", default=env("LOG_CONTENT", "") in ("1", "true"),
         help="put short prompt snippets in the records and the log, for kvproxy explain "
@@ -246,8 +254,64 @@ async def serve(settings: Settings) -> None:
         await runner.cleanup()
 
 
+def serve_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest: a for a in subparsers.choices["serve"]._actions}
+
+
+def config_defaults(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """Serve options from a TOML file, converted by each option's own type."""
+    actions = serve_actions(parser)
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        parser.error(f"--config {path}: {exc}")
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        action = actions.get(key.replace("-", "_"))
+        if action is None or action.dest in ("config", "help"):
+            parser.error(f"--config {path}: unknown option {key!r}")
+        if isinstance(value, list):
+            out[action.dest] = [str(v) for v in value]
+        elif isinstance(value, bool) or action.type is None:
+            out[action.dest] = value
+        else:
+            try:
+                out[action.dest] = action.type(str(value))  # type: ignore[operator]
+            except (TypeError, ValueError) as exc:
+                parser.error(f"--config {path}: {key}: {exc}")
+    return out
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Flags, then KVPROXY_* variables, then the --config file, then built-in defaults: a
+    file value applies where neither a flag nor a variable changed the default."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None) is None:
+        return args
+    base = builtin_defaults()
+    from_env = {"upstream": env_list("UPSTREAM"), "volatile_pattern": env("VOLATILE_PATTERN")}
+    for dest, value in config_defaults(Path(args.config).expanduser(), parser).items():
+        if getattr(args, dest) == getattr(base, dest) and not from_env.get(dest):
+            setattr(args, dest, value)
+    return args
+
+
+def builtin_defaults() -> argparse.Namespace:
+    """``serve``'s defaults without any KVPROXY_* variable (the parser reads them as
+    defaults, so a value equal to these was set by neither a flag nor a variable)."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("KVPROXY_")}
+    for key in saved:
+        del os.environ[key]
+    try:
+        return build_parser().parse_args(["serve"])
+    finally:
+        os.environ.update(saved)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     readers = {"stats": run_stats, "tail": run_tail, "explain": run_explain}
     if args.command in readers:
         return readers[args.command](args)

@@ -66,3 +66,36 @@ def test_bad_values_are_usage_errors(monkeypatch, capsys, env, argv) -> None:
         main(argv)
     assert info.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_config_file_sets_options_that_flags_and_env_override(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from proxy.cli import parse
+
+    config = tmp_path / "kvproxy.toml"
+    config.write_text(
+        'rewrite = "-volatile"\nport = 12345\nupstream = ["llama:http://a:1"]\n'
+        'volatile-pattern = ["<ctx>.*?</ctx>"]\nmax-tapes = 7\ndata-dir = "/tmp/kv"\n'
+    )
+    s = settings_from(parse(["serve", "--config", str(config)]))
+    assert s.rewrite.rules == {"tape", "compaction", "tools"}
+    assert (s.port, s.max_tapes, s.data_dir) == (12345, 7, Path("/tmp/kv"))
+    assert s.upstreams == (UpstreamSpec("http://a:1", "llama"),)
+    assert [p.pattern for p in s.rewrite.patterns] == ["<ctx>.*?</ctx>"]
+    assert settings_from(parse(["serve", "--config", str(config), "--port", "9"])).port == 9
+    monkeypatch.setenv("KVPROXY_MAX_TAPES", "3")
+    assert settings_from(parse(["serve", "--config", str(config)])).max_tapes == 3
+
+
+def test_config_file_errors_are_usage_errors(tmp_path: Path) -> None:
+    from proxy.cli import parse
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("no-such-option = 1\n")
+    with pytest.raises(SystemExit) as exit_info:
+        parse(["serve", "--config", str(bad)])
+    assert exit_info.value.code == 2
+    bad.write_text("port = [\n")
+    with pytest.raises(SystemExit):
+        parse(["serve", "--config", str(bad)])
