@@ -118,28 +118,29 @@ class SlotManager:
         self._lock = asyncio.Lock()
         # Mirrors slot contents and saved files to durable storage (LMDB), so that a
         # restarted kvproxy starts warm: persist(key, value or None to delete).
-        self.persist: Callable[[str, bytes | None], None] | None = None
+        # The value is a function serializing the state, called on the writer thread.
+        self.persist: Callable[[str, Callable[[], bytes] | None], None] | None = None
 
     def _mirror_slot(self, pool: UpstreamSlots, slot: int) -> None:
         if self.persist is None:
             return
         held = pool.held.get(slot)
         key = f"live|{pool.upstream.url}|{slot}"
-        value = None
-        if held is not None:
-            value = encode_state(held, saved_len=pool.states[slot].saved_len)
-        self.persist(key, value)
+        if held is None:
+            self.persist(key, None)
+            return
+        saved_len = pool.states[slot].saved_len
+        self.persist(key, lambda: encode_state(held, saved_len=saved_len))
 
     def _mirror_file(self, name: str) -> None:
         if self.persist is None:
             return
         info, prompt = self.saved_files.get(name), self.saved.get(name)
-        value = None
-        if info is not None and prompt is not None:
-            value = encode_state(
-                prompt, upstream=self.pools[info.upstream].upstream.url, size=info.size
-            )
-        self.persist(f"file|{name}", value)
+        if info is None or prompt is None:
+            self.persist(f"file|{name}", None)
+            return
+        url, size = self.pools[info.upstream].upstream.url, info.size
+        self.persist(f"file|{name}", lambda: encode_state(prompt, upstream=url, size=size))
 
     def load_state(self, items: list[tuple[str, bytes]]) -> int:
         """Slot contents and saved files from a previous run, for the upstreams that are

@@ -12,7 +12,7 @@ import asyncio
 import json
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,11 @@ RECORDS = b"records"
 STATE_DBS = (b"tapes", b"slots")
 BATCH = 512
 
+# A state value, or a function that serializes it: called on the writer thread, so that
+# encoding a long conversation never runs on the event loop.
+StateValue = bytes | Callable[[], bytes]
 # A queued state change: (database, key, value or None to delete).
-StateOp = tuple[bytes, bytes, bytes | None]
+StateOp = tuple[bytes, bytes, StateValue | None]
 
 
 def record_key(t: float, seq: int) -> bytes:
@@ -64,7 +67,7 @@ class RecordStore:
         """Queue one record; never blocks."""
         self._queue.put_nowait(record)
 
-    def put_state(self, db: bytes, key: str, value: bytes | None) -> None:
+    def put_state(self, db: bytes, key: str, value: StateValue | None) -> None:
         """Queue a state change (a tape, say), committed in order with the records."""
         self._queue.put_nowait((db, key.encode(), value))
 
@@ -113,7 +116,8 @@ class RecordStore:
                     if value is None:
                         txn.delete(key, db=self.state_dbs[db])
                     else:
-                        txn.put(key, value, db=self.state_dbs[db])
+                        raw = value() if callable(value) else value
+                        txn.put(key, raw, db=self.state_dbs[db])
                     continue
                 self._seq += 1
                 key = record_key(record.get("time") or time.time(), self._seq)

@@ -127,14 +127,15 @@ def splice_match(tape: Tape, hashes: Sequence[str]) -> bool:
 
 
 class TapeStore:
-    """Tapes by lineage, least recently used first out; ``persist(lineage, raw | None)``
-    mirrors every change to durable storage."""
+    """Tapes by lineage, least recently used first out; ``persist(lineage, dump | None)``
+    mirrors every change to durable storage, ``dump`` serializing the tape when called
+    (on the store's writer thread)."""
 
     def __init__(
         self,
         max_tapes: int = 512,
         max_age: float = 7 * 86400,
-        persist: Callable[[str, bytes | None], None] | None = None,
+        persist: Callable[[str, Callable[[], bytes] | None], None] | None = None,
     ) -> None:
         self.max_tapes = max_tapes
         self.max_age = max_age
@@ -164,7 +165,7 @@ class TapeStore:
         self._tapes[tape.lineage] = tape
         self._tapes.move_to_end(tape.lineage)
         if self.persist is not None:
-            self.persist(tape.lineage, tape.dump())
+            self.persist(tape.lineage, tape.dump)
         self._bound(tape.updated)
 
     def _bound(self, now: float) -> None:

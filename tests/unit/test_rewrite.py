@@ -202,7 +202,7 @@ def test_tapes_round_trip_through_bytes() -> None:
 
 def test_tape_store_is_bounded_and_mirrored() -> None:
     mirror: dict[str, bytes | None] = {}
-    store = TapeStore(max_tapes=2, persist=lambda k, v: mirror.__setitem__(k, v))
+    store = TapeStore(max_tapes=2, persist=lambda k, v: mirror.__setitem__(k, v and v()))
     for i in range(3):
         store.put(Tape(f"l{i}", [str(i)], ["user"], []))
     assert len(store) == 2 and mirror["l0"] is None and mirror["l2"] is not None

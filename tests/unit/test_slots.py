@@ -134,7 +134,7 @@ def test_saved_files_are_bounded_least_recently_used_first(tmp_path) -> None:  #
 async def test_slot_state_round_trips_through_its_mirror(tmp_path) -> None:  # type: ignore[no-untyped-def]
     mirror: dict[str, bytes | None] = {}
     m = manager(2)
-    m.persist = mirror.__setitem__
+    m.persist = lambda key, dump: mirror.__setitem__(key, dump and dump())
     lease = await m.acquire(CHAT, {0: {"tokens": list(range(300))}})
     m.release(lease, completed=True, generated=[7, 8], finish_reason="stop")
     again = manager(2)

@@ -95,3 +95,21 @@ def test_summary_hit_rate_agreement_and_causes() -> None:
 def test_parse_since() -> None:
     assert parse_since("2h", now=10_000.0) == 10_000.0 - 7200
     assert parse_since("1700000000") == 1_700_000_000.0
+
+
+async def test_state_serializers_run_on_the_writer_thread(tmp_path: Path) -> None:
+    store = RecordStore(tmp_path / "db")
+    threads: list[int] = []
+
+    def dump() -> bytes:
+        threads.append(threading.get_ident())
+        return b"tape"
+
+    store.start()
+    store.put_state(b"tapes", "lineage", dump)
+    store.put_state(b"tapes", "gone", b"x")
+    store.put_state(b"tapes", "gone", None)
+    await store.flush()
+    assert store.load_items(b"tapes") == [("lineage", b"tape")]
+    await store.close()
+    assert threads and threading.get_ident() not in threads
