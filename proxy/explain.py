@@ -14,9 +14,21 @@ ADVICE = {
     "keeps a changed history (a new tape started)",
     "system-mutation": "the system prompt changed by more than half: not a volatile part "
     "(a new tape started); --volatile-pattern can mark such text volatile",
+    "rewrite-skipped": "a rewrite rule could not be applied in full (reason below), so "
+    "the request went as the client sent it",
+    "rewrite-refused": "the planned rewrite failed the contract check (reason below) and "
+    "was not sent; the request went as the client sent it. Please report this",
     "over-budget": "the compaction summary appended to the tape did not fit the context: "
     "the client's compacted form went through once and started a new tape",
 }
+
+
+def describe(record: dict[str, Any]) -> str:
+    """The cause as a person reads it, from its fields."""
+    out = str(record.get("miss_cause"))
+    if record.get("miss_token") is not None:
+        out += f" at token {record['miss_token']}"
+    return out
 
 
 def is_miss(record: dict[str, Any]) -> bool:
@@ -61,7 +73,7 @@ def explain(records: Sequence[dict[str, Any]], record: dict[str, Any]) -> str:
         f"tokens       prompt {prompt}, predicted cached {record.get('predicted_cached')}, "
         f"actual cached {cached}, prefilled {record.get('prefilled_tokens')}"
         + (" (estimated)" if record.get("estimated") else ""),
-        f"result       {'MISS: ' + cause if cause else 'HIT'}",
+        f"result       {'MISS: ' + describe(record) if cause else 'HIT'}",
     ]
     previous = compared_with(records, record)
     if previous is not None:
@@ -69,14 +81,14 @@ def explain(records: Sequence[dict[str, Any]], record: dict[str, Any]) -> str:
             f"compared to  {previous.get('request_id')} (lineage {previous.get('lineage')}, "
             f"slot {previous.get('slot')}, prompt {previous.get('prompt_tokens')} tokens)"
         )
-    if record.get("diverged_message") is not None:
-        lines.append(
-            f"diverged at  message {record['diverged_message']} of {record.get('messages')}"
-        )
+    if record.get("miss_message") is not None:
+        lines.append(f"diverged at  message {record['miss_message']} of {record.get('messages')}")
     if cause:
-        position = cause.split(" at token ")[1] if " at token " in cause else str(cached)
-        lines.append(f"first token  {position} was not reused")
-        lines.append(f"why          {ADVICE.get(cause.split(' at token')[0], cause)}")
+        token = record.get("miss_token")
+        lines.append(f"first token  {token if token is not None else cached} was not reused")
+        lines.append(f"why          {ADVICE.get(cause, cause)}")
+        if record.get("miss_reason"):
+            lines.append(f"reason       {record['miss_reason']}")
         rate = prefill_ms_per_token(records, record.get("upstream"))
         if rate is not None:
             lost = max(0, prompt - cached)

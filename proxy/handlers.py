@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -26,6 +26,7 @@ from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.prefix_index import Prompt
 from proxy.record import RequestRecord, new_request_id
 from proxy.rewrite.engine import Plan
+from proxy.rewrite.identity import identify
 from proxy.slots import Lease, SlotManager, miss_cause
 from proxy.streaming import (
     SSESplitter,
@@ -291,9 +292,10 @@ def note_outcome(rec: RequestRecord, lease: Lease) -> None:
         rec.cached_tokens = rec.prompt_tokens - evaluated
     if lease.prompt is not None and rec.prompt_tokens is None and rec.status == 200:
         rec.prompt_tokens = len(lease.prompt)
-    rec.miss_cause = miss_cause(lease, rec.cached_tokens, rec.prompt_tokens)
-    if rec.rewrite_cause and (rec.miss_cause or rec.cached_tokens == 0):
-        rec.miss_cause = rec.rewrite_cause
+    rec.miss = miss_cause(lease, rec.cached_tokens, rec.prompt_tokens)
+    if rec.rewrite_cause and (rec.miss or rec.cached_tokens == 0):
+        token = rec.miss.token if rec.miss is not None else rec.cached_tokens
+        rec.miss = replace(rec.rewrite_cause, token=token)
     if rec.original_predicted is not None and rec.cached_tokens is not None:
         rec.rewrite_saved = rec.cached_tokens - rec.original_predicted
 
@@ -341,7 +343,7 @@ async def plan_request(
     (``over-budget``)."""
     slots = request.app[SLOTS]
     rewriter = request.app[REWRITER]
-    plan = rewriter.plan(conv)
+    plan = rewriter.plan(conv, identify(request.headers, conv))
     while True:
         calls = calls_for(slots, dialect, plan.conv, request.raw_path)
         wanted = [slots.tokens_for(plan.conv, {i: c[1] for i, c in calls.items()})]
@@ -375,8 +377,8 @@ def snippets(plan: Plan) -> dict[str, str]:
 def note_rewrite(rec: RequestRecord, plan: Plan, original_cached: int | None) -> None:
     rec.rewrite = list(plan.applied)
     rec.rewrite_cause = plan.cause
+    rec.rewrite_refused = plan.refused
     rec.lineage = plan.tape.lineage if plan.tape is not None else None
-    rec.diverged_message = plan.diverged_message
     rec.messages = len(plan.original.messages) if plan.original.kind == "chat" else None
     rec.original_predicted = original_cached
     if original_cached is not None and rec.predicted_cached is not None:
@@ -419,7 +421,7 @@ def dialect_handler(dialect: DialectBase) -> Handler:
             note_outcome(rec, lease)
             finish_lease(slots, lease, observer, rec)
             if rec.status == 200 and rec.error is None:
-                request.app[REWRITER].commit(plan)
+                request.app[REWRITER].commit(plan, reply=observer.text)
             return out
         except ProxyError as err:
             rec.status, rec.error = err.status, err.message

@@ -75,7 +75,7 @@ class Metrics:
         for rule in record.get("rewrite") or ():
             self.rewrites.labels(rule.split(":")[0]).inc()
         if record.get("miss_cause"):
-            self.misses.labels(record["miss_cause"].split(" at token")[0]).inc()
+            self.misses.labels(record["miss_cause"]).inc()
         if record.get("restored"):
             self.restores.inc()
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy.cause import NO_CAUSE, MissCause
 from proxy.log import get_logger
 
 log = get_logger("kvproxy.request")
@@ -43,14 +44,14 @@ class RequestRecord:
     predicted_cached: int | None = None
     route_reason: str | None = None
     restored: bool = False
-    miss_cause: str | None = None
+    miss: MissCause | None = None  # stored as miss_cause (kind), miss_token, ...
     estimated: bool = False
     lineage: str | None = None
     messages: int | None = None
-    diverged_message: int | None = None
     snippets: dict[str, str] | None = None  # only with --log-content
     rewrite: list[str] = field(default_factory=list)
-    rewrite_cause: str | None = None
+    rewrite_cause: MissCause | None = None  # stored as its kind
+    rewrite_refused: str | None = None  # the contract check's reason
     original_predicted: int | None = None  # cached tokens the client's own form would get
     rewrite_saved_predicted: int | None = None
     rewrite_saved: int | None = None  # actual cached minus original_predicted
@@ -68,13 +69,15 @@ class RequestRecord:
                 setattr(self, key, value)
 
     def fields(self) -> dict[str, Any]:
-        skip = {"t0", "sink"}
+        skip = {"t0", "sink", "miss"}
         out = {
             k: getattr(self, k)
             for k in self.__dataclass_fields__
             if not k.startswith("_") and k not in skip
         }
         out["time"] = out.pop("started")
+        out.update(self.miss.fields() if self.miss is not None else NO_CAUSE)
+        out["rewrite_cause"] = self.rewrite_cause.kind if self.rewrite_cause else None
         return out
 
     def done(self) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import xxhash
 
+from proxy.cause import MissCause
 from proxy.conversation import Conversation
 from proxy.errors import ProxyError
 from proxy.log import get_logger
@@ -508,22 +509,22 @@ def decode_state(raw: bytes) -> tuple[Prompt, dict[str, Any]]:
     return Prompt.of(tokens.tolist()), data
 
 
-def miss_cause(lease: Lease, cached: int | None, prompt_tokens: int | None) -> str | None:
+def miss_cause(lease: Lease, cached: int | None, prompt_tokens: int | None) -> MissCause | None:
     """Why a request reused less than it could have; None for a hit.
 
     - ``cold``: nothing ever held shares even one block (``BLOCK`` tokens) with the prompt;
     - ``evicted``: a longer prefix had been held (overwritten, or saved and not restored);
-    - ``diverged at token N``: the best holder held more than this prompt shares with it (the
-      client changed its history at N), or the server reused less than predicted.
+    - ``diverged`` at token N: the best holder held more than this prompt shares with it
+      (the client changed its history at N), or the server reused less than predicted.
     """
     if cached is None or prompt_tokens is None:
         return None
     if lease.known_best < BLOCK:
-        return "cold"
+        return MissCause("cold")
     if cached < min(lease.known_best, prompt_tokens - 1):
         if lease.known_from == "evicted" or (lease.known_from == "saved" and not lease.restored):
-            return "evicted"
-        return f"diverged at token {cached}"
+            return MissCause("evicted")
+        return MissCause("diverged", token=cached)
     if lease.known_held > lease.known_best + DIVERGE_SLACK:
-        return f"diverged at token {lease.known_best}"
+        return MissCause("diverged", token=lease.known_best)
     return None

@@ -49,7 +49,7 @@ class Totals:
             self.abs_error += abs(predicted - actual)
         cause = r.get("miss_cause")
         if cause:
-            self.causes[cause.split(" at token")[0]] += 1
+            self.causes[cause] += 1
 
     @property
     def hit_rate(self) -> float:

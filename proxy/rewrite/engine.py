@@ -1,36 +1,42 @@
 """The rewrite pipeline: a client's chat request in, the cache-stable request out.
 
-``Rewriter.plan`` is pure with respect to the tapes (it reads them); ``Rewriter.commit``
-records what was finally sent. The handler sends the plan's ``conv``, or the client's own
-form when the planned one does not fit the upstream's context (``over-budget``).
+Each rule is a step in ``STEPS``: it takes the planning state and returns a decision
+(kept or changed, why, and the next state). ``--rewrite`` names entries of that table.
+After the last step the contract (``proxy.rewrite.contract``) is checked; a plan that fails
+it, or a rule that could not be applied in full, sends the client's request as it came.
+``Rewriter.plan`` only reads the tapes; ``Rewriter.commit`` records what was sent.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from proxy.cause import MissCause
 from proxy.conversation import Conversation, Message
-from proxy.rewrite import compaction, tools, volatile
+from proxy.log import get_logger
+from proxy.rewrite import compaction, contract, tools, volatile
+from proxy.rewrite.identity import Identity
 from proxy.rewrite.tape import (
+    Lineage,
+    Request,
     Tape,
     TapeStore,
-    align,
-    client_hashes,
+    find_lineage,
     first_user_index,
-    splice_match,
+    text_hash,
 )
 
-RULES = ("tape", "volatile", "compaction", "tools")
+log = get_logger("kvproxy.rewrite")
 
 
 @dataclass(frozen=True)
 class RewriteConfig:
     """Which rules run (``--rewrite``), and the operator's volatile patterns."""
 
-    rules: frozenset[str] = frozenset(RULES)
+    rules: frozenset[str] = frozenset(("tape", "volatile", "compaction", "tools"))
     patterns: tuple[re.Pattern[str], ...] = ()
     reserve_tokens: int = 1024  # context left for the reply when appending a compaction
 
@@ -53,203 +59,303 @@ class RewriteConfig:
         return cls(frozenset(rules), tuple(re.compile(p, re.S) for p in patterns), reserve)
 
 
-@dataclass
-class Plan:
-    conv: Conversation  # what goes upstream
-    original: Conversation
-    applied: list[str] = field(default_factory=list)
-    cause: str | None = None  # why the lineage's prefix could not be kept
-    diverged_message: int | None = None  # first client message that differs from the tape
-    tape: Tape | None = None  # what to record once sent
-    fallback: Plan | None = None  # the client's compacted form, if the append is too long
+@dataclass(frozen=True)
+class State:
+    """What planning knows so far. ``messages`` is what would go upstream; blocks for the
+    newest user turn are collected and placed once, at or after ``new_start``."""
+
+    conv: Conversation  # the client's request
+    request: Request
+    system: str | None  # the client's system text, when it is a plain string
+    lineage: Lineage
+    messages: tuple[Message, ...]
+    new_start: int = 0
+    blocks: tuple[str, ...] = ()
+    told: str = ""
+    tools: tuple[Mapping, ...] | None = None
+    tool_keys: tuple[str, ...] = ()
+    applied: tuple[str, ...] = ()
+    cause: MissCause | None = None
+    skipped: str | None = None  # a rule that could not be applied in full, and why
+    learned: tuple[str, tuple[str, ...] | None] | None = None  # (system, stable) to learn
 
     @property
-    def header(self) -> str:
-        return ",".join(self.applied) or "none"
+    def tape(self) -> Tape | None:
+        return self.lineage.tape
 
 
-def system_text(conv: Conversation) -> str | None:
-    if conv.messages and conv.messages[0].role == "system":
-        return conv.messages[0].text() if isinstance(conv.messages[0].content, str) else None
-    return None
+@dataclass(frozen=True)
+class Decision:
+    rule: str
+    changed: bool
+    why: str
+    state: State
 
 
-class Rewriter:
-    def __init__(self, config: RewriteConfig, tapes: TapeStore) -> None:
-        self.config = config
-        self.tapes = tapes
+@dataclass(frozen=True)
+class Context:
+    config: RewriteConfig
+    tapes: Sequence[Tape]
+    templates: volatile.Templates
 
     def on(self, rule: str) -> bool:
         return rule in self.config.rules
 
-    def plan(self, conv: Conversation) -> Plan:
-        if conv.kind != "chat" or not conv.messages or not self.config.rules:
-            return Plan(conv=conv, original=conv)
-        hashes = client_hashes(conv.messages)
-        system = system_text(conv)
-        stable, marked = (
-            volatile.marker_split(system, self.config.patterns)
-            if system is not None and self.on("volatile")
-            else (system, "")
-        )
-        tape, shared = self.tapes.best(hashes, stable) if self.on("tape") else (None, 0)
-        if tape is None:
-            return self.fresh(conv, hashes, stable, marked, cause=None)
-        alignment = align(tape, hashes, [m.role for m in conv.messages])
-        plan = Plan(conv=conv, original=conv)
-        spliced = self.first_user_splice(tape, conv, hashes)
-        if spliced is not None:
-            appended = spliced
-            plan.applied.append("volatile")
-        elif alignment.kind == "diverged":
-            found = None
-            if self.on("compaction"):
-                is_new = compaction.new_in_order(tape.client, hashes)
-                found = compaction.find_summary(
-                    conv.messages, is_new, shorter=len(hashes) < len(tape.client)
-                )
-            if found is None:
-                cause = "edited-history" if shared > 1 else None
-                fresh = self.fresh(conv, hashes, stable, marked, cause=cause)
-                fresh.diverged_message = alignment.common if cause else None
-                return fresh
-            index, shape = found
-            new = [m for m, n, i in zip(conv.messages, is_new, range(len(hashes)), strict=True)
-                   if n and i != index]  # fmt: skip
-            appended = compaction.append_order(new, conv.messages[index])
-            plan.applied.append(f"compaction:{shape}")
-            plan.fallback = self.fresh(conv, hashes, stable, marked, cause="over-budget")
-        else:
-            appended = list(conv.messages[alignment.common :])
-            if alignment.kind == "transient":
-                plan.applied.append("transient")
-        sent_system, block, new_volatile = self.system_update(tape, stable, marked)
-        if sent_system is None:  # the system prompt itself changed: a real miss
-            fresh = self.fresh(conv, hashes, stable, marked, cause="system-mutation")
-            fresh.diverged_message = 0
-            return fresh
-        if block:
-            appended, placed = place_block(appended, block)
-            if placed:
-                plan.applied.append("volatile")
-            else:
-                new_volatile = tape.volatile
-        self.finish(plan, tape.lineage, hashes, [*tape.sent, *appended], stable, new_volatile,
-                    tape.tools)  # fmt: skip
-        return plan
 
-    def first_user_splice(
-        self, tape: Tape, conv: Conversation, hashes: list[str]
-    ) -> list[Message] | None:
-        """Content spliced into the first user message (the variable part of an otherwise
-        unchanged history): the changed lines go to the newest user turn, the first user
-        message stays as the tape holds it. None when this is not such a request."""
-        if not self.on("volatile") or not splice_match(tape, hashes):
-            return None
-        f = first_user_index(tape.client_roles)
+Step = Callable[[State, Context], Decision]
+
+
+def fresh_state(state: State, cause: MissCause | None, reason: str) -> State:
+    """Back to the client's own messages, as a new conversation."""
+    return replace(state, lineage=Lineage("fresh", reason=reason), messages=state.conv.messages,
+                   new_start=0, blocks=(), applied=(), cause=cause)  # fmt: skip
+
+
+def continue_tape(state: State, ctx: Context) -> Decision:
+    """Which conversation this request continues (``proxy.rewrite.tape.find_lineage``), and
+    what the slot holds for it: the tape's messages, then the client's new ones."""
+    if not ctx.on("tape"):
+        return Decision("tape", False, "tapes off", state)
+    lineage = find_lineage(ctx.tapes, state.request, volatile=ctx.on("volatile"),
+                           compacting=ctx.on("compaction"))  # fmt: skip
+    tape = lineage.tape
+    if tape is None:
+        cause = None
+        if lineage.shared > 1 and lineage.reason is None:
+            cause = MissCause("edited-history", message=lineage.shared)
+        return Decision("tape", False, lineage.reason or "new conversation",
+                        replace(state, lineage=lineage, cause=cause))  # fmt: skip
+    if lineage.kind == "compaction":
+        return Decision("tape", False, "compacted", replace(state, lineage=lineage))
+    start = len(tape.client) if lineage.kind == "splice" else lineage.common
+    messages = (*tape.sent, *state.conv.messages[start:])
+    applied = ("transient",) if "transient" in (lineage.kind, lineage.reason) else ()
+    state = replace(state, lineage=lineage, messages=messages, new_start=len(tape.sent),
+                    applied=applied)  # fmt: skip
+    return Decision("tape", True, lineage.kind, state)
+
+
+def append_compaction(state: State, ctx: Context) -> Decision:
+    """A compaction summary goes after what the slot holds, before the newest user turn."""
+    lineage, tape = state.lineage, state.tape
+    if lineage.kind != "compaction" or tape is None or lineage.summary is None:
+        return Decision("compaction", False, "not compacted", state)
+    conv = state.conv
+    new = [m for i, m in enumerate(conv.messages) if lineage.is_new[i] and i != lineage.summary]
+    appended = compaction.append_order(new, conv.messages[lineage.summary])
+    return Decision("compaction", True, f"summary ({lineage.shape})", replace(
+        state, messages=(*tape.sent, *appended), new_start=len(tape.sent),
+        applied=(*state.applied, f"compaction:{lineage.shape}")))  # fmt: skip
+
+
+def move_volatile(state: State, ctx: Context) -> Decision:
+    """Changed system lines (and a changed first user message) go to the newest user turn;
+    the system message stays as the slot holds it."""
+    if not ctx.on("volatile"):
+        return Decision("volatile", False, "volatile off", state)
+    tape = state.tape
+    if tape is None:
+        return fresh_volatile(state, ctx)
+    blocks: list[str] = []
+    told = tape.told
+    if state.system is not None and tape.sent_system is not None:
+        split = volatile.split_against(tape.sent_system, state.system, ctx.config.patterns)
+        if split is None:
+            cause = MissCause("system-mutation", message=0)
+            return fresh_volatile(fresh_state(state, cause, "system changed"), ctx)
+        if split.told != tape.told:
+            blocks.append(volatile.context_block(split.added, split.removed))
+            told = split.told
+    if state.lineage.kind == "splice":
+        f = first_user_index(state.request.roles)
         assert f is not None
-        new_text = conv.messages[f].content
-        if not isinstance(new_text, str):
-            return None
-        change = volatile.changed_lines(tape.first_user, new_text)
+        new_text = state.conv.messages[f].content
+        change = volatile.changed_lines(tape.first_user, new_text) if isinstance(
+            new_text, str) else None  # fmt: skip
         if change is None or not volatile.is_volatile_change(new_text, change[1]):
-            return None
-        block = volatile.context_block(change[1], volatile.FIRST_USER_OPEN)
-        appended, placed = place_block(list(conv.messages[len(tape.client) :]), block)
-        return appended if placed else None
+            return fresh_volatile(
+                fresh_state(state, MissCause("edited-history", message=f), "edited"), ctx)
+        blocks.append(volatile.context_block(change[1], opening=volatile.FIRST_USER_OPEN))
+    if not blocks:
+        return Decision("volatile", False, "nothing new", replace(state, told=told))
+    return Decision("volatile", True, "moved to the newest turn",
+                    replace(state, blocks=tuple(blocks), told=told,
+                            applied=(*state.applied, "volatile")))  # fmt: skip
 
-    def system_update(
-        self, tape: Tape, stable: str | None, marked: str
-    ) -> tuple[str | None, str, str]:
-        """(system as the tape sent it, block for the newest user turn, volatile text now);
-        a None system means the change is too large to be a volatile part."""
-        sent = tape.sent[0].text() if tape.sent and tape.sent[0].role == "system" else ""
-        learned = ""
-        if self.on("volatile") and stable is not None and tape.system_stable is not None:
-            change = volatile.changed_lines(tape.system_stable, stable)
-            if change is not None:
-                if not volatile.is_volatile_change(stable, change[1]):
-                    return None, "", tape.volatile
-                learned = change[1]
-        elif stable != tape.system_stable:
-            return None, "", tape.volatile
-        current = "\n".join(p for p in (marked, learned) if p)
-        if not current or current == tape.volatile:
-            return sent, "", tape.volatile
-        return sent, volatile.context_block(current), current
 
-    def tool_update(
-        self, conv: Conversation, previous: list[str], plan: Plan
-    ) -> tuple[tuple[dict, ...] | None, list[str]]:
-        if conv.tools is None:
-            return None, previous
-        if not self.on("tools"):
-            return conv.tools, [tools.canonical(t) for t in conv.tools]
-        ordered, changed = tools.stable_tools(conv.tools, previous)
-        if changed and previous:
-            plan.applied.append("tools")
-        return tuple(ordered), [tools.canonical(t) for t in ordered]
+def fresh_volatile(state: State, ctx: Context) -> Decision:
+    """A new conversation: lines volatile by pattern or by a learned template leave the
+    system message from the first turn on, so it never carries a stale value."""
+    if state.system is None:
+        return Decision("volatile", False, "no system text", state)
+    rest, marked = volatile.marker_split(state.system, ctx.config.patterns)
+    found = ctx.templates.lookup(rest)
+    stable_keys = found[1] if found else None
+    stable, added = (found[0].stable, marked + found[0].added) if found else (rest, marked)
+    learned = (rest, stable_keys)
+    if not added:
+        return Decision("volatile", False, "nothing volatile", replace(state, learned=learned))
+    split = volatile.SystemSplit(stable, added)
+    messages = (replace(state.messages[0], content=stable), *state.messages[1:])
+    return Decision("volatile", True, "volatile lines known before the first turn", replace(
+        state, messages=messages, blocks=(volatile.context_block(added),), told=split.told,
+        learned=learned, applied=(*state.applied, "volatile")))  # fmt: skip
 
-    def fresh(
-        self,
-        conv: Conversation,
-        hashes: list[str],
-        stable: str | None,
-        marked: str,
-        cause: str | None,
-    ) -> Plan:
-        """A new tape from the client's own form (markers still moved, tools still sorted)."""
-        plan = Plan(conv=conv, original=conv, cause=cause)
-        messages = list(conv.messages)
-        if marked and stable is not None:
-            messages[0] = replace(messages[0], content=stable)
-            rest, placed = place_block(messages[1:], volatile.context_block(marked))
-            if placed:
-                messages = [messages[0], *rest]
-                plan.applied.append("volatile")
-            else:
-                messages = list(conv.messages)
-                stable = system_text(conv)
-                marked = ""
-        self.finish(plan, uuid.uuid4().hex[:16], hashes, messages, stable, marked, [])
+
+def stable_tools(state: State, ctx: Context) -> Decision:
+    """Tools in the lineage's first order, keys sorted."""
+    conv = state.conv
+    if conv.tools is None:
+        return Decision("tools", False, "no tools", state)
+    if not ctx.on("tools"):
+        keys = tuple(tools.canonical(t) for t in conv.tools)
+        return Decision("tools", False, "tools off", replace(state, tools=conv.tools,
+                                                             tool_keys=keys))  # fmt: skip
+    previous = state.tape.tools if state.tape is not None else []
+    ordered, changed = tools.stable_tools(conv.tools, previous)
+    keys = tuple(tools.canonical(t) for t in ordered)
+    applied = (*state.applied, "tools") if changed and previous else state.applied
+    return Decision("tools", changed, "first order kept", replace(
+        state, tools=tuple(ordered), tool_keys=keys, applied=applied))  # fmt: skip
+
+
+def place_blocks(state: State) -> State:
+    """The collected blocks appended to the newest user message among the new messages;
+    with none there, the rewrite is skipped whole rather than half done."""
+    if not state.blocks:
+        return state
+    messages = list(state.messages)
+    newest = compaction.last_user(messages[state.new_start :]) + state.new_start
+    if newest >= len(messages):
+        return replace(state, skipped="no new user turn to carry the volatile block")
+    messages[newest] = volatile.with_block(messages[newest], "".join(state.blocks))
+    return replace(state, messages=tuple(messages))
+
+
+# The rules, in the order they run; ``--rewrite`` names entries of this table.
+STEPS: tuple[tuple[str, Step], ...] = (
+    ("tape", continue_tape),
+    ("compaction", append_compaction),
+    ("volatile", move_volatile),
+    ("tools", stable_tools),
+)
+RULES = tuple(name for name, _ in STEPS)
+
+
+@dataclass
+class Plan:
+    conv: Conversation  # what goes upstream
+    original: Conversation
+    identity: Identity = field(default_factory=Identity)
+    applied: list[str] = field(default_factory=list)
+    cause: MissCause | None = None  # why the lineage's prefix could not be kept
+    tape: Tape | None = None  # what to record once sent
+    continued: Tape | None = None  # the tape this request continues
+    fallback: Plan | None = None  # the client's compacted form, if the append is too long
+    decisions: list[Decision] = field(default_factory=list)
+    refused: str | None = None  # the contract check failed: why
+    learned: tuple[str, tuple[str, ...] | None] | None = None
+
+    @property
+    def header(self) -> str:
+        if self.refused:
+            return "refused"
+        return ",".join(self.applied) or "none"
+
+    @property
+    def diverged_message(self) -> int | None:
+        return self.cause.message if self.cause is not None else None
+
+
+def system_text(conv: Conversation) -> str | None:
+    if conv.messages and conv.messages[0].role == "system":
+        content = conv.messages[0].content
+        return content if isinstance(content, str) else None
+    return None
+
+
+class Rewriter:
+    def __init__(self, config: RewriteConfig, tapes: TapeStore,
+                 templates: volatile.Templates | None = None) -> None:  # fmt: skip
+        self.config = config
+        self.tapes = tapes
+        self.templates = templates or volatile.Templates()
+
+    def on(self, rule: str) -> bool:
+        return rule in self.config.rules
+
+    def plan(self, conv: Conversation, identity: Identity | None = None) -> Plan:
+        identity = identity or Identity()
+        if conv.kind != "chat" or not conv.messages or not self.config.rules:
+            return Plan(conv=conv, original=conv, identity=identity)
+        plan = self.run(conv, identity, None)
+        if plan.continued is not None and any(a.startswith("compaction") for a in plan.applied):
+            plan.fallback = self.run(conv, identity, MissCause("over-budget"))
         return plan
 
-    def finish(
-        self,
-        plan: Plan,
-        lineage: str,
-        hashes: list[str],
-        messages: list[Message],
-        stable: str | None,
-        volatile_text: str,
-        previous_tools: list[str],
-    ) -> None:
-        """The upstream conversation (messages, tools in their stable order) and its tape."""
-        conv = plan.original
-        sent_tools, tool_keys = self.tool_update(conv, previous_tools, plan)
-        plan.conv = replace(conv, messages=tuple(messages), tools=sent_tools)
-        f = first_user_index([m.role for m in conv.messages])
-        plan.tape = Tape(
-            lineage=lineage,
-            client=hashes,
-            client_roles=[m.role for m in conv.messages],
-            sent=messages,
-            system_stable=stable,
-            volatile=volatile_text,
-            tools=tool_keys,
+    def run(self, conv: Conversation, identity: Identity, forced: MissCause | None) -> Plan:
+        """The steps in order, then the contract; ``forced``: a new tape with this cause."""
+        ctx = Context(self.config, self.tapes.all(), self.templates)
+        request = Request.of(conv.messages, identity)
+        state = State(conv, request, system_text(conv), Lineage("fresh"), conv.messages)
+        decisions = []
+        for name, step in STEPS:
+            if forced is not None and name in ("tape", "compaction"):
+                continue
+            decision = step(state, ctx)
+            decisions.append(decision)
+            state = decision.state
+        if forced is not None:
+            state = replace(state, cause=forced)
+        state = place_blocks(state)
+        if state.skipped:
+            log.info("rewrite_skipped", reason=state.skipped)
+            skipped = MissCause("rewrite-skipped", reason=state.skipped)
+            return self.as_sent(conv, identity, skipped, decisions)
+        planned = replace(conv, messages=state.messages, tools=state.tools)
+        refused = contract.check(planned, conv, state.tape, identity)
+        if refused is not None:
+            log.warning("rewrite_refused", reason=refused, rules=list(state.applied))
+            plan = self.as_sent(conv, identity, MissCause("rewrite-refused", reason=refused),
+                                decisions)  # fmt: skip
+            plan.refused = refused
+            return plan
+        return Plan(conv=planned, original=conv, identity=identity, applied=list(state.applied),
+                    cause=state.cause, continued=state.tape, decisions=decisions,
+                    learned=state.learned,
+                    tape=self.new_tape(state, conv, identity))  # fmt: skip
+
+    def as_sent(self, conv: Conversation, identity: Identity, cause: MissCause,
+                decisions: list[Decision]) -> Plan:  # fmt: skip
+        """The client's request unchanged, as a new conversation."""
+        request = Request.of(conv.messages, identity)
+        state = State(conv, request, system_text(conv), Lineage("fresh"), conv.messages,
+                      tools=conv.tools,
+                      tool_keys=tuple(tools.canonical(t) for t in conv.tools or ()))  # fmt: skip
+        return Plan(conv=conv, original=conv, identity=identity, cause=cause,
+                    decisions=decisions, tape=self.new_tape(state, conv, identity))  # fmt: skip
+
+    def new_tape(self, state: State, conv: Conversation, identity: Identity) -> Tape:
+        tape = state.tape
+        f = first_user_index(state.request.roles)
+        return Tape(
+            lineage=tape.lineage if tape is not None else uuid.uuid4().hex[:16],
+            client=list(state.request.hashes),
+            client_roles=list(state.request.roles),
+            sent=list(state.messages),
+            principal=identity.principal,
+            session=identity.session,
+            told=state.told,
+            tools=list(state.tool_keys),
             first_user=conv.messages[f].text() if f is not None else "",
         )
 
-    def commit(self, plan: Plan) -> None:
-        if plan.tape is not None and self.on("tape"):
-            self.tapes.put(plan.tape)
-
-
-def place_block(messages: list[Message], block: str) -> tuple[list[Message], bool]:
-    """The block appended to the newest user message among ``messages``, if there is one."""
-    newest = compaction.last_user(messages)
-    if newest >= len(messages):
-        return messages, False
-    out = list(messages)
-    out[newest] = volatile.with_block(out[newest], block)
-    return out, True
+    def commit(self, plan: Plan, reply: str | None = None) -> None:
+        """Record what was sent (and the reply relayed for it) for the next request."""
+        if plan.tape is None or not self.on("tape"):
+            return
+        if reply:
+            plan.tape.reply = text_hash(reply)
+        self.tapes.put(plan.tape)
+        if plan.learned is not None:
+            self.templates.learn(*plan.learned)

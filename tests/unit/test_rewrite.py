@@ -33,10 +33,12 @@ def rewriter(spec: str = "all", patterns: tuple[str, ...] = ()) -> Rewriter:
     return Rewriter(RewriteConfig.parse(spec, patterns), TapeStore())
 
 
-def send(rw: Rewriter, conv: Conversation) -> tuple[list[Message], list[str], str | None]:
+def send(
+    rw: Rewriter, conv: Conversation, reply: str | None = None
+) -> tuple[list[Message], list[str], str | None]:
     plan = rw.plan(conv)
-    rw.commit(plan)
-    return list(plan.conv.messages), plan.applied, plan.cause
+    rw.commit(plan, reply=reply)
+    return list(plan.conv.messages), plan.applied, plan.cause.kind if plan.cause else None
 
 
 def extends(before: list[Message], after: list[Message]) -> bool:
@@ -110,7 +112,7 @@ def test_openclaw_compaction_is_appended_to_the_tape() -> None:
     rw = rewriter()
     history = [m("system", SYSTEM), m("user", "read a"), m("assistant", "read"),
                m("user", "read b"), m("assistant", "read b too"), m("user", "fix it")]  # fmt: skip
-    sent1, _, _ = send(rw, chat(*history))
+    sent1, _, _ = send(rw, chat(*history), reply="fixed")  # the reply relayed ties the summary
     compacted = [m("system", SYSTEM), m("user", OPENCLAW_SUMMARY), m("assistant", "fixed"),
                  m("user", "now test it")]  # fmt: skip
     plan = rw.plan(chat(*compacted))
@@ -118,7 +120,7 @@ def test_openclaw_compaction_is_appended_to_the_tape() -> None:
     assert plan.applied == ["compaction:openclaw"] and extends(sent1, sent2)
     assert sent2[len(sent1) :] == [m("assistant", "fixed"), m("user", OPENCLAW_SUMMARY),
                                    m("user", "now test it")]  # fmt: skip
-    assert plan.fallback is not None and plan.fallback.cause == "over-budget"
+    assert plan.fallback is not None and plan.fallback.cause.kind == "over-budget"
     assert list(plan.fallback.conv.messages) == compacted
     rw.commit(plan)
     sent3, applied, _ = send(rw, chat(*compacted, m("assistant", "ok"), m("user", "again")))

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from proxy.cause import MissCause
 from proxy.conversation import Conversation
 from proxy.errors import UpstreamUnavailable
 from proxy.prefix_index import Prompt
@@ -96,19 +97,19 @@ def lease_with(known: int, source: str, held: int, restored: bool = False) -> Le
 @pytest.mark.parametrize(
     ("lease", "cached", "prompt", "cause"),
     [
-        (lease_with(0, "none", 0), 0, 500, "cold"),
-        (lease_with(19, "live", 1300), 19, 1300, "cold"),
+        (lease_with(0, "none", 0), 0, 500, MissCause("cold")),
+        (lease_with(19, "live", 1300), 19, 1300, MissCause("cold")),
         (lease_with(1200, "live", 1200), 1200, 1250, None),
         (lease_with(1200, "live", 1201), 1200, 1250, None),  # generated tail slack
         (lease_with(1200, "saved", 1200, restored=True), 1200, 1250, None),
-        (lease_with(1200, "saved", 1200), 0, 1250, "evicted"),
-        (lease_with(1200, "evicted", 1200), 19, 1250, "evicted"),
-        (lease_with(700, "live", 1500), 700, 900, "diverged at token 700"),
-        (lease_with(1200, "live", 1200), 800, 1250, "diverged at token 800"),
+        (lease_with(1200, "saved", 1200), 0, 1250, MissCause("evicted")),
+        (lease_with(1200, "evicted", 1200), 19, 1250, MissCause("evicted")),
+        (lease_with(700, "live", 1500), 700, 900, MissCause("diverged", token=700)),
+        (lease_with(1200, "live", 1200), 800, 1250, MissCause("diverged", token=800)),
         (lease_with(1200, "live", 1200), None, 1250, None),
     ],
 )
-def test_miss_cause(lease: Lease, cached: int | None, prompt: int, cause: str | None) -> None:
+def test_miss_cause(lease: Lease, cached: int | None, prompt: int, cause: MissCause | None) -> None:
     assert miss_cause(lease, cached, prompt) == cause
 
 

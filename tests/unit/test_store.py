@@ -78,7 +78,7 @@ def test_summary_hit_rate_agreement_and_causes() -> None:
             prefilled_tokens=100, prefill_ms=200.0, slot="0/0"),
         rec(3, prompt_tokens=1100, cached_tokens=500, predicted_cached=1000,
             prefilled_tokens=600, prefill_ms=1200.0, slot="0/1",
-            miss_cause="diverged at token 500"),
+            miss_cause="diverged", miss_token=500),
         rec(4, status=502),
     ]  # fmt: skip
     total, per_slot = summarize(records)

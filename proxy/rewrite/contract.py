@@ -1,0 +1,102 @@
+"""The rewrite contract, checked in one place after planning and before sending.
+
+The messages sent upstream must contain every piece of the client's request (each
+message's text lines, its structural pieces: role, tool calls, tool-call ids, non-text
+parts, other fields; the tools), and beside that only pieces of the tape of the same
+conversation (what the client sent in its earlier requests, as kvproxy sent it) and
+kvproxy's own delimiter lines. Both sides are compared as multisets. A plan that fails is
+not sent: the client's request goes as it came, and the record says why.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from proxy.conversation import Conversation, Message, thaw
+from proxy.rewrite.identity import Identity
+from proxy.rewrite.tape import Tape
+from proxy.rewrite.tools import canonical
+from proxy.rewrite.volatile import DELIMITERS
+
+
+def content_lines(message: Message) -> list[str]:
+    """Non-blank text lines, per text part (a part boundary is a line boundary)."""
+    content = message.content
+    texts: list[str] = []
+    if isinstance(content, str):
+        texts = [content]
+    elif isinstance(content, list | tuple):
+        texts = [
+            p["text"]
+            for p in content
+            if isinstance(p, Mapping) and p.get("type") == "text" and isinstance(p.get("text"), str)
+        ]
+    return [line for text in texts for line in text.splitlines() if line.strip()]
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(thaw(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def structure(message: Message) -> str:
+    """Everything of a message but its text: role, other fields, non-text parts."""
+    content = message.content
+    parts = []
+    if isinstance(content, list | tuple):
+        parts = [p for p in content if not (isinstance(p, Mapping) and p.get("type") == "text")]
+    kind = "parts" if isinstance(content, list | tuple) else "text"
+    return dumps({"role": message.role, "extra": message.extra, "parts": parts, "kind": kind})
+
+
+def lines_of(messages: Iterable[Message]) -> Counter[str]:
+    return Counter(line for m in messages for line in content_lines(m))
+
+
+def structures_of(messages: Iterable[Message]) -> Counter[str]:
+    return Counter(structure(m) for m in messages)
+
+
+def missing(need: Counter[str], have: Counter[str]) -> list[str]:
+    return [k for k, n in need.items() if have[k] < n]
+
+
+def check(
+    planned: Conversation,
+    client: Conversation,
+    tape: Tape | None,
+    identity: Identity,
+) -> str | None:
+    """None when the plan keeps the contract, else the first reason it does not."""
+    if tape is not None and (tape.principal, tape.session) != (identity.principal,
+                                                              identity.session):  # fmt: skip
+        return "continued a tape of another client or session"
+    if (planned.kind, planned.model, planned.stream) != (client.kind, client.model, client.stream):
+        return "changed the request's kind, model or stream flag"
+    if dict(planned.params) != dict(client.params) or dict(planned.extra) != dict(client.extra):
+        return "changed a request parameter"
+    client_tools = Counter(map(canonical, client.tools or ()))
+    if Counter(map(canonical, planned.tools or ())) != client_tools:
+        return "changed the set of tools"
+    if (planned.tools is None) != (client.tools is None):
+        return "added or removed the tools field"
+    earlier: Sequence[Message] = tape.sent if tape is not None else ()
+    sent_lines, client_lines = lines_of(planned.messages), lines_of(client.messages)
+    lost = missing(client_lines, sent_lines)
+    if lost:
+        return f"a line of the client's request is missing ({len(lost)} distinct)"
+    allowed = client_lines + lines_of(earlier)
+    foreign = [k for k in missing(sent_lines, allowed) if k not in DELIMITERS]
+    if foreign:
+        return f"a line neither the client nor its conversation sent ({len(foreign)} distinct)"
+    sent_struct, client_struct = structures_of(planned.messages), structures_of(client.messages)
+    if missing(client_struct, sent_struct):
+        return "a message, tool call or content part of the client's request is missing"
+    if missing(sent_struct, client_struct + structures_of(earlier)):
+        return "a message, tool call or content part neither the client nor its conversation sent"
+    last_role = client.messages[-1].role if client.messages else None
+    if planned.messages and planned.messages[-1].role != last_role:
+        return "the request no longer ends with the client's last message"
+    return None

@@ -1,0 +1,60 @@
+"""Who sent a request, so that tapes never cross clients or named sessions.
+
+The principal is a hash of the credentials (``Authorization`` or an API-key header) and the
+OpenAI ``user`` field: requests of different principals never share a tape. The session is
+the name a client gives its conversation (OpenClaw's ``Runtime: … sessionId=…`` line, a
+session header, the ``user`` field); where one is named, a lineage belongs to it alone.
+Only hashes are kept: a key is never stored or logged in clear.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import xxhash
+
+from proxy.conversation import Conversation
+
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
+SESSION_HEADERS = ("x-session-id", "x-kvproxy-session", "session_id")
+RUNTIME_SESSION = re.compile(r"Runtime:[^\n]*?\bsessionId=([A-Za-z0-9._:@-]{1,128})")
+ANONYMOUS = "anonymous"
+
+
+@dataclass(frozen=True)
+class Identity:
+    principal: str = ANONYMOUS
+    session: str | None = None
+
+
+def digest(*parts: str) -> str:
+    return xxhash.xxh3_64_hexdigest("\x00".join(parts).encode("utf-8", "surrogatepass"))
+
+
+def session_in_messages(conv: Conversation) -> str | None:
+    """OpenClaw names its session in a ``Runtime:`` line of a user message (the first user
+    message, or the compaction summary's second part)."""
+    for message in conv.messages:
+        if message.role != "user":
+            continue
+        found = RUNTIME_SESSION.search(message.text())
+        if found:
+            return found.group(1)
+    return None
+
+
+def identify(headers: Mapping[str, str], conv: Conversation) -> Identity:
+    lowered = {k.lower(): v for k, v in headers.items()}
+    credential = next((lowered[h] for h in CREDENTIAL_HEADERS if lowered.get(h)), "")
+    user = conv.params.get("user")
+    user = user if isinstance(user, str) and user else ""
+    principal = digest(credential, user) if credential or user else ANONYMOUS
+    session = (
+        session_in_messages(conv)
+        or next((lowered[h] for h in SESSION_HEADERS if lowered.get(h)), None)
+        or user
+        or None
+    )
+    return Identity(principal=principal, session=digest(session) if session else None)
