@@ -4,8 +4,11 @@ The messages sent upstream must contain every piece of the client's request (eac
 message's text lines, its structural pieces: role, tool calls, tool-call ids, non-text
 parts, other fields; the tools), and beside that only pieces of the tape of the same
 conversation (what the client sent in its earlier requests, as kvproxy sent it) and
-kvproxy's own delimiter lines. Both sides are compared as multisets. A plan that fails is
-not sent: the client's request goes as it came, and the record says why.
+kvproxy's own delimiter lines. The client's pieces are compared as multisets (each
+at least as often as the client sent it); the tape's pieces are allowed by presence (a
+rule may repeat an earlier line of the same conversation, as a removed-lines block
+does). A plan that fails is not sent: the client's request goes as it came, and the
+record says why.
 """
 
 from __future__ import annotations
@@ -87,14 +90,16 @@ def check(
     lost = missing(client_lines, sent_lines)
     if lost:
         return f"a line of the client's request is missing ({len(lost)} distinct)"
-    allowed = client_lines + lines_of(earlier)
-    foreign = [k for k in missing(sent_lines, allowed) if k not in DELIMITERS]
+    earlier_lines = lines_of(earlier)
+    foreign = [k for k in missing(sent_lines, client_lines)
+               if k not in DELIMITERS and k not in earlier_lines]  # fmt: skip
     if foreign:
         return f"a line neither the client nor its conversation sent ({len(foreign)} distinct)"
     sent_struct, client_struct = structures_of(planned.messages), structures_of(client.messages)
     if missing(client_struct, sent_struct):
         return "a message, tool call or content part of the client's request is missing"
-    if missing(sent_struct, client_struct + structures_of(earlier)):
+    earlier_struct = structures_of(earlier)
+    if [k for k in missing(sent_struct, client_struct) if k not in earlier_struct]:
         return "a message, tool call or content part neither the client nor its conversation sent"
     last_role = client.messages[-1].role if client.messages else None
     if planned.messages and planned.messages[-1].role != last_role:

@@ -169,12 +169,14 @@ def move_volatile(state: State, ctx: Context) -> Decision:
     if state.lineage.kind == "splice":
         f = first_user_index(state.request.roles)
         assert f is not None
-        new_text = state.conv.messages[f].content
-        change = volatile.changed_lines(tape.first_user, new_text) if isinstance(
-            new_text, str) else None  # fmt: skip
+        new_text = volatile.line_text(state.conv.messages[f])
+        kept = tape.sent[f].content if f < len(tape.sent) else None
+        plain = isinstance(kept, str) and isinstance(state.conv.messages[f].content, str)
+        change = volatile.changed_lines(tape.first_user, new_text) if plain else None
         if change is None or not volatile.is_volatile_change(new_text, change[1]):
             return fresh_volatile(
-                fresh_state(state, MissCause("edited-history", message=f), "edited"), ctx)
+                fresh_state(state, MissCause("edited-history", message=f), "edited"), ctx
+            )
         blocks.append(volatile.context_block(change[1], opening=volatile.FIRST_USER_OPEN))
     if not blocks:
         return Decision("volatile", False, "nothing new", replace(state, told=told))
@@ -347,7 +349,7 @@ class Rewriter:
             session=identity.session,
             told=state.told,
             tools=list(state.tool_keys),
-            first_user=conv.messages[f].text() if f is not None else "",
+            first_user=volatile.line_text(conv.messages[f]) if f is not None else "",
         )
 
     def commit(self, plan: Plan, reply: str | None = None) -> None:

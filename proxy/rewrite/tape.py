@@ -273,7 +273,7 @@ def find_compaction(own: Sequence[Tape], req: Request) -> Lineage | None:
         found = compaction.find_summary(
             req.messages, is_new, shorter=len(req.hashes) < len(tape.client)
         )
-        if found is not None:
+        if found is not None and is_new[-1]:
             candidates.append((tape, is_new, kept, found))
     if not candidates:
         return None

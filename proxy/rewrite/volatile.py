@@ -56,9 +56,8 @@ class LineDiff:
     def small(self, new_len: int, base_len: int) -> bool:
         added = sum(map(len, self.added))
         gone = sum(map(len, self.removed)) + sum(map(len, self.replaced))
-        return (
-            added <= MAX_VOLATILE_SHARE * max(1, new_len)
-            and gone <= MAX_VOLATILE_SHARE * max(1, base_len)
+        return added <= MAX_VOLATILE_SHARE * max(1, new_len) and gone <= MAX_VOLATILE_SHARE * max(
+            1, base_len
         )
 
 
@@ -137,6 +136,19 @@ def context_block(added: str, removed: str = "", opening: str = BLOCK_OPEN) -> s
     if removed.strip("\n"):
         out += f"\n\n{REMOVED_OPEN}\n{removed.strip(chr(10))}\n{REMOVED_CLOSE}"
     return out
+
+
+def line_text(message: Message) -> str:
+    """A message's text with one line break between text parts (a part boundary is a line
+    boundary, as the contract check counts lines)."""
+    content = message.content
+    if isinstance(content, list | tuple):
+        return "\n".join(
+            p["text"]
+            for p in content
+            if isinstance(p, Mapping) and p.get("type") == "text" and isinstance(p.get("text"), str)
+        )
+    return content if isinstance(content, str) else ""
 
 
 def with_block(message: Message, block: str) -> Message:

@@ -36,10 +36,13 @@ def test_alice_and_bob_each_get_their_own_system_prompt() -> None:
     assert "4421-9932" in upstream_text(alice1)
     bob1 = send(rw, m("system", BOB), m("user", "hi"))
     assert "7781-1200" in upstream_text(bob1) and "4421" not in upstream_text(bob1)
-    bob2 = send(rw, m("system", BOB), m("user", "hi"), m("assistant", "Hello!"), m("user", "balance?"))
+    bob2 = send(
+        rw, m("system", BOB), m("user", "hi"), m("assistant", "Hello!"), m("user", "balance?")
+    )
     assert "7781-1200" in upstream_text(bob2) and "Alice" not in upstream_text(bob2)
-    alice2 = send(rw, m("system", ALICE), m("user", "hi"), m("assistant", "Hello!"),
-                  m("user", "balance?"))  # fmt: skip
+    alice2 = send(
+        rw, m("system", ALICE), m("user", "hi"), m("assistant", "Hello!"), m("user", "balance?")
+    )
     assert "4421-9932" in upstream_text(alice2) and "Bob" not in upstream_text(alice2)
 
 
@@ -50,23 +53,33 @@ def test_a_new_daily_conversation_is_answered_with_its_own_date() -> None:
     assert "2026-11-22" in upstream_text(first)  # a one-request job: its tape ends here
     second = send(rw, m("system", day.format("2026-11-23")), m("user", "Write today's report."))
     assert "2026-11-23" in upstream_text(second) and "2026-11-22" not in upstream_text(second)
-    turn2 = send(rw, m("system", day.format("2026-11-23")), m("user", "Write today's report."),
-                 m("assistant", "- ok"), m("user", "more"))  # fmt: skip
+    turn2 = send(
+        rw,
+        m("system", day.format("2026-11-23")),
+        m("user", "Write today's report."),
+        m("assistant", "- ok"),
+        m("user", "more"),
+    )
     assert "2026-11-23" in upstream_text(turn2) and "2026-11-22" not in upstream_text(turn2)
 
 
 def test_a_new_openclaw_session_with_the_same_system_is_not_another_sessions_compaction() -> None:
     rw = Rewriter(RewriteConfig(), TapeStore())
     system = "OpenClaw system prompt\n" + "rule line\n" * 50
-    history: list[Message] = [m("system", system),
-                              m("user", "Runtime: agent=main | sessionId=s1\nMy name is Carol.")]  # fmt: skip
+    history: list[Message] = [
+        m("system", system),
+        m("user", "Runtime: agent=main | sessionId=s1\nMy name is Carol."),
+    ]
     for i in range(6):
         history += [m("assistant", f"reply {i} " + "x" * 300), m("user", f"step {i}")]
         send(rw, *history)
     internal = m("user", [{"type": "text", "text": "<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>> 0"}])
-    new = send(rw, m("system", system),
-               m("user", "Runtime: agent=main | sessionId=s2\n" + "Hello, new session. " * 20),
-               internal)  # fmt: skip
+    new = send(
+        rw,
+        m("system", system),
+        m("user", "Runtime: agent=main | sessionId=s2\n" + "Hello, new session. " * 20),
+        internal,
+    )
     assert len(new.messages) == 3 and "Carol" not in upstream_text(new)
 
 
@@ -75,6 +88,11 @@ def test_a_volatile_line_that_cannot_be_placed_is_not_dropped() -> None:
     system = "Agent.\nDate: 1\nRules.\nMore rules.\n"
     call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
     send(rw, m("system", system), m("user", "go"))
-    sent = send(rw, m("system", system.replace("Date: 1", "Date: 2")), m("user", "go"),
-                m("assistant", None, tool_calls=[call]), m("tool", "result", tool_call_id="c1"))  # fmt: skip
+    sent = send(
+        rw,
+        m("system", system.replace("Date: 1", "Date: 2")),
+        m("user", "go"),
+        m("assistant", None, tool_calls=[call]),
+        m("tool", "result", tool_call_id="c1"),
+    )
     assert "Date: 2" in upstream_text(sent)
