@@ -48,11 +48,16 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     store = RecordStore(settings.records_dir, max_records=settings.records_max)
     store.start()
     app[STORE] = store
-    tapes = TapeStore(
-        max_tapes=settings.max_tapes,
-        persist=lambda lineage, raw: store.put_state(b"tapes", lineage, raw),
-    )
-    tapes.restore(await asyncio.to_thread(store.load_state, b"tapes"))
+    if settings.keep_tapes == "memory":
+        # Tapes hold text: in memory mode none is written, and any an earlier run left goes.
+        tapes = TapeStore(max_tapes=settings.max_tapes)
+        await asyncio.to_thread(store.drop_state, b"tapes")
+    else:
+        tapes = TapeStore(
+            max_tapes=settings.max_tapes,
+            persist=lambda lineage, raw: store.put_state(b"tapes", lineage, raw),
+        )
+        tapes.restore(await asyncio.to_thread(store.load_state, b"tapes"))
     app[REWRITER] = Rewriter(settings.rewrite, tapes)
     try:
         yield
@@ -99,7 +104,7 @@ async def slots_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def embedded_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     server = await EmbeddedServer.astart(settings.embedded, settings.data_dir)
     app[EMBEDDED] = server
     try:

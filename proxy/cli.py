@@ -22,9 +22,10 @@ from proxy.app import create_app
 from proxy.embedded import EmbeddedError
 from proxy.errors import ProxyError
 from proxy.log import LOG_FILE, configure, get_logger
+from proxy.private import UMASK, secure_data_dir
 from proxy.rewrite.engine import RewriteConfig
 from proxy.routing import RoutePolicy
-from proxy.settings import EmbeddedSettings, Settings, default_data_dir
+from proxy.settings import KEEP_TAPES, EmbeddedSettings, Settings, default_data_dir
 from proxy.stats import parse_since, render, summarize
 from proxy.store import read_records
 from proxy.upstream import UpstreamSpec
@@ -66,6 +67,9 @@ SERVE_OPTIONS: tuple[tuple[str, type, str, str], ...] = (
     ("--rewrite-reserve-tokens", int, "1024",
      "context kept free for the reply when a compaction summary is appended to the tape"),
     ("--max-tapes", int, "512", "conversation lineages remembered (least recently used out)"),
+    ("--keep-tapes", str, "lmdb",
+     "where tapes (earlier messages' text, re-sent by the compaction append) live: lmdb "
+     "(survive a restart) or memory (never written to disk; a restart loses them)"),
     ("--records-max", int, "200000", "request records kept in LMDB (oldest pruned first)"),
     ("--route-hot-tokens", int, "512",
      "a slot that would lose this many recently used tokens is hot: restores and "
@@ -194,6 +198,12 @@ def rewrite_config(args: argparse.Namespace) -> RewriteConfig:
         raise
 
 
+def keep_tapes(value: str) -> str:
+    if value not in KEEP_TAPES:
+        build_parser().error(f"--keep-tapes must be one of {', '.join(KEEP_TAPES)}")
+    return value
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     upstreams = args.upstream if args.upstream is not None else env_list("UPSTREAM")
     return Settings(
@@ -212,6 +222,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         rewrite=rewrite_config(args),
         log_content=args.log_content,
         max_tapes=args.max_tapes,
+        keep_tapes=keep_tapes(args.keep_tapes),
         route=RoutePolicy(
             hot_tokens=args.route_hot_tokens,
             busy_wait_tokens=args.route_busy_wait_tokens,
@@ -318,7 +329,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.log_level not in LOG_LEVELS:
         build_parser().error(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
     settings = settings_from(args)
+    os.umask(UMASK)
+    tightened = secure_data_dir(settings.data_dir)
     configure(settings.log_level, settings.data_dir / LOG_FILE)
+    if tightened:
+        log.warning("data_dir_tightened", paths=len(tightened), example=tightened[0],
+                    modes="directories 0700, files 0600")  # fmt: skip
     if args.command == "serve":
         try:
             asyncio.run(serve(settings))

@@ -127,7 +127,7 @@ class EmbeddedServer:
         cls, settings: EmbeddedSettings, data_dir: Path, port: int | None = None
     ) -> EmbeddedServer:
         slot_dir = data_dir / "slots"
-        slot_dir.mkdir(parents=True, exist_ok=True)
+        slot_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         port = port or free_port()
         argv = command_line(settings, port, slot_dir)
         log_path = data_dir / "llama-server.log"

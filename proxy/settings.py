@@ -10,6 +10,8 @@ from proxy.rewrite.engine import RewriteConfig
 from proxy.routing import RoutePolicy
 from proxy.upstream import UpstreamSpec
 
+KEEP_TAPES = ("lmdb", "memory")
+
 
 def default_data_dir() -> Path:
     """$XDG_STATE_HOME/kvproxy, else ~/.local/state/kvproxy (the user's state dir)."""
@@ -48,6 +50,7 @@ class Settings:
     route: RoutePolicy = field(default_factory=RoutePolicy)
     rewrite: RewriteConfig = field(default_factory=RewriteConfig)
     max_tapes: int = 512
+    keep_tapes: str = "lmdb"  # or "memory": tapes never reach the disk
     # Put short text snippets into the records and the log (off: hashes and counts only).
     log_content: bool = False
 

@@ -44,8 +44,10 @@ def key_time(key: bytes) -> float:
 
 def open_env(path: Path, map_size: int, readonly: bool = False) -> lmdb.Environment:
     if not readonly:
-        path.mkdir(parents=True, exist_ok=True)
-    return lmdb.open(str(path), map_size=map_size, max_dbs=4, readonly=readonly, lock=True)
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return lmdb.open(
+        str(path), map_size=map_size, max_dbs=4, readonly=readonly, lock=True, mode=0o600
+    )
 
 
 class RecordStore:
@@ -74,6 +76,11 @@ class RecordStore:
     def load_state(self, db: bytes) -> list[bytes]:
         """Every value of a state database, in key order (blocking: call off the loop)."""
         return [v for _, v in self.load_items(db)]
+
+    def drop_state(self, db: bytes) -> None:
+        """Empty a state database (blocking: call off the loop)."""
+        with self.env.begin(write=True) as txn:
+            txn.drop(self.state_dbs[db], delete=False)
 
     def load_items(self, db: bytes) -> list[tuple[str, bytes]]:
         with self.env.begin(db=self.state_dbs[db]) as txn:
