@@ -13,7 +13,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 STAMP := $(VENV)/.kvproxy-installed
 
-.PHONY: run test lint bench bench-overhead bench-routing bench-rewrite bench-index clean
+.PHONY: run test lint bench bench-overhead bench-routing bench-rewrite bench-index bench-clients clean
 
 run: $(STAMP)
 	$(BIN)/kvproxy serve
@@ -38,6 +38,10 @@ bench-routing: $(STAMP)
 
 bench-rewrite: $(STAMP)
 	$(BIN)/python -m bench.rewrite
+
+# The real OpenClaw and Hermes (installed under CLIENTS as docs/benchmarks.md says).
+bench-clients: $(STAMP)
+	$(BIN)/python -m bench.clients $(if $(CLIENTS),--clients $(CLIENTS))
 
 bench-index: $(STAMP)
 	$(BIN)/pytest -p no:cacheprovider bench/test_prefix_index_bench.py --benchmark-columns=min,median,mean,rounds

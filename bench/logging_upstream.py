@@ -1,12 +1,17 @@
 """A transparent logging reverse proxy in front of the real llama-server: it forwards every
-request unchanged and keeps the JSON bodies it saw, so a test can read exactly what
-kvproxy sent upstream. Not a fake: every answer comes from the real server."""
+request unchanged and keeps the JSON bodies it saw and the server's own prefill counters
+(``timings.prompt_n``, ``cache_n``) of each answer, so a test or a benchmark can read
+exactly what was sent upstream and what it cost. Not a fake: every answer comes from the
+real server."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -15,6 +20,21 @@ from aiohttp import web
 from proxy.embedded import free_port
 
 HOP = {"content-length", "transfer-encoding", "connection", "content-encoding"}
+PROMPT_N = re.compile(rb'"prompt_n"\s*:\s*(\d+)')
+CACHE_N = re.compile(rb'"cache_n"\s*:\s*(\d+)')
+
+
+@dataclass
+class Exchange:
+    path: str
+    body: Any
+    prompt_n: int | None = None  # tokens the server prefilled for it
+    cache_n: int | None = None
+
+
+def last_int(pattern: re.Pattern[bytes], raw: bytes) -> int | None:
+    found = pattern.findall(raw)
+    return int(found[-1]) if found else None
 
 
 class LoggingUpstream:
@@ -22,7 +42,7 @@ class LoggingUpstream:
         self.target = target
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.bodies: list[tuple[str, Any]] = []
+        self.exchanges: list[Exchange] = []
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
@@ -39,11 +59,16 @@ class LoggingUpstream:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(30)
 
-    def chats(self) -> list[dict[str, Any]]:
-        """Bodies of the chat requests kvproxy sent, oldest first."""
+    def chat_exchanges(self) -> list[Exchange]:
         return [
-            b for p, b in self.bodies if p.endswith("/chat/completions") and isinstance(b, dict)
+            e
+            for e in self.exchanges
+            if e.path.endswith("/chat/completions") and isinstance(e.body, dict)
         ]
+
+    def chats(self) -> list[dict[str, Any]]:
+        """Bodies of the chat requests sent upstream, oldest first."""
+        return [e.body for e in self.chat_exchanges()]
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -51,15 +76,15 @@ class LoggingUpstream:
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
-        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600))
+        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1800))
 
         async def handle(request: web.Request) -> web.StreamResponse:
             raw = await request.read()
+            exchange = Exchange(request.path, None)
             if raw:
-                try:
-                    self.bodies.append((request.path, json.loads(raw)))
-                except ValueError:
-                    self.bodies.append((request.path, None))
+                with contextlib.suppress(ValueError):
+                    exchange.body = json.loads(raw)
+                self.exchanges.append(exchange)
             headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP | {"host"}}
             async with session.request(
                 request.method, self.target + request.path_qs, data=raw or None, headers=headers
@@ -69,8 +94,12 @@ class LoggingUpstream:
                     headers={k: v for k, v in resp.headers.items() if k.lower() not in HOP},
                 )
                 await out.prepare(request)
+                tail = b""
                 async for chunk in resp.content.iter_any():
+                    tail = (tail + chunk)[-16384:]
                     await out.write(chunk)
+                exchange.prompt_n = last_int(PROMPT_N, tail)
+                exchange.cache_n = last_int(CACHE_N, tail)
                 await out.write_eof()
                 return out
 
