@@ -34,7 +34,8 @@ from proxy.process import spawn_proxy
 from proxy.settings import EmbeddedSettings
 from proxy.store import read_records
 
-NAMES = {"A": "Alice", "B": "Bob", "H": "Carol"}
+# Names no system prompt or tool description contains, so any match is a leak.
+NAMES = {"A": "Quorvina", "B": "Belzatrix", "H": "Carrowen"}
 TURN_TIMEOUT = 900
 
 
@@ -155,6 +156,8 @@ class Side:
         hermes = (
             "model:\n  provider: custom\n  default: smollm2\n"
             f"  base_url: {base}/v1\n  api_key: sk-local\n  context_length: 65536\n"
+            # kvproxy answers /api/tags, so Hermes takes it for ollama and checks num_ctx
+            "  ollama_num_ctx: 65536\n"
             "  max_tokens: 64\nauxiliary:\n  compression:\n    provider: custom\n"
             f"    model: smollm2\n    base_url: {base}/v1\n    api_key: sk-local\n"
             "    timeout: 600\n    context_length: 65536\n"
@@ -325,13 +328,13 @@ class Side:
             logged,
             "OpenClaw A: turn 1",
             "A",
-            lambda: self.openclaw("A", "My name is Alice. Please remember it."),
+            lambda: self.openclaw("A", "My name is Quorvina. Please remember it."),
         )
         self.step(
             logged,
             "OpenClaw B (same system prompt): turn 1",
             "B",
-            lambda: self.openclaw("B", "Hi, my name is Bob."),
+            lambda: self.openclaw("B", "Hi, my name is Belzatrix."),
         )
         self.step(logged, "OpenClaw A: turn 2", "A", lambda: self.openclaw("A", "What is my name?"))
         self.step(logged, "OpenClaw B: turn 2", "B", lambda: self.openclaw("B", "What is my name?"))
@@ -364,7 +367,7 @@ class Side:
         holder: dict[str, str] = {}
 
         def hermes_first() -> None:
-            holder["id"] = self.hermes("-q", "My name is Carol. Please remember it.")
+            holder["id"] = self.hermes("-q", "My name is Carrowen. Please remember it.")
 
         self.step(logged, "Hermes: turn 1", "H", hermes_first)
         if "id" in holder:
@@ -411,7 +414,9 @@ def table(direct: Side, proxied: Side) -> str:
         "| direct/kvproxy | other-session text in kvproxy's upstream bodies |",
         "|---|---|---|---|---|---|---|",
     ]
-    for d, k in zip(direct.steps, proxied.steps, strict=True):
+    by_label = {s.label: s for s in proxied.steps}
+    for d in direct.steps:
+        k = by_label.get(d.label, Step(d.label, d.owner, ok=False))
         ratio = f"{d.prefilled / k.prefilled:.2f}x" if k.prefilled else "-"
         bad = ", ".join(sorted(set(k.violations))) or "none"
         flag = "" if d.ok and k.ok else " (a client failed, see the log)"
