@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from proxy import security
 from proxy.components import METRICS, POOL, REWRITER, SETTINGS, SLOTS, STORE, UpstreamPool
 from proxy.dialects import REGISTRY
 from proxy.embedded import EmbeddedServer
@@ -31,7 +32,11 @@ EMBEDDED = web.AppKey("embedded", EmbeddedServer)
 def create_app(settings: Settings) -> web.Application:
     # The dialect handlers enforce --max-body-bytes themselves, with a dialect-shaped 413;
     # aiohttp's own limit only has to stay out of their way.
-    app = web.Application(client_max_size=settings.max_body_bytes + 1)
+    app = web.Application(
+        client_max_size=settings.max_body_bytes + 1,
+        middlewares=[security.middleware(settings.exposure)],
+    )
+    app.on_response_prepare.append(security.cors_headers)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(store_ctx)
@@ -45,8 +50,11 @@ def create_app(settings: Settings) -> web.Application:
 
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    store = RecordStore(settings.records_dir, max_records=settings.records_max)
+    store = RecordStore(
+        settings.records_dir, max_records=settings.records_max, max_bytes=settings.records_max_bytes
+    )
     store.start()
+    app[METRICS].watch_store(store)
     app[STORE] = store
     if settings.keep_tapes == "memory":
         # Tapes hold text: in memory mode none is written, and any an earlier run left goes.

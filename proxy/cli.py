@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import os
 import re
@@ -25,9 +26,10 @@ from proxy.log import LOG_FILE, configure, get_logger
 from proxy.private import UMASK, secure_data_dir
 from proxy.rewrite.engine import RewriteConfig
 from proxy.routing import RoutePolicy
+from proxy.security import Exposure
 from proxy.settings import KEEP_TAPES, EmbeddedSettings, Settings, default_data_dir
 from proxy.stats import parse_since, render, summarize
-from proxy.store import read_records
+from proxy.store import read_counters, read_records
 from proxy.upstream import UpstreamSpec
 
 log = get_logger("kvproxy.cli")
@@ -71,6 +73,8 @@ SERVE_OPTIONS: tuple[tuple[str, type, str, str], ...] = (
      "where tapes (earlier messages' text, re-sent by the compaction append) live: lmdb "
      "(survive a restart) or memory (never written to disk; a restart loses them)"),
     ("--records-max", int, "200000", "request records kept in LMDB (oldest pruned first)"),
+    ("--records-max-bytes", int, str(1 << 30),
+     "the LMDB map grows up to this size; past 80% of it the oldest records are pruned"),
     ("--route-hot-tokens", int, "512",
      "a slot that would lose this many recently used tokens is hot: restores and "
      "unrelated prompts go to empty or cold slots first"),
@@ -129,6 +133,30 @@ def build_parser() -> argparse.ArgumentParser:
         "repeatable [KVPROXY_VOLATILE_PATTERN, newline-separated]",
     )  # fmt: skip
     serve.add_argument(
+        "--cors-origin", action="append", default=None, metavar="ORIGIN",
+        help="an origin (https://app.example) whose browser pages may call kvproxy; "
+        "repeatable; none by default [KVPROXY_CORS_ORIGIN, comma-separated]",
+    )  # fmt: skip
+    serve.add_argument(
+        "--api-key", default=env("API_KEY"),
+        help="require this key from clients (Authorization: Bearer KEY) [KVPROXY_API_KEY]",
+    )  # fmt: skip
+    serve.add_argument(
+        "--api-key-file", type=Path, default=env("API_KEY_FILE"),
+        help="read the API key from this file [KVPROXY_API_KEY_FILE]",
+    )  # fmt: skip
+    serve.add_argument(
+        "--allow-slot-actions", action="store_true",
+        default=env("ALLOW_SLOT_ACTIONS", "") in ("1", "true"),
+        help="let clients call /slots/{id}?action=save|restore|erase (kvproxy's cache "
+        "state) [KVPROXY_ALLOW_SLOT_ACTIONS=1]",
+    )  # fmt: skip
+    serve.add_argument(
+        "--allow-admin", action="store_true", default=env("ALLOW_ADMIN", "") in ("1", "true"),
+        help="let clients call model management endpoints (ollama pull/push/create/copy/"
+        "delete, llama-server model and adapter changes) [KVPROXY_ALLOW_ADMIN=1]",
+    )  # fmt: skip
+    serve.add_argument(
         "--upstream", action="append", default=None, metavar="URL",
         help="server to proxy, repeatable; kind auto-detected, or prefix llama: / ollama:. "
         "None: start the embedded llama-server [KVPROXY_UPSTREAM, comma-separated]",
@@ -176,14 +204,19 @@ def run_stats(args: argparse.Namespace) -> int:
         return 2
     records_dir = Settings(data_dir=args.data_dir.expanduser()).records_dir
     total, per_slot = summarize(read_records(records_dir, since))
+    losses = read_counters(records_dir)
     if args.json:
         out = {k: v for k, v in vars(total).items() if k != "causes"}
+        out["records_lost"] = losses
         out.update(causes=dict(total.causes), hit_rate=total.hit_rate)
         out["per_slot"] = {k: {"requests": t.requests, "hit_rate": t.hit_rate}
                            for k, t in per_slot.items()}  # fmt: skip
         print(json.dumps(out))
     else:
         print(render(total, per_slot))
+        if any(losses.values()):
+            print(f"records lost        dropped {losses.get('dropped', 0)} (queue full), "
+                  f"skipped {losses.get('skipped', 0)} (unstorable)")  # fmt: skip
     return 0
 
 
@@ -204,9 +237,23 @@ def keep_tapes(value: str) -> str:
     return value
 
 
+def exposure_from(args: argparse.Namespace) -> Exposure:
+    key = args.api_key
+    if args.api_key_file is not None:
+        try:
+            key = Path(args.api_key_file).expanduser().read_text().strip()
+        except OSError as exc:
+            build_parser().error(f"--api-key-file: {exc}")
+    origins = args.cors_origin if args.cors_origin is not None else env_list("CORS_ORIGIN")
+    return Exposure(api_key=key or None, cors_origins=frozenset(origins),
+                    allow_slot_actions=args.allow_slot_actions,
+                    allow_admin=args.allow_admin)  # fmt: skip
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     upstreams = args.upstream if args.upstream is not None else env_list("UPSTREAM")
     return Settings(
+        exposure=exposure_from(args),
         host=args.host,
         port=args.port,
         upstreams=tuple(UpstreamSpec.parse(u) for u in upstreams),
@@ -219,6 +266,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         slot_cache_max_bytes=args.slot_cache_max_bytes,
         slot_checkpoint_idle=args.slot_checkpoint_idle,
         records_max=args.records_max,
+        records_max_bytes=args.records_max_bytes,
         rewrite=rewrite_config(args),
         log_content=args.log_content,
         max_tapes=args.max_tapes,
@@ -321,6 +369,13 @@ def builtin_defaults() -> argparse.Namespace:
         os.environ.update(saved)
 
 
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     readers = {"stats": run_stats, "tail": run_tail, "explain": run_explain}
@@ -332,6 +387,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.umask(UMASK)
     tightened = secure_data_dir(settings.data_dir)
     configure(settings.log_level, settings.data_dir / LOG_FILE)
+    if not is_loopback(settings.host) and not settings.exposure.api_key:
+        log.warning("listening_beyond_loopback_without_api_key", host=settings.host,
+                    advice="set --api-key or --api-key-file")  # fmt: skip
     if tightened:
         log.warning("data_dir_tightened", paths=len(tightened), example=tightened[0],
                     modes="directories 0700, files 0600")  # fmt: skip

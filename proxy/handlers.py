@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -48,6 +49,13 @@ STREAM_TYPES = ("text/event-stream", "application/x-ndjson", "application/ndjson
 # Client headers that must not reach the upstream on a re-encoded JSON request.
 DROP_ON_REENCODE = frozenset({"content-type", "content-length", "accept-encoding", "expect"})
 
+# A \uD800-\uDFFF escape: only then can the body hold an unencodable lone surrogate.
+LONE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+# Errors raised while reading the client's own body (parsing, planning, tokenizing) before
+# anything went upstream: a malformed request, answered 400 without a traceback.
+MALFORMED = (TypeError, ValueError, AttributeError, KeyError, IndexError, UnicodeError,
+             RecursionError, OverflowError)  # fmt: skip
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -68,9 +76,19 @@ async def read_json(request: web.Request, limit: int) -> Any:
     if not raw.strip():
         raise BadRequest("request body is empty; a JSON object is required")
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
+    except RecursionError as exc:
+        raise BadRequest("request body is nested too deeply") from exc
     except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from exc
+        raise BadRequest(f"request body is not valid JSON: {str(exc)[:200]}") from exc
+    if LONE_SURROGATE.search(raw):
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise BadRequest("request body holds a lone UTF-16 surrogate (invalid text)") from exc
+        except RecursionError as exc:
+            raise BadRequest("request body is nested too deeply") from exc
+    return body
 
 
 def client_headers(request: web.Request) -> dict[str, str]:
@@ -401,9 +419,14 @@ def dialect_handler(dialect: DialectBase) -> Handler:
         observer = UsageObserver()
         try:
             body = await read_json(request, request.app[SETTINGS].max_body_bytes)
-            conv = dialect.parse(body)
-            rec.model, rec.stream = conv.model, conv.stream
-            plan, calls, prompts, original_cached = await plan_request(request, dialect, conv)
+            try:
+                conv = dialect.parse(body)
+                rec.model, rec.stream = conv.model, conv.stream
+                plan, calls, prompts, original_cached = await plan_request(request, dialect, conv)
+            except MALFORMED as exc:
+                log.warning("request_malformed", request_id=rec.request_id,
+                            error=f"{type(exc).__name__}: {str(exc)[:200]}")  # fmt: skip
+                raise BadRequest(f"malformed request: {type(exc).__name__}") from exc
             lease = await slots.acquire_prompts(prompts)
             note_route(rec, lease)
             note_rewrite(rec, plan, original_cached)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -52,6 +52,17 @@ class Metrics:
         self.upstream_errors = Counter(
             "kvproxy_upstream_errors_total", "Requests answered 5xx", ["status"], registry=r
         )
+
+    def watch_store(self, store: Any) -> None:
+        """The record writer's loss counters, read when scraped."""
+        for name, attr, text in (
+            ("kvproxy_records_dropped", "dropped", "Records and state dropped: queue full"),
+            ("kvproxy_records_skipped", "skipped", "Records and state that could not be stored"),
+            ("kvproxy_record_writer_restarts", "restarts", "Record writer restarts"),
+        ):
+            Gauge(name, text, registry=self.registry).set_function(
+                lambda attr=attr: getattr(store, attr)
+            )
 
     def observe(self, record: dict[str, Any]) -> None:
         """Count one finished request (a RequestRecord's fields)."""

@@ -13,6 +13,20 @@ from proxy.log import get_logger
 
 log = get_logger("kvproxy.request")
 
+# Every string a record holds (model names, paths, error messages, snippets) is cut to this
+# many characters, in the store and in the log: a client cannot make records large.
+MAX_FIELD_CHARS = 512
+
+
+def bounded(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > MAX_FIELD_CHARS:
+        return value[: MAX_FIELD_CHARS - 1] + "…"
+    if isinstance(value, dict):
+        return {bounded(k): bounded(v) for k, v in list(value.items())[:32]}
+    if isinstance(value, list):
+        return [bounded(v) for v in value[:64]]
+    return value
+
 
 def new_request_id() -> str:
     return uuid.uuid4().hex[:16]
@@ -78,7 +92,7 @@ class RequestRecord:
         out["time"] = out.pop("started")
         out.update(self.miss.fields() if self.miss is not None else NO_CAUSE)
         out["rewrite_cause"] = self.rewrite_cause.kind if self.rewrite_cause else None
-        return out
+        return {k: bounded(v) for k, v in out.items()}
 
     def done(self) -> None:
         """Emit the ``request_done`` event and hand the record to the store; later calls

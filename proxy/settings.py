@@ -8,6 +8,7 @@ from pathlib import Path
 
 from proxy.rewrite.engine import RewriteConfig
 from proxy.routing import RoutePolicy
+from proxy.security import Exposure
 from proxy.upstream import UpstreamSpec
 
 KEEP_TAPES = ("lmdb", "memory")
@@ -47,9 +48,11 @@ class Settings:
     slot_cache_max_bytes: int = 4 * 1024**3
     slot_checkpoint_idle: float = 2.0
     records_max: int = 200_000
+    records_max_bytes: int = 1 << 30
     route: RoutePolicy = field(default_factory=RoutePolicy)
     rewrite: RewriteConfig = field(default_factory=RewriteConfig)
     max_tapes: int = 512
+    exposure: Exposure = field(default_factory=Exposure)
     keep_tapes: str = "lmdb"  # or "memory": tapes never reach the disk
     # Put short text snippets into the records and the log (off: hashes and counts only).
     log_content: bool = False

@@ -96,9 +96,68 @@ def parse_messages(body: Mapping[str, Any]) -> tuple[Message, ...]:
         content = item.get("content")
         if content is not None and not isinstance(content, str | list):
             raise BadRequest(f"messages[{i}].content must be a string or an array")
+        if isinstance(content, list):
+            check_parts(content, f"messages[{i}].content")
+        check_message_fields(item, f"messages[{i}]")
         extra = {k: v for k, v in item.items() if k not in ("role", "content")}
         out.append(Message(role=role, content=content, extra=frozen_map(extra)))
     return tuple(out)
+
+
+def check_parts(parts: list[Any], where: str) -> None:
+    """Content parts are objects with a string ``type``; a text part's text is a string."""
+    for j, part in enumerate(parts):
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise BadRequest(f"{where}[{j}] must be an object with a string 'type'")
+        if part["type"] == "text" and not isinstance(part.get("text"), str):
+            raise BadRequest(f"{where}[{j}].text must be a string")
+
+
+def check_message_fields(item: Mapping[str, Any], where: str) -> None:
+    """The fields rules and translations read: tool calls, their functions, images."""
+    calls = item.get("tool_calls")
+    if calls is not None:
+        if not isinstance(calls, list):
+            raise BadRequest(f"{where}.tool_calls must be an array")
+        for j, call in enumerate(calls):
+            if not isinstance(call, dict):
+                raise BadRequest(f"{where}.tool_calls[{j}] must be an object")
+            fn = call.get("function")
+            if fn is not None and not isinstance(fn, dict):
+                raise BadRequest(f"{where}.tool_calls[{j}].function must be an object")
+            if isinstance(fn, dict) and not isinstance(fn.get("name", ""), str):
+                raise BadRequest(f"{where}.tool_calls[{j}].function.name must be a string")
+            if call.get("id") is not None and not isinstance(call.get("id"), str):
+                raise BadRequest(f"{where}.tool_calls[{j}].id must be a string")
+    images = item.get("images")
+    if images is not None and not (
+        isinstance(images, list) and all(isinstance(x, str) for x in images)
+    ):
+        raise BadRequest(f"{where}.images must be an array of strings")
+    for key in ("tool_call_id", "name"):
+        if item.get(key) is not None and not isinstance(item[key], str):
+            raise BadRequest(f"{where}.{key} must be a string")
+
+
+MAX_TOKEN_ID = 2**31 - 1
+
+
+def check_prompt_item(item: Any, where: str, depth: int = 0) -> None:
+    """A prompt piece: a string, a token id (a non-negative 32-bit integer), or (one level)
+    an array of those."""
+    if isinstance(item, bool):
+        raise BadRequest(f"{where} must be a string, a token id or an array of them")
+    if isinstance(item, int):
+        if not 0 <= item <= MAX_TOKEN_ID:
+            raise BadRequest(f"{where}: token id {item} is outside any vocabulary")
+        return
+    if isinstance(item, str):
+        return
+    if isinstance(item, list) and depth < 2:
+        for j, sub in enumerate(item):
+            check_prompt_item(sub, f"{where}[{j}]", depth + 1)
+        return
+    raise BadRequest(f"{where} must be a string, a token id or an array of them")
 
 
 def render_message(msg: Message) -> dict[str, Any]:
@@ -113,6 +172,7 @@ def require_prompt(body: Mapping[str, Any]) -> Any:
     prompt = body["prompt"]
     if not isinstance(prompt, str | list):
         raise BadRequest("'prompt' must be a string or an array")
+    check_prompt_item(prompt, "'prompt'")
     return prompt
 
 

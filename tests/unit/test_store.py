@@ -113,3 +113,82 @@ async def test_state_serializers_run_on_the_writer_thread(tmp_path: Path) -> Non
     assert store.load_items(b"tapes") == [("lineage", b"tape")]
     await store.close()
     assert threads and threading.get_ident() not in threads
+
+
+async def test_a_bad_item_is_skipped_and_the_writer_keeps_going(tmp_path: Path) -> None:
+    """Issue 10: one state value that fails to serialize (token ids beyond 32 bits) killed
+    the writer for good; now the item is skipped and the rest of its batch commits."""
+    store = RecordStore(tmp_path / "db")
+    store.start()
+
+    def overflow() -> bytes:
+        raise OverflowError("signed integer is greater than maximum")
+
+    store.put(rec(1))
+    store.put_state(b"slots", "bad", overflow)
+    store.put({"time": 1_000_002, "request_id": "r2", "bad": object()})  # not JSON
+    store.put(rec(3))
+    await store.flush()
+    store.put(rec(4))
+    store.put_state(b"tapes", "ok", b"fine")
+    await store.flush()
+    await store.close()
+    assert [r["request_id"] for r in read_records(tmp_path / "db")] == ["r1", "r3", "r4"]
+    assert store.skipped == 2
+
+
+async def test_the_queue_is_bounded_dropping_the_oldest(tmp_path: Path) -> None:
+    store = RecordStore(tmp_path / "db", max_queue=5)
+    for i in range(20):  # the writer is not running: nothing drains
+        store.put(rec(i))
+    assert store.dropped == 15
+    store.start()
+    await store.close()
+    assert [r["request_id"] for r in read_records(tmp_path / "db")] == [
+        f"r{i}" for i in range(15, 20)
+    ]
+
+
+async def test_a_writer_that_dies_is_restarted(tmp_path: Path) -> None:
+    store = RecordStore(tmp_path / "db")
+    commit = store._commit
+    calls = {"n": 0}
+
+    def crash_once(items: list) -> None:  # type: ignore[type-arg]
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise SystemError("writer bug")
+        commit(items)
+
+    store._commit = crash_once  # type: ignore[method-assign]
+    store.start()
+    store.put(rec(1))
+    await asyncio.sleep(0.3)
+    store.put(rec(2))
+    await asyncio.wait_for(store.flush(), 10)
+    await store.close()
+    assert store.restarts == 1
+    assert [r["request_id"] for r in read_records(tmp_path / "db")] == ["r2"]
+
+
+async def test_the_map_grows_and_pruning_keeps_the_size_bounded(tmp_path: Path) -> None:
+    store = RecordStore(tmp_path / "db", max_bytes=4 * 1024 * 1024, map_size=1024 * 1024)
+    store.start()
+    for i in range(3000):
+        store.put(rec(i, padding="x" * 2000))
+        if i % 500 == 0:
+            await store.flush()
+    await store.close()
+    got = [r["request_id"] for r in read_records(tmp_path / "db")]
+    assert got[-1] == "r2999" and 100 < len(got) < 3000
+    assert (tmp_path / "db" / "data.mdb").stat().st_size <= 4 * 1024 * 1024
+
+
+def test_client_strings_in_records_are_bounded() -> None:
+    from proxy.record import MAX_FIELD_CHARS, RequestRecord
+
+    record = RequestRecord(request_id="r", path="/v1/chat/completions", dialect="openai_chat")
+    record.model = "m" * 28_000_000
+    record.error = "e" * 100_000
+    fields = record.fields()
+    assert len(fields["model"]) <= MAX_FIELD_CHARS and len(fields["error"]) <= MAX_FIELD_CHARS

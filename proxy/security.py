@@ -1,0 +1,118 @@
+"""What clients may reach: one aiohttp middleware in front of every route.
+
+- an absolute-form request target (``GET http://host/path``) is a 400;
+- with ``--api-key``, every path but ``/health`` needs it (``Authorization: Bearer``,
+  ``x-api-key`` or ``api-key``), else a 401;
+- cross-origin requests (an ``Origin`` header) are refused unless ``--cors-origin`` lists
+  the origin; an allowed one gets CORS headers (and its preflight an answer) from kvproxy,
+  and must send ``application/json`` (no form or text body can skip the preflight);
+- the upstream's own CORS headers never pass through;
+- state-changing cache and model endpoints (``/slots`` actions, llama-server's model and
+  adapter management, ollama's pull/push/create/copy/delete) are refused with a 403 that
+  names the flag allowing them: kvproxy owns the cache state.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from proxy.log import get_logger
+
+log = get_logger("kvproxy.security")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+OPEN_PATHS = frozenset({"/health"})
+ADMIN_PATHS = (
+    ("POST", "/lora-adapters"), ("POST", "/props"), ("POST", "/models/load"),
+    ("POST", "/models/unload"), ("POST", "/api/pull"), ("POST", "/api/push"),
+    ("POST", "/api/create"), ("POST", "/api/copy"), ("DELETE", "/api/delete"),
+    ("POST", "/api/blobs"),
+)  # fmt: skip
+CORS_METHODS = "GET, POST, OPTIONS"
+CORS_HEADERS = "Authorization, Content-Type, X-Api-Key, X-Session-Id"
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """The security settings the middleware enforces (from the CLI's configuration)."""
+
+    api_key: str | None = None
+    cors_origins: frozenset[str] = frozenset()
+    allow_slot_actions: bool = False
+    allow_admin: bool = False
+
+
+def refuse(status: int, message: str) -> web.Response:
+    return web.json_response({"error": {"message": message, "code": status}}, status=status)
+
+
+def presented_key(request: web.Request) -> str:
+    auth = request.headers.get("Authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.headers.get("x-api-key") or request.headers.get("api-key") or ""
+
+
+def refusal(request: web.Request, exposure: Exposure) -> web.Response | None:
+    """Why this request may not pass, as the response to send; None when it may."""
+    if not request.raw_path.startswith("/"):
+        return refuse(400, "absolute-form request targets are not accepted; send a path")
+    origin = request.headers.get("Origin")
+    if origin is not None and origin not in exposure.cors_origins:
+        return refuse(403, f"cross-origin requests from {origin[:100]!r} are refused; "
+                      "allow an origin with --cors-origin")  # fmt: skip
+    if request.method == "OPTIONS" and origin is not None:
+        return None  # a preflight from an allowed origin: answered below
+    needs_key = exposure.api_key and request.path not in OPEN_PATHS
+    if needs_key and not hmac.compare_digest(
+        presented_key(request).encode(), str(exposure.api_key).encode()
+    ):
+        return refuse(401, "a valid API key is required (Authorization: Bearer <key>)")
+    writes = origin is not None and request.method not in ("GET", "HEAD")
+    if writes and request.content_type.lower() != "application/json":
+        return refuse(415, "cross-origin requests must send Content-Type: application/json")
+    path = request.path.rstrip("/") or "/"
+    if path.startswith("/slots/") and request.method != "GET" and not exposure.allow_slot_actions:
+        return refuse(403, "slot save/restore/erase belong to kvproxy; start it with "
+                      "--allow-slot-actions to let clients call them")  # fmt: skip
+    if (request.method, path) in ADMIN_PATHS and not exposure.allow_admin:
+        return refuse(403, f"{request.method} {path} changes the server's models; start "
+                      "kvproxy with --allow-admin to let clients call it")  # fmt: skip
+    return None
+
+
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+
+
+def middleware(exposure: Exposure) -> Middleware:
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        refused = refusal(request, exposure)
+        if refused is not None:
+            log.warning("request_refused", path=request.path[:200], method=request.method,
+                        status=refused.status)  # fmt: skip
+            return refused
+        if request.method == "OPTIONS" and request.headers.get("Origin") is not None:
+            return web.Response(status=204)
+        return await handler(request)
+
+    return guard
+
+
+async def cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """On every response, streamed ones included, just before its headers go out: the
+    upstream's CORS headers removed, kvproxy's own added for an allowed origin (the
+    middleware has refused every other origin by then)."""
+    for name in [k for k in response.headers if k.lower().startswith("access-control-")]:
+        del response.headers[name]
+    origin = request.headers.get("Origin")
+    if origin is not None and response.status not in (401, 403):
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Allow-Methods"] = CORS_METHODS
+        response.headers["Access-Control-Allow-Headers"] = CORS_HEADERS
+        response.headers["Vary"] = "Origin"
