@@ -466,7 +466,11 @@ def dialect_handler(dialect: DialectBase) -> Handler:
             return web.json_response(dialect.error_body(err), status=err.status)
         finally:
             if lease is not None and not lease.released:
-                slots.release(lease, completed=False, cached_actual=rec.cached_tokens)
+                # A first byte means the server prefilled the whole prompt: it holds it.
+                slots.release(lease, completed=False, cached_actual=rec.cached_tokens,
+                              prompt_done=rec.ttft_ms is not None)  # fmt: skip
+                if rec.prompt_tokens is None and lease.prompt is not None:
+                    rec.prompt_tokens = len(lease.prompt)
             rec.done()
 
     return handle

@@ -446,10 +446,12 @@ class SlotManager:
         generated: list[int] | None = None,
         finish_reason: str | None = None,
         cached_actual: int | None = None,
+        prompt_done: bool = False,
     ) -> None:
         """What the slot holds now: the prompt and the tokens fed back while generating
         (all sampled tokens but the last, unless the last was the end-of-generation token
-        that is never fed back). An interrupted request leaves only what is certain."""
+        that is never fed back). An interrupted request leaves only what is certain: the
+        whole prompt once generation started (``prompt_done``), else the reused part."""
         if lease.released:
             return
         lease.released = True
@@ -469,6 +471,8 @@ class SlotManager:
             if finish_reason not in ("stop", "eos") and tail:
                 tail = tail[:-1]
             holds = Prompt.of(prompt.tokens + tuple(tail))
+        elif prompt_done:
+            holds = prompt
         else:
             keep = cached_actual if cached_actual is not None else lease.route.predicted
             holds = Prompt.of(prompt.tokens[: max(0, keep)])

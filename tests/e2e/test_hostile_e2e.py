@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy.embedded import EmbeddedServer
+from proxy.store import read_records
 from tests.conftest import Proxy, start_proxy, stop_proxy
 
 pytestmark = pytest.mark.e2e
@@ -170,3 +172,27 @@ def test_after_the_fuzz_no_traceback_and_still_serving(proxy: Proxy, tmp_path: P
     assert not [
         line for line in proxy.log_lines() if "Traceback" in line or "internal_error" in line
     ]
+
+
+def test_a_stream_closed_early_leaves_the_slot_known(tmp_path: Path, llama: EmbeddedServer) -> None:
+    """Issue 10: after a client closed its stream at the first token, kvproxy took the
+    slot for empty although the server held the whole prompt."""
+    proxy = start_proxy(tmp_path, "--upstream", llama.url)
+    try:
+        long = " ".join(f"word{i}" for i in range(600))
+        messages = [{"role": "system", "content": "Summarize."}, user(long)]
+        body = {"messages": messages, "max_tokens": 200, "stream": True}
+        with httpx.stream("POST", proxy.url + CHAT, json=body, timeout=300) as resp:
+            assert resp.status_code == 200
+            next(resp.iter_bytes())  # the first token: the prompt is prefilled
+        time.sleep(1)
+        again = post(proxy, CHAT, {"messages": [*messages, {"role": "assistant", "content": "ok"},
+                                                user("and?")], "max_tokens": 1})  # fmt: skip
+        cached = int(again.headers["x-kvproxy-cache"].split("cached=")[1].split(";")[0])
+        assert cached > 1000
+    finally:
+        stop_proxy(proxy)
+    records = list(read_records(proxy.data_dir / "records"))
+    closed = records[0]
+    assert closed["prompt_tokens"] and closed["prompt_tokens"] > 1000
+    assert closed["predicted_cached"] is not None
