@@ -295,13 +295,12 @@ async def serve(settings: Settings) -> None:
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
         base = f"http://{settings.host}:{settings.port}"
-        print(
+        say(
             f"kvproxy {__version__} listening on {base}\n"
             f"  OpenAI base URL: {base}/v1\n"
             f"  ollama base URL: {base}\n"
             f"  try: curl -s {base}/v1/chat/completions -H 'Content-Type: application/json' "
-            '-d \'{"messages":[{"role":"user","content":"Say hi"}],"max_tokens":16}\'',
-            flush=True,
+            '-d \'{"messages":[{"role":"user","content":"Say hi"}],"max_tokens":16}\''
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -311,6 +310,14 @@ async def serve(settings: Settings) -> None:
         log.info("shutting_down")
     finally:
         await runner.cleanup()
+
+
+def say(text: str) -> None:
+    """The start-up banner; a closed stdout must not stop the proxy from serving."""
+    try:
+        print(text, flush=True)
+    except (OSError, ValueError):
+        log.warning("stdout_broken", detail="start-up banner not shown")
 
 
 def serve_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import logging.handlers
 import sys
@@ -17,14 +18,28 @@ LOG_BACKUPS = 3
 
 
 class TeeLogger:
-    """Writes each rendered line to stderr and, when given, to a rotating file."""
+    """Writes each rendered line to stderr and, when given, to a rotating file. A write
+    that fails never fails the caller: a broken stderr (a closed pipe, journald
+    restarting) is noticed once and logging goes on to the file only."""
 
     def __init__(self, handler: logging.Handler | None) -> None:
         self.handler = handler
+        self.stderr_broken = False
 
     def msg(self, message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-        if self.handler is not None:
+        if not self.stderr_broken:
+            try:
+                print(message, file=sys.stderr, flush=True)
+            except (OSError, ValueError):
+                self.stderr_broken = True
+                self._to_file('{"event": "stderr_broken", "level": "warning", '
+                              '"detail": "logging continues to the file only"}')  # fmt: skip
+        self._to_file(message)
+
+    def _to_file(self, message: str) -> None:
+        if self.handler is None:
+            return
+        with contextlib.suppress(Exception):  # a full disk must not fail a request either
             self.handler.emit(logging.makeLogRecord({"msg": message, "levelno": logging.INFO}))
 
     log = debug = info = warning = warn = error = critical = exception = fatal = msg
@@ -36,6 +51,8 @@ def file_handler(path: Path) -> logging.Handler:
         path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8"
     )
     handler.setFormatter(logging.Formatter("%(message)s"))
+    # The handler's own error report goes to stderr, which may be the broken thing.
+    handler.handleError = lambda record: None  # type: ignore[method-assign]
     return handler
 
 

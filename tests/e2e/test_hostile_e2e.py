@@ -5,7 +5,10 @@ cache state is kvproxy's, and the proxy keeps serving (issue 10)."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.embedded import EmbeddedServer
+from proxy.embedded import EmbeddedServer, free_port
 from proxy.store import read_records
 from tests.conftest import Proxy, start_proxy, stop_proxy
 
@@ -196,3 +199,34 @@ def test_a_stream_closed_early_leaves_the_slot_known(tmp_path: Path, llama: Embe
     closed = records[0]
     assert closed["prompt_tokens"] and closed["prompt_tokens"] > 1000
     assert closed["predicted_cached"] is not None
+
+
+def test_a_closed_stderr_never_fails_a_request(tmp_path: Path, llama: EmbeddedServer) -> None:
+    """Issue 10: with stderr (and stdout) on a closed pipe, every request answered 500."""
+    port = free_port()
+    data = tmp_path / "data"
+    argv = [sys.executable, "-m", "proxy", "serve", "--port", str(port), "--data-dir", str(data),
+            "--upstream", llama.url]  # fmt: skip
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()
+    process.stderr.close()  # the reader went away before kvproxy said a word
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert process.poll() is None, "kvproxy exited"
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        for i in range(3):
+            resp = httpx.post(url + CHAT, json={"messages": [user(f"hi {i}")], "max_tokens": 2},
+                              timeout=120)  # fmt: skip
+            assert resp.status_code == 200, resp.text
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    assert len(list(read_records(data / "records"))) == 3
+    assert "request_done" in (data / "kvproxy.log").read_text()
