@@ -53,6 +53,10 @@ SERVE_OPTIONS: tuple[tuple[str, type, str, str], ...] = (
     ("--data-dir", Path, str(default_data_dir()), "LMDB, slot files and logs"),
     ("--max-body-bytes", int, str(32 * 1024 * 1024), "largest request body on dialect paths"),
     ("--connect-timeout", float, "10", "seconds to connect to an upstream"),
+    ("--idle-timeout", float, "30",
+     "close a client connection that has not sent complete request headers within this many "
+     "seconds (idle keep-alive and slow or partial headers alike)"),
+    ("--body-timeout", float, "60", "seconds to receive a request body, else a 408"),
     ("--upstream-timeout", float, "600",
      "seconds of upstream silence (before the first byte or between chunks) before a 504"),
     ("--log-level", str, "info", "debug, info, warning or error"),
@@ -260,6 +264,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         data_dir=args.data_dir.expanduser(),
         max_body_bytes=args.max_body_bytes,
         connect_timeout=args.connect_timeout,
+        idle_timeout=args.idle_timeout,
+        body_timeout=args.body_timeout,
         upstream_timeout=args.upstream_timeout,
         log_level=args.log_level,
         tokenizer=args.tokenizer.expanduser() if args.tokenizer else None,
@@ -289,7 +295,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
 async def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM; cleanup contexts stop the embedded server on the way out."""
     app = create_app(settings)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+                           keepalive_timeout=settings.idle_timeout)  # fmt: skip
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port)

@@ -42,6 +42,10 @@ class PayloadTooLarge(ClientError):
     status = 413
 
 
+class RequestTimeout(ClientError):
+    status = 408
+
+
 class UpstreamError(ProxyError):
     status = 502
     code = "upstream_error"

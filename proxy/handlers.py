@@ -21,7 +21,13 @@ from proxy import ollama_bridge
 from proxy.components import METRICS, POOL, REWRITER, SETTINGS, SLOTS, STORE
 from proxy.conversation import Conversation
 from proxy.dialects.base import DialectBase
-from proxy.errors import BadRequest, PayloadTooLarge, ProxyError, UnsupportedMedia
+from proxy.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    ProxyError,
+    RequestTimeout,
+    UnsupportedMedia,
+)
 from proxy.log import get_logger
 from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.prefix_index import Prompt
@@ -59,7 +65,7 @@ MALFORMED = (TypeError, ValueError, AttributeError, KeyError, IndexError, Unicod
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-async def read_json(request: web.Request, limit: int) -> Any:
+async def read_json(request: web.Request, limit: int, timeout: float = 60.0) -> Any:
     """The request's JSON body, bounded by ``limit`` bytes, or a ClientError saying why not."""
     ctype = request.content_type.lower()
     if ctype not in JSON_TYPES and not ctype.endswith("+json"):
@@ -67,11 +73,15 @@ async def read_json(request: web.Request, limit: int) -> Any:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
     chunks, size = [], 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError as exc:
+        raise RequestTimeout(f"request body not received within {timeout:g} s") from exc
     raw = b"".join(chunks)
     if not raw.strip():
         raise BadRequest("request body is empty; a JSON object is required")
@@ -418,7 +428,8 @@ def dialect_handler(dialect: DialectBase) -> Handler:
         slots = request.app[SLOTS]
         observer = UsageObserver()
         try:
-            body = await read_json(request, request.app[SETTINGS].max_body_bytes)
+            settings = request.app[SETTINGS]
+            body = await read_json(request, settings.max_body_bytes, settings.body_timeout)
             try:
                 conv = dialect.parse(body)
                 rec.model, rec.stream = conv.model, conv.stream

@@ -39,6 +39,8 @@ class Settings:
     data_dir: Path = field(default_factory=default_data_dir)
     max_body_bytes: int = 32 * 1024 * 1024
     connect_timeout: float = 10.0
+    idle_timeout: float = 30.0  # a connection with no complete request headers this long
+    body_timeout: float = 60.0  # a request body not read completely within this
     upstream_timeout: float = 600.0
     log_level: str = "info"
     embedded: EmbeddedSettings = field(default_factory=EmbeddedSettings)

@@ -102,7 +102,8 @@ def guarded(llama: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory) -> 
     key_file = tmp / "key"
     key_file.write_text("s3cret-key\n")
     proxy = start_proxy(tmp, "--upstream", llama.url, "--api-key-file", str(key_file),
-                        "--cors-origin", "https://app.example")  # fmt: skip
+                        "--cors-origin", "https://app.example", "--idle-timeout", "2",
+                        "--body-timeout", "2")  # fmt: skip
     yield proxy
     stop_proxy(proxy)
 
@@ -230,3 +231,20 @@ def test_a_closed_stderr_never_fails_a_request(tmp_path: Path, llama: EmbeddedSe
         process.wait(30)
     assert len(list(read_records(data / "records"))) == 3
     assert "request_done" in (data / "kvproxy.log").read_text()
+
+
+def test_partial_headers_and_a_stalled_body_do_not_hold_a_connection(guarded: Proxy) -> None:
+    port = int(guarded.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-")
+        started = time.monotonic()
+        assert sock.recv(4096) == b""  # closed by kvproxy, not by our timeout
+        assert time.monotonic() - started < 15
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Authorization: Bearer s3cret-key\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{"
+        )
+        head = sock.recv(4096).decode(errors="replace")
+        assert head.startswith("HTTP/1.1 408"), head
