@@ -16,7 +16,7 @@ import pytest
 from proxy.embedded import EmbeddedServer
 from proxy.store import read_records
 from tests.conftest import Proxy, start_proxy, stop_proxy
-from tests.e2e.logging_upstream import LoggingUpstream
+from bench.logging_upstream import LoggingUpstream
 
 pytestmark = pytest.mark.e2e
 
