@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.logging_upstream import LoggingUpstream
 from proxy.embedded import EmbeddedServer
 from proxy.store import read_records
 from tests.conftest import Proxy, start_proxy, stop_proxy
-from bench.logging_upstream import LoggingUpstream
 
 pytestmark = pytest.mark.e2e
 
