@@ -253,7 +253,20 @@ class SlotManager:
             lease = Lease(pool=pool, route=route, prompt=prompt, estimated=not pool.tokenizer.exact)
             if prompt is not None:
                 self._note_known(lease, prompt, views)
-            await state.prep.acquire()
+        # The slot is reserved (busy) under the lock; waiting for its save or restore
+        # happens outside it, and a cancellation undoes the reservation.
+        try:
+            await self._prepare(lease, state)
+        except BaseException:
+            state.busy = max(0, state.busy - 1)
+            raise
+        return lease
+
+    async def _prepare(self, lease: Lease, state: SlotState) -> None:
+        """Save the victim first, restore a saved prefix: the slot's I/O, serialized with
+        checkpoints of the same slot by ``state.prep``."""
+        pool, route = lease.pool, lease.route
+        await state.prep.acquire()
         try:
             if route.save_first and pool.can_save:
                 await self._save(pool, route.slot)
@@ -272,7 +285,6 @@ class SlotManager:
                     )
         finally:
             state.prep.release()
-        return lease
 
     async def checkpoint(self, idle_seconds: float) -> int:
         """Save every slot idle for ``idle_seconds`` whose content is not yet on disk (at

@@ -143,3 +143,48 @@ async def test_slot_state_round_trips_through_its_mirror(tmp_path) -> None:  # t
     assert again.pools[0].held.get(lease.route.slot) == Prompt.of([*range(300), 7, 8])
     # an upstream that is no longer configured is skipped
     assert again.load_state([("live|http://elsewhere|0", next(iter(mirror.values())))]) == 0  # type: ignore[list-item]
+
+
+async def test_a_request_cancelled_while_its_slot_is_being_saved_leaks_nothing() -> None:
+    """Issue 10: a client that went away during a save or restore left the slot's busy
+    count raised for ever."""
+    import asyncio
+
+    m = manager(1)
+    state = m.pools[0].states[0]
+    await state.prep.acquire()  # a checkpoint is saving this slot
+    task = asyncio.create_task(m.acquire(CHAT, {0: {"tokens": list(range(100))}}))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert state.busy == 0
+    state.prep.release()
+
+
+async def test_waiting_for_a_slot_being_saved_does_not_hold_the_manager_lock() -> None:
+    """Issue 10: acquire waited for a slot's save while holding the manager's lock, so one
+    checkpoint stalled routing for every request."""
+    import asyncio
+
+    m = manager(2)
+    first = await m.acquire(CHAT, {0: {"tokens": list(range(1000))}})
+    m.release(first, completed=True, generated=[], finish_reason="stop")
+    busy = m.pools[0].states[first.route.slot]
+    await busy.prep.acquire()  # being saved
+    waiting = asyncio.create_task(m.acquire(CHAT, {0: {"tokens": [*range(1000), 1, 2]}}))
+    await asyncio.sleep(0.05)
+    other = await asyncio.wait_for(m.acquire(CHAT, {0: {"tokens": list(range(7000, 7100))}}), 2)
+    assert other.route.slot != first.route.slot
+    busy.prep.release()
+    lease = await asyncio.wait_for(waiting, 2)
+    assert lease.route.slot == first.route.slot
+
+
+def test_a_stream_closed_after_its_first_token_leaves_the_prompt_held() -> None:
+    import asyncio
+
+    m = manager(1)
+    lease = asyncio.run(m.acquire(CHAT, {0: {"tokens": list(range(300))}}))
+    m.release(lease, completed=False, cached_actual=None, prompt_done=True)
+    assert len(m.pools[0].held.get(0) or ()) == 300
