@@ -90,6 +90,7 @@ async def slots_ctx(app: web.Application) -> AsyncIterator[None]:
                 n_ctx=generation.get("n_ctx"),
                 can_save=llama and bool(props.get("endpoint_slots", True)),
                 slot_dir=settings.slot_dir if EMBEDDED in app else None,
+                max_inflight=settings.upstream_max_inflight,
             )
         )
     manager = SlotManager(pools, settings.route, settings.slot_cache_max_bytes)

@@ -46,6 +46,13 @@ class RequestTimeout(ClientError):
     status = 408
 
 
+class Overloaded(ProxyError):
+    """More requests than --upstream-max-inflight for longer than --queue-timeout."""
+
+    status = 503
+    code = "overloaded"
+
+
 class UpstreamError(ProxyError):
     status = 502
     code = "upstream_error"

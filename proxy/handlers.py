@@ -23,6 +23,7 @@ from proxy.conversation import Conversation
 from proxy.dialects.base import DialectBase
 from proxy.errors import (
     BadRequest,
+    Overloaded,
     PayloadTooLarge,
     ProxyError,
     RequestTimeout,
@@ -413,6 +414,20 @@ def note_rewrite(rec: RequestRecord, plan: Plan, original_cached: int | None) ->
         rec.rewrite_saved_predicted = rec.predicted_cached - original_cached
 
 
+async def enter_gate(gate: asyncio.Semaphore, timeout: float) -> asyncio.Semaphore:
+    """Wait in kvproxy's own queue for one of the upstream's in-flight places; past
+    ``timeout`` a 503 in the dialect's shape (the client may retry)."""
+    try:
+        async with asyncio.timeout(timeout):
+            await gate.acquire()
+    except TimeoutError as exc:
+        raise Overloaded(
+            f"the upstream is at its limit of requests in flight; waited {timeout:g} s, "
+            "retry later"
+        ) from exc
+    return gate
+
+
 def dialect_handler(dialect: DialectBase) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         store, metrics = request.app[STORE], request.app[METRICS]
@@ -425,6 +440,7 @@ def dialect_handler(dialect: DialectBase) -> Handler:
             request_id=new_request_id(), path=request.path, dialect=dialect.name, sink=sink
         )
         lease: Lease | None = None
+        gate: asyncio.Semaphore | None = None
         slots = request.app[SLOTS]
         observer = UsageObserver()
         try:
@@ -440,6 +456,7 @@ def dialect_handler(dialect: DialectBase) -> Handler:
                 raise BadRequest(f"malformed request: {type(exc).__name__}") from exc
             lease = await slots.acquire_prompts(prompts)
             note_route(rec, lease)
+            gate = await enter_gate(lease.pool.gate, settings.queue_timeout)
             note_rewrite(rec, plan, original_cached)
             if request.app[SETTINGS].log_content:
                 rec.snippets = snippets(plan)
@@ -466,7 +483,8 @@ def dialect_handler(dialect: DialectBase) -> Handler:
                 error=err.message,
                 path=request.path,
             )
-            return web.json_response(dialect.error_body(err), status=err.status)
+            headers = {"Retry-After": "5"} if err.status == 503 else None
+            return web.json_response(dialect.error_body(err), status=err.status, headers=headers)
         except (asyncio.CancelledError, ConnectionResetError):
             rec.error = rec.error or "client disconnected"
             raise
@@ -476,6 +494,8 @@ def dialect_handler(dialect: DialectBase) -> Handler:
             rec.status, rec.error = err.status, err.message
             return web.json_response(dialect.error_body(err), status=err.status)
         finally:
+            if gate is not None:
+                gate.release()
             if lease is not None and not lease.released:
                 # A first byte means the server prefilled the whole prompt: it holds it.
                 slots.release(lease, completed=False, cached_actual=rec.cached_tokens,

@@ -136,7 +136,16 @@ def choose(
         if best.busy >= policy.max_queue or gain <= policy.busy_wait_tokens:
             best, reason = idle[0], "load-guard"
     elif best.busy:
-        reason = "all-busy"
+        # Every slot is busy: queue where the prefix is only when that saves more than
+        # busy_wait_tokens over the shallowest queue and stays under max_queue; otherwise
+        # the shallowest queue, so that a burst spreads instead of piling onto one slot.
+        shallow = min(ranked, key=lambda v: (v.busy, rank(v, prompt_len, policy, now)))
+        gain = usable(best.cached, prompt_len) - usable(shallow.cached, prompt_len)
+        if shallow.busy < best.busy and (best.busy >= policy.max_queue
+                                         or gain <= policy.busy_wait_tokens):  # fmt: skip
+            best, reason = shallow, "all-busy-least-queued"
+        else:
+            reason = "all-busy"
     if (
         saved is not None
         and idle

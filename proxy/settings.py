@@ -39,6 +39,8 @@ class Settings:
     data_dir: Path = field(default_factory=default_data_dir)
     max_body_bytes: int = 32 * 1024 * 1024
     connect_timeout: float = 10.0
+    upstream_max_inflight: int = 0  # per upstream; 0: 4 per slot
+    queue_timeout: float = 300.0  # waiting in kvproxy's queue beyond this: a 503
     idle_timeout: float = 30.0  # a connection with no complete request headers this long
     body_timeout: float = 60.0  # a request body not read completely within this
     upstream_timeout: float = 600.0

@@ -65,10 +65,13 @@ class UpstreamSlots:
     held: PrefixIndex = field(default_factory=PrefixIndex)
     states: list[SlotState] = field(default_factory=list)
     synced: float | None = None  # when /slots was last read
+    max_inflight: int = 0  # requests sent to it at once; 0: 4 per slot
+    gate: asyncio.Semaphore = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.states:
             self.states = [SlotState() for _ in range(self.n_slots)]
+        self.gate = asyncio.Semaphore(self.max_inflight or 4 * max(1, self.n_slots))
 
     @property
     def pins(self) -> bool:

@@ -248,3 +248,27 @@ def test_partial_headers_and_a_stalled_body_do_not_hold_a_connection(guarded: Pr
         )
         head = sock.recv(4096).decode(errors="replace")
         assert head.startswith("HTTP/1.1 408"), head
+
+
+def test_beyond_the_inflight_limit_requests_wait_then_get_a_503(
+    tmp_path: Path, llama: EmbeddedServer
+) -> None:
+    import concurrent.futures
+
+    proxy = start_proxy(tmp_path, "--upstream", llama.url, "--upstream-max-inflight", "1",
+                        "--queue-timeout", "0.5")  # fmt: skip
+    try:
+        body = {"messages": [user("Write a long story about the sea.")], "max_tokens": 150,
+                "temperature": 0, "ignore_eos": True}  # fmt: skip
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            results = list(pool.map(lambda _: post(proxy, CHAT, body), range(3)))
+        statuses = sorted(r.status_code for r in results)
+        assert statuses[0] == 200 and 503 in statuses, statuses
+        busy = next(r for r in results if r.status_code == 503)
+        assert busy.headers["Retry-After"] == "5" and "in flight" in busy.json()["error"]["message"]
+        ollama = post(proxy, "/api/chat", {"model": "m", "messages": [user("hi")], "stream": False,
+                                            "options": {"num_predict": 1}})  # fmt: skip
+        assert ollama.status_code == 200
+    finally:
+        stop_proxy(proxy)
+    assert len(list(read_records(proxy.data_dir / "records"))) == 4
