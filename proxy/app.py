@@ -89,7 +89,7 @@ async def slots_ctx(app: web.Application) -> AsyncIterator[None]:
                 n_slots=int(props.get("total_slots") or 1) if llama else 1,
                 n_ctx=generation.get("n_ctx"),
                 can_save=llama and bool(props.get("endpoint_slots", True)),
-                slot_dir=settings.slot_dir if EMBEDDED in app else None,
+                slot_dir=settings.slot_dir if EMBEDDED in app else settings.shared_slot_dir,
                 max_inflight=settings.upstream_max_inflight,
             )
         )

@@ -71,6 +71,9 @@ SERVE_OPTIONS: tuple[tuple[str, type, str, str], ...] = (
     ("--slot-checkpoint-idle", float, "2",
      "save a slot's new content to disk once it has been idle this many seconds (0: only "
      "save when evicting)"),
+    ("--slot-dir", Path, None,
+     "an external llama-server's --slot-save-path, reachable from here: kvproxy then deletes "
+     "the files its checkpoints supersede, and only then takes idle checkpoints"),
     ("--rewrite", str, "all",
      "rewrite rules: all, off (a pure router), a list (tape,volatile,compaction,tools) or "
      "removals (-volatile)"),
@@ -277,6 +280,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         tokenizer=args.tokenizer.expanduser() if args.tokenizer else None,
         slot_cache_max_bytes=args.slot_cache_max_bytes,
         slot_checkpoint_idle=args.slot_checkpoint_idle,
+        shared_slot_dir=args.slot_dir.expanduser() if args.slot_dir else None,
         records_max=args.records_max,
         records_max_bytes=args.records_max_bytes,
         rewrite=rewrite_config(args),

@@ -51,6 +51,9 @@ class Settings:
     tokenizer: Path | None = None
     slot_cache_max_bytes: int = 4 * 1024**3
     slot_checkpoint_idle: float = 2.0
+    # An external llama-server's --slot-save-path, when it is reachable here: superseded
+    # files can then be deleted, so idle checkpoints are taken.
+    shared_slot_dir: Path | None = None
     records_max: int = 200_000
     records_max_bytes: int = 1 << 30
     route: RoutePolicy = field(default_factory=RoutePolicy)

@@ -297,7 +297,9 @@ class SlotManager:
         saved = 0
         now = self.clock()
         for pool in self.pools:
-            if not pool.can_save:
+            # A checkpoint supersedes the slot's previous file: only where kvproxy can
+            # delete that file (the embedded server's directory, or --slot-dir).
+            if not pool.can_save or pool.slot_dir is None:
                 continue
             for slot, state in enumerate(pool.states):
                 held = pool.held.get(slot)

@@ -183,7 +183,8 @@ def test_restarted_upstream_gets_its_conversations_back(tmp_path: Path) -> None:
     (/slots) and restores each conversation before its next turn."""
     settings = EmbeddedSettings(parallel=2, ctx_per_slot=4096, extra_args=("--cache-ram", "0"))
     llama = EmbeddedServer.start(settings, tmp_path / "llama")
-    proxy = start_proxy(tmp_path / "p", "--upstream", llama.url, "--slot-checkpoint-idle", "0.3")
+    proxy = start_proxy(tmp_path / "p", "--upstream", llama.url, "--slot-checkpoint-idle", "0.3",
+                        "--slot-dir", str(tmp_path / "llama" / "slots"))  # fmt: skip
     try:
         convs = [Conversation.start(s, 500) for s in (7, 8)]
         first = play(proxy.url, convs, turns=1)
