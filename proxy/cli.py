@@ -74,6 +74,9 @@ SERVE_OPTIONS: tuple[tuple[str, type, str, str], ...] = (
     ("--slot-dir", Path, None,
      "an external llama-server's --slot-save-path, reachable from here: kvproxy then deletes "
      "the files its checkpoints supersede, and only then takes idle checkpoints"),
+    ("--api-key", str, None,
+     "require this key from clients (Authorization: Bearer KEY); see docs/security.md"),
+    ("--api-key-file", Path, None, "read the API key from this file"),
     ("--rewrite", str, "all",
      "rewrite rules: all, off (a pure router), a list (tape,volatile,compaction,tools) or "
      "removals (-volatile)"),
@@ -85,7 +88,7 @@ SERVE_OPTIONS: tuple[tuple[str, type, str, str], ...] = (
      "(survive a restart) or memory (never written to disk; a restart loses them)"),
     ("--records-max", int, "200000", "request records kept in LMDB (oldest pruned first)"),
     ("--records-max-bytes", int, str(1 << 30),
-     "the LMDB map grows up to this size; past 80% of it the oldest records are pruned"),
+     "the LMDB map grows up to this size; past 80 percent of it the oldest records are pruned"),
     ("--route-hot-tokens", int, "512",
      "a slot that would lose this many recently used tokens is hot: restores and "
      "unrelated prompts go to empty or cold slots first"),
@@ -94,6 +97,16 @@ SERVE_OPTIONS: tuple[tuple[str, type, str, str], ...] = (
     ("--route-max-queue", int, "2", "load guard: never queue this many requests on one slot"),
     ("--route-min-restore-gain", int, "256",
      "restore a saved prefix only when it beats every live slot by this many tokens"),
+)  # fmt: skip
+# Switches (off unless given): each also reads KVPROXY_<FLAG>=1.
+SWITCHES: tuple[tuple[str, str], ...] = (
+    ("--log-content",
+     "put short prompt snippets in the records and the log, for kvproxy explain"),
+    ("--allow-slot-actions",
+     "let clients call /slots/{id}?action=save|restore|erase (kvproxy's cache state)"),
+    ("--allow-admin",
+     "let clients call model management endpoints (ollama pull/push/create/copy/delete, "
+     "llama-server model and adapter changes)"),
 )  # fmt: skip
 EMBEDDED_OPTIONS: tuple[tuple[str, type, str | None, str], ...] = (
     ("--model", Path, None, "GGUF file to serve; default: the bundled SmolLM2-135M-Instruct"),
@@ -133,11 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
         '"-volatile", volatile-pattern = ["..."]); flags and KVPROXY_* override it '
         "[KVPROXY_CONFIG]",
     )  # fmt: skip
-    serve.add_argument(
-        "--log-content", action="store_true", default=env("LOG_CONTENT", "") in ("1", "true"),
-        help="put short prompt snippets in the records and the log, for kvproxy explain "
-        "[KVPROXY_LOG_CONTENT=1]",
-    )  # fmt: skip
+    for flag, text in SWITCHES:
+        var = flag[2:].upper().replace("-", "_")
+        serve.add_argument(flag, action="store_true", default=env(var, "") in ("1", "true"),
+                           help=f"{text} [KVPROXY_{var}=1]")  # fmt: skip
     serve.add_argument(
         "--volatile-pattern", action="append", default=None, metavar="REGEX",
         help="system-message text matching this regex is volatile from the first turn; "
@@ -147,25 +159,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--cors-origin", action="append", default=None, metavar="ORIGIN",
         help="an origin (https://app.example) whose browser pages may call kvproxy; "
         "repeatable; none by default [KVPROXY_CORS_ORIGIN, comma-separated]",
-    )  # fmt: skip
-    serve.add_argument(
-        "--api-key", default=env("API_KEY"),
-        help="require this key from clients (Authorization: Bearer KEY) [KVPROXY_API_KEY]",
-    )  # fmt: skip
-    serve.add_argument(
-        "--api-key-file", type=Path, default=env("API_KEY_FILE"),
-        help="read the API key from this file [KVPROXY_API_KEY_FILE]",
-    )  # fmt: skip
-    serve.add_argument(
-        "--allow-slot-actions", action="store_true",
-        default=env("ALLOW_SLOT_ACTIONS", "") in ("1", "true"),
-        help="let clients call /slots/{id}?action=save|restore|erase (kvproxy's cache "
-        "state) [KVPROXY_ALLOW_SLOT_ACTIONS=1]",
-    )  # fmt: skip
-    serve.add_argument(
-        "--allow-admin", action="store_true", default=env("ALLOW_ADMIN", "") in ("1", "true"),
-        help="let clients call model management endpoints (ollama pull/push/create/copy/"
-        "delete, llama-server model and adapter changes) [KVPROXY_ALLOW_ADMIN=1]",
     )  # fmt: skip
     serve.add_argument(
         "--upstream", action="append", default=None, metavar="URL",

@@ -99,3 +99,17 @@ def test_config_file_errors_are_usage_errors(tmp_path: Path) -> None:
     bad.write_text("port = [\n")
     with pytest.raises(SystemExit):
         parse(["serve", "--config", str(bad)])
+
+
+def test_serve_help_renders_every_option(capsys) -> None:  # type: ignore[no-untyped-def]
+    import pytest as _pytest
+
+    from proxy.cli import build_parser
+
+    with _pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["serve", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--allow-slot-actions", "--api-key-file", "--records-max-bytes", "--slot-dir",
+                 "--keep-tapes", "--idle-timeout", "--queue-timeout"):  # fmt: skip
+        assert flag in out
