@@ -80,6 +80,8 @@ def check(
         return "changed the request's kind, model or stream flag"
     if dict(planned.params) != dict(client.params) or dict(planned.extra) != dict(client.extra):
         return "changed a request parameter"
+    if planned.messages == client.messages and planned.tools == client.tools:
+        return None  # sent as the client sent it (the common case): nothing to compare
     client_tools = Counter(map(canonical, client.tools or ()))
     if Counter(map(canonical, planned.tools or ())) != client_tools:
         return "changed the set of tools"
