@@ -46,6 +46,9 @@ PRE_TOKENIZER_REGEXES: dict[str, tuple[str, ...]] = {
 }
 CONTROL, USER_DEFINED = 3, 4
 PIECE_CACHE_SIZE = 16384
+# The piece cache holds at most this many tokens in all (tens of MB): a bound by size, so a
+# few huge prompts cannot grow the process; a piece larger than a quarter of it is not kept.
+PIECE_CACHE_TOKENS = 2_000_000
 
 
 class TokenizerUnavailable(ProxyError):
@@ -161,6 +164,7 @@ class PieceTokenizer:
         ordered = sorted(self.special, key=len, reverse=True)
         self._split = re.compile("(" + "|".join(map(re.escape, ordered)) + ")") if ordered else None
         self._cache: OrderedDict[int, tuple[int, ...]] = OrderedDict()
+        self.cached_tokens = 0
         self.pieces_tokenized = 0
 
     def _piece(self, text: str) -> tuple[int, ...]:
@@ -171,9 +175,13 @@ class PieceTokenizer:
             return hit
         ids = tuple(self.bpe.encode(text, add_special_tokens=False).ids)
         self.pieces_tokenized += 1
+        if len(ids) > PIECE_CACHE_TOKENS // 4:
+            return ids
         self._cache[key] = ids
-        if len(self._cache) > PIECE_CACHE_SIZE:
-            self._cache.popitem(last=False)
+        self.cached_tokens += len(ids)
+        while len(self._cache) > PIECE_CACHE_SIZE or self.cached_tokens > PIECE_CACHE_TOKENS:
+            _, old = self._cache.popitem(last=False)
+            self.cached_tokens -= len(old)
         return ids
 
     def encode(self, text: str, add_special: bool = True) -> list[int]:
