@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -49,18 +50,18 @@ async def test_release_holds_prompt_and_fed_back_tokens() -> None:
     lease = await m.acquire(CHAT, {0: {"tokens": list(range(100))}})
     m.release(lease, completed=True, generated=[1, 2, 3], finish_reason="length")
     # the last sampled token of a length-stopped generation is never fed back
-    assert m.pools[0].held.get(0) == Prompt.of([*range(100), 1, 2])
+    assert m.pools[0].table.held.get(0) == Prompt.of([*range(100), 1, 2])
     lease = await m.acquire(CHAT, {0: {"tokens": list(range(100))}})
     m.release(lease, completed=True, generated=[1, 2, 3], finish_reason="stop")
-    assert len(m.pools[0].held.get(0) or ()) == 103
+    assert len(m.pools[0].table.held.get(0) or ()) == 103
 
 
 async def test_interrupted_request_keeps_only_the_reused_prefix() -> None:
     m = manager(1)
     lease = await m.acquire(CHAT, {0: {"tokens": list(range(300))}})
     m.release(lease, completed=False, cached_actual=120)
-    assert len(m.pools[0].held.get(0) or ()) == 120
-    assert m.pools[0].states[0].busy == 0
+    assert len(m.pools[0].table.held.get(0) or ()) == 120
+    assert m.pools[0].table.states[0].busy == 0
 
 
 async def test_second_turn_is_predicted_on_the_same_slot() -> None:
@@ -80,7 +81,7 @@ async def test_unknown_prompt_is_routed_and_clears_the_slot() -> None:
     lease = await m.acquire(CHAT, {0: {}})
     assert lease.prompt is None
     m.release(lease, completed=True, generated=[1], finish_reason="stop")
-    assert m.pools[0].held.get(0) is None
+    assert m.pools[0].table.held.get(0) is None
 
 
 def lease_with(known: int, source: str, held: int, restored: bool = False) -> Lease:
@@ -113,23 +114,24 @@ def test_miss_cause(lease: Lease, cached: int | None, prompt: int, cause: MissCa
     assert miss_cause(lease, cached, prompt) == cause
 
 
-def test_saved_files_are_bounded_least_recently_used_first(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from proxy.slots import SavedFile
+def test_evicted_saved_files_are_deleted_and_remembered_as_ghosts(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from proxy.slot_table import SavedFile
 
     m = manager(1)
     m.pools[0].slot_dir = tmp_path
-    m.max_saved_bytes = 250
+    m.catalog.max_bytes = 350
+    drops = []
     for i in range(4):
         name = f"kvp-{i}.bin"
         (tmp_path / name).write_bytes(b"x")
-        m.saved_files[name] = SavedFile(name=name, upstream=0, size=100)
-        m.saved.put(name, Prompt.of(range(i * 1000, i * 1000 + 128)))
-    m.saved_files.move_to_end("kvp-0.bin")  # used recently: kept
-    m._bound_disk()
-    assert list(m.saved_files) == ["kvp-3.bin", "kvp-0.bin"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["kvp-0.bin", "kvp-3.bin"]
+        drops += m.catalog.add(SavedFile(name, 0, 100), Prompt.of(range(i * 1000, i * 1000 + 128)))
+        if i == 2:
+            m.catalog.touch("kvp-0.bin")  # used recently: kept
+    m._perform(drops)
+    assert list(m.catalog.files) == ["kvp-2.bin", "kvp-0.bin", "kvp-3.bin"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kvp-0.bin", "kvp-2.bin", "kvp-3.bin"]
     # an evicted file's prefix is remembered as a ghost, for the "evicted" miss cause
-    assert m.ghosts.longest(Prompt.of(range(1000, 1128)))[1] == 128
+    assert m.ghosts.index.longest(Prompt.of(range(1000, 1128)))[1] == 128
 
 
 async def test_slot_state_round_trips_through_its_mirror(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -140,9 +142,26 @@ async def test_slot_state_round_trips_through_its_mirror(tmp_path) -> None:  # t
     m.release(lease, completed=True, generated=[7, 8], finish_reason="stop")
     again = manager(2)
     assert again.load_state([(k, v) for k, v in mirror.items() if v is not None]) == 1
-    assert again.pools[0].held.get(lease.route.slot) == Prompt.of([*range(300), 7, 8])
+    assert again.pools[0].table.held.get(lease.route.slot) == Prompt.of([*range(300), 7, 8])
     # an upstream that is no longer configured is skipped
     assert again.load_state([("live|http://elsewhere|0", next(iter(mirror.values())))]) == 0  # type: ignore[list-item]
+
+
+def saving_manager(slots: int, actions: list[str], hang: bool = False) -> SlotManager:
+    """A manager whose slot saves and restores are answered in process (or never)."""
+    import asyncio
+
+    pool = UpstreamSlots(0, NoServer(), ListTokenizer(), slots, 4096, can_save=True)  # type: ignore[arg-type]
+    m = SlotManager([pool], RoutePolicy(), 1 << 30, clock=iter(range(1, 10_000)).__next__)
+
+    async def action(pool: Any, slot: int, action: str, name: str) -> dict:
+        actions.append(action)
+        if hang:
+            await asyncio.Event().wait()
+        return {"n_written": 10}
+
+    m._slot_action = action  # type: ignore[method-assign]
+    return m
 
 
 async def test_a_request_cancelled_while_its_slot_is_being_saved_leaks_nothing() -> None:
@@ -150,16 +169,48 @@ async def test_a_request_cancelled_while_its_slot_is_being_saved_leaks_nothing()
     count raised for ever."""
     import asyncio
 
-    m = manager(1)
-    state = m.pools[0].states[0]
-    await state.prep.acquire()  # a checkpoint is saving this slot
-    task = asyncio.create_task(m.acquire(CHAT, {0: {"tokens": list(range(100))}}))
+    actions: list[str] = []
+    m = saving_manager(1, actions, hang=True)
+    first = await m.acquire(CHAT, {0: {"tokens": list(range(1000))}})
+    m.release(first, completed=True, generated=[], finish_reason="stop")
+    # an unrelated prompt overwrites the only slot: its 1000 tokens are saved first
+    task = asyncio.create_task(m.acquire(CHAT, {0: {"tokens": list(range(5000, 5300))}}))
     await asyncio.sleep(0.05)
+    assert actions == ["save"]
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert state.busy == 0
-    state.prep.release()
+    assert m.pools[0].table.states[0].busy == 0
+    assert not m.pools[0].prep[0].locked()
+
+
+async def test_a_plain_request_does_not_wait_for_a_checkpoint_of_its_slot() -> None:
+    """Issue 10: a request waited for an idle checkpoint of its slot to finish; the
+    server runs a save it has already begun before the request anyway."""
+    import asyncio
+
+    m = manager(1)
+    first = await m.acquire(CHAT, {0: {"tokens": list(range(1000))}})
+    m.release(first, completed=True, generated=[], finish_reason="stop")
+    await m.pools[0].prep[0].acquire()  # a checkpoint is saving this slot
+    lease = await asyncio.wait_for(m.acquire(CHAT, {0: {"tokens": [*range(1000), 1, 2]}}), 2)
+    assert lease.route.predicted == 1000
+    m.pools[0].prep[0].release()
+
+
+async def test_a_checkpoint_waits_while_any_request_is_on_the_server() -> None:
+    """llama-server writes slot files on its main loop: a checkpoint of one slot would
+    delay the request on another."""
+    actions: list[str] = []
+    m = saving_manager(2, actions)
+    m.pools[0].slot_dir = Path("/nonexistent")  # files are deletable: checkpoints allowed
+    first = await m.acquire(CHAT, {0: {"tokens": list(range(1000))}})
+    m.release(first, completed=True, generated=[], finish_reason="stop")
+    other = await m.acquire(CHAT, {0: {"tokens": list(range(5000, 5100))}})
+    assert other.route.slot != first.route.slot
+    assert await m.checkpoint(0) == 0 and actions == []
+    m.release(other, completed=True, generated=[], finish_reason="stop")
+    assert await m.checkpoint(0) == 1 and actions == ["save"]
 
 
 async def test_waiting_for_a_slot_being_saved_does_not_hold_the_manager_lock() -> None:
@@ -170,13 +221,13 @@ async def test_waiting_for_a_slot_being_saved_does_not_hold_the_manager_lock() -
     m = manager(2)
     first = await m.acquire(CHAT, {0: {"tokens": list(range(1000))}})
     m.release(first, completed=True, generated=[], finish_reason="stop")
-    busy = m.pools[0].states[first.route.slot]
-    await busy.prep.acquire()  # being saved
+    busy = m.pools[0].prep[first.route.slot]
+    await busy.acquire()  # being saved
     waiting = asyncio.create_task(m.acquire(CHAT, {0: {"tokens": [*range(1000), 1, 2]}}))
     await asyncio.sleep(0.05)
     other = await asyncio.wait_for(m.acquire(CHAT, {0: {"tokens": list(range(7000, 7100))}}), 2)
     assert other.route.slot != first.route.slot
-    busy.prep.release()
+    busy.release()
     lease = await asyncio.wait_for(waiting, 2)
     assert lease.route.slot == first.route.slot
 
@@ -187,23 +238,33 @@ def test_a_stream_closed_after_its_first_token_leaves_the_prompt_held() -> None:
     m = manager(1)
     lease = asyncio.run(m.acquire(CHAT, {0: {"tokens": list(range(300))}}))
     m.release(lease, completed=False, cached_actual=None, prompt_done=True)
-    assert len(m.pools[0].held.get(0) or ()) == 300
+    assert len(m.pools[0].table.held.get(0) or ()) == 300
 
 
 async def test_no_idle_checkpoint_where_superseded_files_cannot_be_deleted(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Issue 10: each idle checkpoint of an external server left a new full slot file and
     forgot the old one undeleted (241 MB for one 3.6k-token conversation)."""
     calls: list[str] = []
-    pool = UpstreamSlots(0, NoServer(), ListTokenizer(), 1, 4096, can_save=True)  # type: ignore[arg-type]
-    m = SlotManager([pool], RoutePolicy(), 1 << 30, clock=iter(range(1, 10_000)).__next__)
-
-    async def action(pool: Any, slot: int, action: str, name: str) -> dict:
-        calls.append(action)
-        return {"n_written": 10}
-
-    m._slot_action = action  # type: ignore[method-assign]
+    m = saving_manager(1, calls)
     lease = await m.acquire(CHAT, {0: {"tokens": list(range(1000))}})
     m.release(lease, completed=True, generated=[], finish_reason="stop")
     assert await m.checkpoint(0) == 0 and calls == []
-    pool.slot_dir = tmp_path  # --slot-dir: the server's directory is reachable
+    m.pools[0].slot_dir = tmp_path  # --slot-dir: the server's directory is reachable
     assert await m.checkpoint(0) == 1 and calls == ["save"]
+
+
+async def test_files_kvproxy_cannot_delete_stay_counted_and_stop_further_saves() -> None:
+    """Issue 10: eviction saves on an external server without --slot-dir were forgotten
+    when the budget dropped them, though they stay on the server's disk."""
+    calls: list[str] = []
+    m = saving_manager(1, calls)
+    m.catalog.max_bytes = 15  # each save writes 10 bytes
+    for base in (0, 5000, 9000):
+        lease = await m.acquire(CHAT, {0: {"tokens": list(range(base, base + 1000))}})
+        m.release(lease, completed=True, generated=[], finish_reason="stop")
+    # the first two conversations were saved before being overwritten; the third save
+    # would pass the budget with files kvproxy cannot delete, so it is not taken
+    assert calls == ["save", "save"]
+    assert m.saved_bytes() == 20 and len(m.catalog) == 2
+    lease = await m.acquire(CHAT, {0: {"tokens": list(range(20000, 21000))}})
+    assert calls == ["save", "save"]

@@ -1,0 +1,325 @@
+"""What the upstream slots hold and which saved files exist: state and decisions, no I/O.
+
+``SlotTable`` (one per upstream), ``SavedCatalog`` (the saved slot files and their disk
+budget) and ``Ghosts`` (evicted prefixes, for miss causes) only change their own state and
+return what must happen; the async shell in ``proxy.slots`` performs it (HTTP to the
+server, deleting files, mirroring to LMDB). Every rule here has a table-driven unit test.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import xxhash
+
+from proxy.prefix_index import PrefixIndex, Prompt, common_prefix
+from proxy.routing import SavedView, SlotView
+
+# Evicted prefixes remembered, oldest out, so that a later miss can say "evicted" (a few
+# hundred: each holds its tokens).
+GHOST_LIMIT = 256
+# The generated tail of a slot is predicted from re-tokenized text, so a prompt that stops
+# this close to the end of what a slot held still counts as extending it.
+DIVERGE_SLACK = 2
+
+
+@dataclass
+class SlotState:
+    busy: int = 0  # requests routed to it and not yet released (queued ones included)
+    last_used: float = 0.0
+    saved_len: int = 0  # leading tokens of what it holds that a saved file covers
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a request on a slot ended, as its response told it."""
+
+    completed: bool
+    generated: tuple[int, ...] | None = None  # None: the reply could not be tokenized here
+    finish_reason: str | None = None
+    cached_actual: int | None = None
+    prompt_done: bool = False  # a first byte came back: the server prefilled the whole prompt
+
+
+def held_after(prompt: Prompt, outcome: Outcome, predicted: int) -> Prompt:
+    """What a slot holds after a request: the prompt and the tokens fed back while
+    generating (every sampled token but the last, unless generation ended on the
+    end-of-generation token, which is never fed back). An interrupted request leaves only
+    what is certain: the whole prompt once generation started, else the reused part."""
+    if outcome.completed:
+        tail = list(outcome.generated or ())
+        if outcome.finish_reason not in ("stop", "eos") and tail:
+            tail = tail[:-1]
+        return Prompt.of(prompt.tokens + tuple(tail))
+    if outcome.prompt_done:
+        return prompt
+    keep = outcome.cached_actual if outcome.cached_actual is not None else predicted
+    return Prompt.of(prompt.tokens[: max(0, keep)])
+
+
+def save_name(held: Prompt) -> str | None:
+    """A saved file's name: the content's hash and length (same content, same file)."""
+    if not held.hashes:
+        return None
+    return f"kvp-{xxhash.xxh3_64_hexdigest(repr(held.hashes[-1]).encode())}-{len(held)}.bin"
+
+
+@dataclass(frozen=True)
+class CutBack:
+    """The server holds less on a slot than the table said (restart, direct client)."""
+
+    slot: int
+    index_tokens: int
+    server_tokens: int
+
+
+class SlotTable:
+    """The slots of one upstream: what each holds and who is using it."""
+
+    def __init__(self, upstream: int, n_slots: int) -> None:
+        self.upstream = upstream
+        self.held = PrefixIndex()
+        self.states = [SlotState() for _ in range(n_slots)]
+
+    def views(self, prompt: Prompt | None) -> list[SlotView]:
+        out = []
+        for slot, state in enumerate(self.states):
+            held = self.held.get(slot)
+            out.append(
+                SlotView(
+                    upstream=self.upstream,
+                    slot=slot,
+                    cached=self.held.match(slot, prompt) if prompt is not None else 0,
+                    held=len(held) if held is not None else 0,
+                    busy=state.busy,
+                    last_used=state.last_used,
+                    unsaved=(len(held) - state.saved_len) if held is not None else 0,
+                )
+            )
+        return out
+
+    def reserve(self, slot: int, now: float) -> None:
+        state = self.states[slot]
+        state.busy += 1
+        state.last_used = now
+
+    def unreserve(self, slot: int) -> None:
+        """A reservation given up before the request was sent (cancelled, failed)."""
+        self.states[slot].busy = max(0, self.states[slot].busy - 1)
+
+    def settle(self, slot: int, holds: Prompt | None, now: float) -> None:
+        """A request on the slot is done and the slot holds ``holds`` (None: unknown)."""
+        state = self.states[slot]
+        state.busy = max(0, state.busy - 1)
+        state.last_used = now
+        self.put(slot, holds)
+
+    def put(self, slot: int, holds: Prompt | None) -> None:
+        state = self.states[slot]
+        previous = self.held.get(slot)
+        if holds is None or not holds.tokens:
+            self.held.remove(slot)
+            state.saved_len = 0
+            return
+        if previous is None or common_prefix(previous.tokens, holds.tokens) < state.saved_len:
+            state.saved_len = 0
+        self.held.put(slot, holds)
+
+    def saved(self, slot: int, prompt: Prompt) -> None:
+        """A save of ``prompt`` from the slot completed: the part the slot still shares with
+        it is on disk (a request may have changed the slot while the save was under way)."""
+        held = self.held.get(slot)
+        covered = common_prefix(held.tokens, prompt.tokens) if held is not None else 0
+        self.states[slot].saved_len = covered
+
+    def restored(self, slot: int, prompt: Prompt) -> None:
+        self.held.put(slot, prompt)
+        self.states[slot].saved_len = len(prompt)
+
+    def reconcile(self, server_slots: Any) -> list[CutBack]:
+        """Compare with llama-server's ``/slots`` (``n_prompt_tokens`` per slot) and cut back
+        the idle slots that hold less than the table says."""
+        if not isinstance(server_slots, list):
+            return []
+        cuts = []
+        for info in server_slots:
+            slot = info.get("id") if isinstance(info, dict) else None
+            if not isinstance(slot, int) or not 0 <= slot < len(self.states):
+                continue
+            held = self.held.get(slot)
+            if held is None or self.states[slot].busy or info.get("is_processing"):
+                continue
+            has = info.get("n_prompt_tokens") or 0
+            if not isinstance(has, int) or has >= len(held) - DIVERGE_SLACK:
+                continue
+            cuts.append(CutBack(slot, len(held), max(0, has)))
+            state = self.states[slot]
+            if has > 0:
+                self.held.put(slot, Prompt.of(held.tokens[:has]))
+            else:
+                self.held.remove(slot)
+            state.saved_len = min(state.saved_len, max(0, has))
+        return cuts
+
+    def to_checkpoint(self, now: float, idle_seconds: float, min_tokens: int) -> list[int]:
+        """Slots whose unsaved content should go to disk now. Nothing while any request is
+        routed to this upstream: llama-server writes a slot file on its main loop, so a
+        save would delay every request on the server (the checkpoint waits instead)."""
+        if any(state.busy for state in self.states):
+            return []
+        out = []
+        for slot, state in enumerate(self.states):
+            held = self.held.get(slot)
+            if (
+                held is not None
+                and now - state.last_used >= idle_seconds
+                and len(held) - state.saved_len >= min_tokens
+            ):
+                out.append(slot)
+        return out
+
+    def rows(self) -> list[dict[str, Any]]:
+        out = []
+        for slot, state in enumerate(self.states):
+            held = self.held.get(slot)
+            out.append(
+                {
+                    "upstream": self.upstream,
+                    "slot": slot,
+                    "held": len(held) if held is not None else 0,
+                    "busy": state.busy,
+                    "saved_len": state.saved_len,
+                }
+            )
+        return out
+
+
+@dataclass(frozen=True)
+class SavedFile:
+    name: str
+    upstream: int
+    size: int
+    # kvproxy can delete it (the embedded server's directory, or --slot-dir); an
+    # external server's file is not, so it stays counted against the budget for good.
+    deletable: bool = True
+
+
+@dataclass(frozen=True)
+class Drop:
+    """A saved file to forget, and delete where kvproxy can."""
+
+    file: SavedFile
+    prompt: Prompt | None
+    evicted: bool  # over the budget (its prefix becomes a ghost), not merely superseded
+
+
+class SavedCatalog:
+    """The saved slot files, least recently used first, bounded by ``max_bytes``."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.files: OrderedDict[str, SavedFile] = OrderedDict()
+        self.index = PrefixIndex()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def get(self, name: str) -> Prompt | None:
+        return self.index.get(name)
+
+    def best(self, prompt: Prompt | None) -> SavedView | None:
+        if prompt is None or not self.files:
+            return None
+        name, n = self.index.longest(prompt)
+        if name is None or n <= 0:
+            return None
+        return SavedView(name=str(name), cached=n, upstream=self.files[str(name)].upstream)
+
+    def touch(self, name: str) -> None:
+        if name in self.files:
+            self.files.move_to_end(name)
+
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files.values())
+
+    def stuck_bytes(self) -> int:
+        return sum(f.size for f in self.files.values() if not f.deletable)
+
+    def has_room(self, deletable: bool) -> bool:
+        """May a new file be written? Files kvproxy cannot delete count for good: once
+        they fill the budget, no more are written there."""
+        return deletable or self.stuck_bytes() < self.max_bytes
+
+    def add(self, file: SavedFile, prompt: Prompt) -> list[Drop]:
+        """Catalog a new file; returns the files to drop: one it supersedes (a deletable
+        file holding a prefix of it), then the least recently used deletable ones while
+        the total is over the budget."""
+        drops = []
+        older, n = self.index.longest(prompt)
+        if older is not None and (entry := self.index.get(older)) is not None and n == len(entry):
+            old = self.files.get(str(older))
+            if old is not None and old.deletable:
+                drops.append(self._pop(old.name, evicted=False))
+        self.files[file.name] = file
+        self.index.put(file.name, prompt)
+        drops.extend(self.bound())
+        return drops
+
+    def bound(self) -> list[Drop]:
+        total = self.total_bytes()
+        drops = []
+        for name, file in list(self.files.items()):
+            if total <= self.max_bytes or len(self.files) <= 1:
+                break
+            if file.deletable:
+                total -= file.size
+                drops.append(self._pop(name, evicted=True))
+        return drops
+
+    def load(self, file: SavedFile, prompt: Prompt) -> None:
+        self.files[file.name] = file
+        self.index.put(file.name, prompt)
+
+    def _pop(self, name: str, evicted: bool) -> Drop:
+        file = self.files.pop(name)
+        return Drop(file=file, prompt=self.index.remove(name), evicted=evicted)
+
+
+class Ghosts:
+    """Prefixes a slot or a saved file held before they were evicted, newest kept."""
+
+    def __init__(self, limit: int = GHOST_LIMIT) -> None:
+        self.limit = limit
+        self.index = PrefixIndex()
+
+    def add(self, key: Any, prompt: Prompt) -> None:
+        self.index.put(key, prompt)
+        while len(self.index) > self.limit:
+            self.index.remove(self.index.keys()[0])
+
+
+@dataclass(frozen=True)
+class Known:
+    """The longest prefix of a prompt anything ever held: live, saved or evicted."""
+
+    best: int = 0
+    source: str = "none"
+    held: int = 0  # how long that holder was, for "diverged at token N"
+
+
+def known_best(prompt: Prompt, views: Iterable[SlotView], catalog: SavedCatalog,
+               ghosts: Ghosts) -> Known:  # fmt: skip
+    live = max(views, key=lambda v: v.cached, default=None)
+    known = Known(live.cached, "live", live.held) if live is not None else Known()
+    for source, index in (("saved", catalog.index), ("evicted", ghosts.index)):
+        key, n = index.longest(prompt)
+        if n > known.best and key is not None:
+            entry = index.get(key)
+            known = Known(n, source, len(entry) if entry is not None else n)
+    return known

@@ -1,0 +1,202 @@
+"""The slot table, the saved-file catalog and their rules, one table per decision."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from proxy.prefix_index import Prompt
+from proxy.routing import SlotView
+from proxy.slot_table import (
+    CutBack,
+    Ghosts,
+    Known,
+    Outcome,
+    SavedCatalog,
+    SavedFile,
+    SlotTable,
+    held_after,
+    known_best,
+    save_name,
+)
+
+P = Prompt.of(range(100))
+
+
+@pytest.mark.parametrize(
+    ("outcome", "predicted", "holds"),
+    [
+        (Outcome(True, (1, 2, 3), "stop"), 0, 103),  # EOG never fed back, the rest is
+        (Outcome(True, (1, 2, 3), "eos"), 0, 103),
+        (Outcome(True, (1, 2, 3), "length"), 0, 102),  # last sampled token not fed back
+        (Outcome(True, None, "stop"), 0, 100),  # reply not tokenizable here: prompt only
+        (Outcome(False, cached_actual=40), 90, 40),  # interrupted: what the server reused
+        (Outcome(False), 90, 90),  # ... or what was predicted
+        (Outcome(False, prompt_done=True), 10, 100),  # a first byte: the whole prompt
+        (Outcome(False, cached_actual=-5), 90, 0),
+    ],
+)
+def test_held_after(outcome: Outcome, predicted: int, holds: int) -> None:
+    assert len(held_after(P, outcome, predicted)) == holds
+
+
+def table_with(tokens: int, saved_len: int = 0, busy: int = 0, last_used: float = 1.0) -> SlotTable:
+    table = SlotTable(0, 2)
+    table.put(0, Prompt.of(range(tokens)))
+    table.states[0].saved_len, table.states[0].busy = saved_len, busy
+    table.states[0].last_used = last_used
+    return table
+
+
+@pytest.mark.parametrize(
+    ("saved_len", "holds", "expect"),
+    [
+        (500, range(600), 500),  # extended: the file still covers its prefix
+        (500, range(300), 0),  # cut inside the saved part: the file no longer matches it
+        (500, [*range(400), 9999], 0),  # diverged inside the saved part
+        (500, None, 0),  # unknown content
+    ],
+)
+def test_saved_len_survives_only_extensions(saved_len: int, holds: Any, expect: int) -> None:
+    table = table_with(500, saved_len=saved_len, busy=1)
+    table.settle(0, Prompt.of(holds) if holds is not None else None, 5.0)
+    assert (table.states[0].saved_len, table.states[0].busy) == (expect, 0)
+    assert table.states[0].last_used == 5.0
+
+
+@pytest.mark.parametrize(
+    ("now_holds", "saved", "expect"),
+    [
+        (range(500), range(500), 500),
+        (range(700), range(500), 500),  # extended while the save ran
+        (range(200, 900), range(500), 0),  # replaced while the save ran
+    ],
+)
+def test_a_finished_save_covers_what_the_slot_still_shares(now_holds, saved, expect) -> None:  # type: ignore[no-untyped-def]
+    table = SlotTable(0, 1)
+    table.put(0, Prompt.of(now_holds))
+    table.saved(0, Prompt.of(saved))
+    assert table.states[0].saved_len == expect
+
+
+@pytest.mark.parametrize(
+    ("server", "busy", "cuts", "left"),
+    [
+        ([{"id": 0, "n_prompt_tokens": 500}], 0, [], 500),
+        ([{"id": 0, "n_prompt_tokens": 499}], 0, [], 500),  # within the reply slack
+        ([{"id": 0, "n_prompt_tokens": 100}], 0, [CutBack(0, 500, 100)], 100),
+        ([{"id": 0, "n_prompt_tokens": 0}], 0, [CutBack(0, 500, 0)], 0),  # restarted
+        ([{"id": 0}], 0, [CutBack(0, 500, 0)], 0),
+        ([{"id": 0, "n_prompt_tokens": 0}], 1, [], 500),  # in flight: left alone
+        ([{"id": 0, "n_prompt_tokens": 0, "is_processing": True}], 0, [], 500),
+        ([{"id": 7, "n_prompt_tokens": 0}, "x", {"id": "0"}], 0, [], 500),  # not ours
+        ([{"id": 0, "n_prompt_tokens": "many"}], 0, [], 500),
+        ({"error": "no slots endpoint"}, 0, [], 500),
+    ],
+)
+def test_reconcile_with_the_servers_slots(server: Any, busy: int, cuts: list, left: int) -> None:
+    table = table_with(500, saved_len=300, busy=busy)
+    assert table.reconcile(server) == cuts
+    held = table.held.get(0)
+    assert (len(held) if held is not None else 0) == left
+    assert table.states[0].saved_len == min(300, left)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "saved_len", "busy_other", "now", "expect"),
+    [
+        (1000, 0, 0, 10.0, [0]),
+        (1000, 900, 0, 10.0, []),  # less than min_tokens unsaved
+        (1000, 0, 0, 2.0, []),  # not idle long enough
+        (1000, 0, 1, 10.0, []),  # a request on the other slot: the save would delay it
+    ],
+)
+def test_which_slots_an_idle_checkpoint_saves(tokens, saved_len, busy_other, now, expect) -> None:  # type: ignore[no-untyped-def]
+    table = table_with(tokens, saved_len=saved_len)
+    table.states[1].busy = busy_other
+    assert table.to_checkpoint(now, idle_seconds=5.0, min_tokens=256) == expect
+
+
+def f(name: str, size: int = 100, deletable: bool = True) -> SavedFile:
+    return SavedFile(name, 0, size, deletable)
+
+
+@pytest.mark.parametrize(
+    ("existing", "new", "budget", "dropped", "kept"),
+    [
+        # a deletable file holding a prefix of the new one is superseded
+        ([(f("a"), range(500))], (f("b"), range(800)), 1000, [("a", False)], ["b"]),
+        # ... an undeletable one stays (and stays counted)
+        ([(f("a", deletable=False), range(500))], (f("b"), range(800)), 1000, [], ["a", "b"]),
+        # not a prefix: both stay
+        ([(f("a"), range(1, 500))], (f("b"), range(800)), 1000, [], ["a", "b"]),
+        # over budget: least recently used deletable files go, evicted
+        ([(f("a"), range(1, 99)), (f("c"), range(2, 99))], (f("b"), range(800)), 250,
+         [("a", True)], ["c", "b"]),
+        ([(f("a", deletable=False), range(1, 99)), (f("c"), range(2, 99))],
+         (f("b"), range(800)), 250, [("c", True)], ["a", "b"]),
+    ],
+)  # fmt: skip
+def test_catalog_add(existing, new, budget, dropped, kept) -> None:  # type: ignore[no-untyped-def]
+    catalog = SavedCatalog(budget)
+    for file, tokens in existing:
+        catalog.load(file, Prompt.of(tokens))
+    drops = catalog.add(new[0], Prompt.of(new[1]))
+    assert [(d.file.name, d.evicted) for d in drops] == dropped
+    assert list(catalog.files) == kept
+
+
+@pytest.mark.parametrize(
+    ("stuck", "deletable", "room"),
+    [(0, False, True), (150, False, True), (250, False, False), (250, True, True)],
+)
+def test_catalog_room(stuck: int, deletable: bool, room: bool) -> None:
+    catalog = SavedCatalog(200)
+    if stuck:
+        catalog.load(f("x", stuck, deletable=False), P)
+    assert catalog.has_room(deletable) is room
+
+
+def test_catalog_best_and_touch() -> None:
+    catalog = SavedCatalog(1000)
+    catalog.load(f("a"), Prompt.of(range(300)))
+    catalog.load(f("b"), Prompt.of(range(600)))
+    best = catalog.best(Prompt.of(range(700)))
+    assert best is not None and (best.name, best.cached) == ("b", 600)
+    catalog.touch("a")
+    assert list(catalog.files) == ["b", "a"]
+    assert catalog.best(Prompt.of(range(5, 700))) is None
+
+
+def test_ghosts_keep_the_newest() -> None:
+    ghosts = Ghosts(limit=2)
+    for i in range(3):
+        ghosts.add(i, Prompt.of(range(i * 1000, i * 1000 + 64)))
+    assert ghosts.index.keys() == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("live", "saved", "evicted", "known"),
+    [
+        (0, 0, 0, Known(0, "live", 0)),
+        (500, 300, 0, Known(500, "live", 500)),
+        (100, 640, 0, Known(640, "saved", 640)),
+        (100, 320, 960, Known(960, "evicted", 960)),
+    ],
+)
+def test_known_best(live: int, saved: int, evicted: int, known: Known) -> None:
+    prompt = Prompt.of(range(2000))
+    views = [SlotView(0, 0, cached=live, held=live)]
+    catalog, ghosts = SavedCatalog(1 << 20), Ghosts()
+    if saved:
+        catalog.load(f("s"), Prompt.of(range(saved)))
+    if evicted:
+        ghosts.add("g", Prompt.of(range(evicted)))
+    assert known_best(prompt, views, catalog, ghosts) == known
+
+
+def test_save_names_follow_content() -> None:
+    assert save_name(Prompt.of(range(100))) == save_name(Prompt.of(list(range(100))))
+    assert save_name(Prompt.of(range(100))) != save_name(Prompt.of(range(1, 101)))
+    assert save_name(Prompt.of([])) is None
