@@ -9,11 +9,21 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from proxy import security
-from proxy.components import METRICS, POOL, REWRITER, SETTINGS, SLOTS, STORE, UpstreamPool
+from proxy.components import (
+    BODIES,
+    METRICS,
+    POOL,
+    REWRITER,
+    SETTINGS,
+    SLOTS,
+    STORE,
+    UpstreamPool,
+)
 from proxy.dialects import REGISTRY
 from proxy.embedded import EmbeddedServer
 from proxy.errors import ProxyError
 from proxy.handlers import setup_routes
+from proxy.limits import BodyBudget
 from proxy.log import get_logger
 from proxy.metrics import Metrics
 from proxy.rewrite.engine import Rewriter
@@ -39,6 +49,8 @@ def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(security.cors_headers)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
+    app[BODIES] = BodyBudget(settings.max_inflight_body_bytes)
+    app[METRICS].watch_bodies(app[BODIES])
     app.cleanup_ctx.append(store_ctx)
     if not settings.upstreams:
         app.cleanup_ctx.append(embedded_ctx)

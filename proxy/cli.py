@@ -52,6 +52,8 @@ SERVE_OPTIONS: tuple[tuple[str, type, str, str], ...] = (
     ("--port", int, "11435", "port to listen on"),
     ("--data-dir", Path, str(default_data_dir()), "LMDB, slot files and logs"),
     ("--max-body-bytes", int, str(32 * 1024 * 1024), "largest request body on dialect paths"),
+    ("--max-inflight-body-bytes", int, str(256 * 1024 * 1024),
+     "all request bodies held at once; beyond it a 503 with Retry-After"),
     ("--connect-timeout", float, "10", "seconds to connect to an upstream"),
     ("--idle-timeout", float, "30",
      "close a client connection that has not sent complete request headers within this many "
@@ -263,6 +265,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         upstreams=tuple(UpstreamSpec.parse(u) for u in upstreams),
         data_dir=args.data_dir.expanduser(),
         max_body_bytes=args.max_body_bytes,
+        max_inflight_body_bytes=args.max_inflight_body_bytes,
         connect_timeout=args.connect_timeout,
         idle_timeout=args.idle_timeout,
         body_timeout=args.body_timeout,

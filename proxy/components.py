@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from proxy.limits import BodyBudget
 from proxy.metrics import Metrics
 from proxy.rewrite.engine import Rewriter
 from proxy.settings import Settings
@@ -31,3 +32,4 @@ SLOTS = web.AppKey("slots", SlotManager)
 STORE = web.AppKey("store", RecordStore)
 REWRITER = web.AppKey("rewriter", Rewriter)
 METRICS = web.AppKey("metrics", Metrics)
+BODIES = web.AppKey("bodies", BodyBudget)

@@ -18,7 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from proxy import ollama_bridge
-from proxy.components import METRICS, POOL, REWRITER, SETTINGS, SLOTS, STORE
+from proxy.components import BODIES, METRICS, POOL, REWRITER, SETTINGS, SLOTS, STORE
 from proxy.conversation import Conversation
 from proxy.dialects.base import DialectBase
 from proxy.errors import (
@@ -29,6 +29,7 @@ from proxy.errors import (
     RequestTimeout,
     UnsupportedMedia,
 )
+from proxy.limits import BodyHold
 from proxy.log import get_logger
 from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.prefix_index import Prompt
@@ -66,11 +67,11 @@ MALFORMED = (TypeError, ValueError, AttributeError, KeyError, IndexError, Unicod
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-async def read_json(request: web.Request, limit: int, timeout: float = 60.0) -> Any:
-    """The request's JSON body, bounded by ``limit`` bytes, or a ClientError saying why not."""
-    ctype = request.content_type.lower()
-    if ctype not in JSON_TYPES and not ctype.endswith("+json"):
-        raise UnsupportedMedia(f"content type {ctype!r} is not supported; send application/json")
+async def read_body(
+    request: web.Request, limit: int, timeout: float = 60.0, hold: BodyHold | None = None
+) -> bytes:
+    """The request's body, bounded by ``limit`` bytes and ``timeout`` seconds, counted
+    against the shared in-flight budget (``hold``) as it arrives."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
     chunks, size = [], 0
@@ -80,10 +81,22 @@ async def read_json(request: web.Request, limit: int, timeout: float = 60.0) -> 
                 size += len(chunk)
                 if size > limit:
                     raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+                if hold is not None:
+                    hold.add(len(chunk))
                 chunks.append(chunk)
     except TimeoutError as exc:
         raise RequestTimeout(f"request body not received within {timeout:g} s") from exc
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def read_json(
+    request: web.Request, limit: int, timeout: float = 60.0, hold: BodyHold | None = None
+) -> Any:
+    """The request's JSON body (see ``read_body``), or a ClientError saying why not."""
+    ctype = request.content_type.lower()
+    if ctype not in JSON_TYPES and not ctype.endswith("+json"):
+        raise UnsupportedMedia(f"content type {ctype!r} is not supported; send application/json")
+    raw = await read_body(request, limit, timeout, hold)
     if not raw.strip():
         raise BadRequest("request body is empty; a JSON object is required")
     try:
@@ -443,9 +456,10 @@ def dialect_handler(dialect: DialectBase) -> Handler:
         gate: asyncio.Semaphore | None = None
         slots = request.app[SLOTS]
         observer = UsageObserver()
+        hold = request.app[BODIES].hold()
         try:
             settings = request.app[SETTINGS]
-            body = await read_json(request, settings.max_body_bytes, settings.body_timeout)
+            body = await read_json(request, settings.max_body_bytes, settings.body_timeout, hold)
             try:
                 conv = dialect.parse(body)
                 rec.model, rec.stream = conv.model, conv.stream
@@ -494,6 +508,7 @@ def dialect_handler(dialect: DialectBase) -> Handler:
             rec.status, rec.error = err.status, err.message
             return web.json_response(dialect.error_body(err), status=err.status)
         finally:
+            hold.__exit__()
             if gate is not None:
                 gate.release()
             if lease is not None and not lease.released:
@@ -509,9 +524,24 @@ def dialect_handler(dialect: DialectBase) -> Handler:
 
 async def forward(request: web.Request) -> web.StreamResponse:
     """Any other method and path goes to the primary upstream byte for byte."""
-    upstream = request.app[POOL].primary
+    upstream, settings = request.app[POOL].primary, request.app[SETTINGS]
     try:
-        body = await request.read() if request.can_read_body else None
+        with request.app[BODIES].hold() as hold:
+            body = None
+            if request.can_read_body:
+                body = await read_body(request, settings.max_body_bytes, settings.body_timeout,
+                                       hold)  # fmt: skip
+            return await forward_body(request, upstream, body)
+    except ProxyError as err:
+        log.warning("forward_failed", path=request.path, status=err.status, error=err.message)
+        headers = {"Retry-After": "5"} if err.status == 503 else None
+        return web.json_response({"error": err.message}, status=err.status, headers=headers)
+
+
+async def forward_body(
+    request: web.Request, upstream: Upstream, body: bytes | None
+) -> web.StreamResponse:
+    try:
         async with upstream.request(
             request.method,
             request.raw_path,

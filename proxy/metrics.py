@@ -64,6 +64,12 @@ class Metrics:
                 lambda attr=attr: getattr(store, attr)
             )
 
+    def watch_bodies(self, budget: Any) -> None:
+        Gauge("kvproxy_body_bytes_inflight", "Request body bytes held now",
+              registry=self.registry).set_function(lambda: budget.used)  # fmt: skip
+        Gauge("kvproxy_bodies_refused", "Requests refused: --max-inflight-body-bytes reached",
+              registry=self.registry).set_function(lambda: budget.refused)  # fmt: skip
+
     def observe(self, record: dict[str, Any]) -> None:
         """Count one finished request (a RequestRecord's fields)."""
         status = record.get("status")

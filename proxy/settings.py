@@ -38,6 +38,7 @@ class Settings:
     upstreams: tuple[UpstreamSpec, ...] = ()
     data_dir: Path = field(default_factory=default_data_dir)
     max_body_bytes: int = 32 * 1024 * 1024
+    max_inflight_body_bytes: int = 256 * 1024 * 1024  # all request bodies held at once
     connect_timeout: float = 10.0
     upstream_max_inflight: int = 0  # per upstream; 0: 4 per slot
     queue_timeout: float = 300.0  # waiting in kvproxy's queue beyond this: a 503

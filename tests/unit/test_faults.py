@@ -7,7 +7,8 @@ llama-server in tests/e2e.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -57,7 +58,9 @@ async def ok(request: web.Request) -> web.StreamResponse:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-async def proxy_for(handler: Handler, timeout: float = 0.5) -> tuple[TestClient, TestServer]:
+async def proxy_for(
+    handler: Handler, timeout: float = 0.5, **options: Any
+) -> tuple[TestClient, TestServer]:
     upstream_app = web.Application()
     upstream_app.router.add_post("/v1/chat/completions", handler)
     upstream_app.router.add_post("/ok", ok)
@@ -67,6 +70,7 @@ async def proxy_for(handler: Handler, timeout: float = 0.5) -> tuple[TestClient,
         upstreams=(UpstreamSpec(url=str(upstream.make_url("")).rstrip("/"), kind="llama"),),
         upstream_timeout=timeout,
         connect_timeout=timeout,
+        **options,
     )
     client = TestClient(TestServer(create_app(settings)))
     await client.start_server()
@@ -161,3 +165,37 @@ async def test_connection_dropped_before_an_answer_is_sent_once_more(make_proxy)
     client = await make_proxy(drop_first)
     resp = await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
     assert resp.status == 200 and len(calls) == 2
+
+
+async def test_request_bodies_in_flight_are_bounded_with_a_503() -> None:
+    """Issue 10: concurrent 32 MiB bodies were held without any total bound."""
+    client, upstream = await proxy_for(ok, max_inflight_body_bytes=1000)
+    release = asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield b'{"messages": [{"role": "user", "content": "' + b"x" * 700
+        await release.wait()
+        yield b'"}]}'
+
+    try:
+        headers = {"Content-Type": "application/json"}
+        first = asyncio.create_task(
+            client.post("/v1/chat/completions", data=slow_body(), headers=headers)
+        )
+        await asyncio.sleep(0.3)
+        big = {"messages": [{"role": "user", "content": "y" * 700}]}
+        second = await client.post("/v1/chat/completions", json=big)
+        assert second.status == 503 and second.headers["Retry-After"] == "5"
+        assert "--max-inflight-body-bytes" in (await second.json())["error"]["message"]
+        forwarded = await client.post("/ok", data=b"z" * 700)
+        assert forwarded.status == 503
+        release.set()
+        assert (await first).status == 200
+        again = await client.post("/v1/chat/completions", json=big)  # the budget came back
+        assert again.status == 200
+        metrics = await (await client.get("/metrics")).text()
+        assert "kvproxy_bodies_refused 2.0" in metrics
+        assert "kvproxy_body_bytes_inflight 0.0" in metrics
+    finally:
+        await client.close()
+        await upstream.close()
