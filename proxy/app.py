@@ -105,7 +105,8 @@ async def slots_ctx(app: web.Application) -> AsyncIterator[None]:
                 max_inflight=settings.upstream_max_inflight,
             )
         )
-    manager = SlotManager(pools, settings.route, settings.slot_cache_max_bytes)
+    manager = SlotManager(pools, settings.route, settings.slot_cache_max_bytes,
+                          queue_timeout=settings.queue_timeout)  # fmt: skip
     store = app[STORE]
     loaded = manager.load_state(await asyncio.to_thread(store.load_items, b"slots"))
     log.info("slot_state_loaded", entries=loaded)

@@ -136,16 +136,17 @@ def choose(
         if best.busy >= policy.max_queue or gain <= policy.busy_wait_tokens:
             best, reason = idle[0], "load-guard"
     elif best.busy:
-        # Every slot is busy: queue where the prefix is only when that saves more than
-        # busy_wait_tokens over the shallowest queue and stays under max_queue; otherwise
-        # the shallowest queue, so that a burst spreads instead of piling onto one slot.
+        # Every slot is busy: queue behind the prefix only when that saves more than
+        # busy_wait_tokens over the shallowest queue and stays under max_queue
+        # ("all-busy"); otherwise "all-busy-least-queued", which the slot manager does
+        # not pin: the request waits in kvproxy's queue and is routed when a slot frees.
         shallow = min(ranked, key=lambda v: (v.busy, rank(v, prompt_len, policy, now)))
-        gain = usable(best.cached, prompt_len) - usable(shallow.cached, prompt_len)
-        if shallow.busy < best.busy and (best.busy >= policy.max_queue
-                                         or gain <= policy.busy_wait_tokens):  # fmt: skip
-            best, reason = shallow, "all-busy-least-queued"
-        else:
+        others = [usable(v.cached, prompt_len) for v in ranked if v.key != best.key]
+        gain = usable(best.cached, prompt_len) - max(others, default=0)
+        if best.busy < policy.max_queue and gain > policy.busy_wait_tokens:
             reason = "all-busy"
+        else:
+            best, reason = shallow, "all-busy-least-queued"
     if (
         saved is not None
         and idle

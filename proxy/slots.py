@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 from array import array
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +22,7 @@ from typing import Any
 
 from proxy.cause import MissCause
 from proxy.conversation import Conversation
-from proxy.errors import ProxyError
+from proxy.errors import Overloaded, ProxyError
 from proxy.log import get_logger
 from proxy.prefix_index import BLOCK, Prompt
 from proxy.routing import Route, RoutePolicy, choose
@@ -86,6 +88,7 @@ class Lease:
     known_held: int = 0  # how long that holder was, for "diverged at token N"
     restored: bool = False
     released: bool = False
+    queued_ms: float = 0.0  # time spent in kvproxy's queue waiting for a free slot
 
     @property
     def slot_label(self) -> str:
@@ -99,10 +102,14 @@ class SlotManager:
         policy: RoutePolicy,
         max_saved_bytes: int,
         clock: Callable[[], float] = time.monotonic,
+        queue_timeout: float = 300.0,
     ) -> None:
         self.pools = pools
         self.policy = policy
         self.clock = clock
+        self.queue_timeout = queue_timeout
+        # Requests waiting for any slot to free, first come first served.
+        self._waiters: deque[asyncio.Future[None]] = deque()
         self.catalog = SavedCatalog(max_saved_bytes)
         self.ghosts = Ghosts()
         self._lock = asyncio.Lock()
@@ -199,15 +206,68 @@ class SlotManager:
         return best
 
     async def acquire_prompts(self, prompts: dict[int, Prompt | None]) -> Lease:
-        for pool in self.pools:
-            if pool.pins:
-                await self.sync(pool)
+        """Route and reserve a slot. When every slot is busy and no busy slot is worth
+        waiting for (``routing.choose`` says ``all-busy-least-queued``), the request waits
+        in kvproxy's own queue, first come first served, and is routed afresh as soon as
+        a slot frees, so that no slot sits idle while requests are pinned elsewhere; after
+        ``queue_timeout`` seconds it gets a 503."""
+        started = time.monotonic()
+        deadline = started + self.queue_timeout
+        woken = False
+        while True:
+            for pool in self.pools:
+                if pool.pins:
+                    await self.sync(pool)
+            # Nobody overtakes the queue: a new request routes only when none is waiting.
+            if woken or not any(not w.done() for w in self._waiters):
+                lease = await self._route(prompts)
+                if lease is not None:
+                    lease.queued_ms = (time.monotonic() - started) * 1000
+                    return lease
+            waiter = asyncio.get_running_loop().create_future()
+            if woken:
+                self._waiters.appendleft(waiter)  # keeps its place at the head
+            else:
+                self._waiters.append(waiter)
+                if any(s.busy == 0 for pool in self.pools for s in pool.table.states):
+                    self._wake()  # a slot is free: the head of the queue takes it
+            woken = True
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await waiter
+            except TimeoutError:
+                raise Overloaded(
+                    f"every slot stayed busy for {self.queue_timeout:g} s (--queue-timeout)"
+                ) from None
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # woken, then cancelled: the wake goes to the next one
+                raise
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+
+    def _wake(self) -> None:
+        """A slot freed: the longest-waiting request routes again."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def _route(self, prompts: dict[int, Prompt | None]) -> Lease | None:
         async with self._lock:
             now = self.clock()
             views = [v for pool in self.pools for v in pool.table.views(prompts[pool.index])]
             any_prompt = next((p for p in prompts.values() if p is not None), None)
             length = len(any_prompt) if any_prompt is not None else 0
             route = choose(length, views, self.catalog.best(any_prompt), self.policy, now)
+            if route.reason == "all-busy-least-queued" and len(views) > 1:
+                return None
+            if any(v.busy == 0 for v in views if v.key != (route.upstream, route.slot)):
+                self._wake()  # a slot stays free: the next waiter may take it
             pool = self.pools[route.upstream]
             prompt = prompts[route.upstream]
             pool.table.reserve(route.slot, now)
@@ -224,9 +284,16 @@ class SlotManager:
             if route.save_first or route.restore is not None:
                 await self._prepare(lease)
         except BaseException:
-            pool.table.unreserve(route.slot)
+            self.unreserve(lease)
             raise
         return lease
+
+    def unreserve(self, lease: Lease) -> None:
+        """Give a reserved slot back before the request was sent (cancelled, refused)."""
+        if not lease.released:
+            lease.released = True
+            lease.pool.table.unreserve(lease.route.slot)
+            self._wake()
 
     async def _prepare(self, lease: Lease) -> None:
         """Save the victim first, restore a saved prefix: the slot's I/O, serialized with
@@ -395,6 +462,7 @@ class SlotManager:
             holds = held_after(lease.prompt, outcome, lease.route.predicted)
         pool.table.settle(slot, holds, self.clock())
         self._mirror_slot(pool, slot)
+        self._wake()
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Per-slot state for logs and tests."""

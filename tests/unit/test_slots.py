@@ -268,3 +268,62 @@ async def test_files_kvproxy_cannot_delete_stay_counted_and_stop_further_saves()
     assert m.saved_bytes() == 20 and len(m.catalog) == 2
     lease = await m.acquire(CHAT, {0: {"tokens": list(range(20000, 21000))}})
     assert calls == ["save", "save"]
+
+
+async def test_when_every_slot_is_busy_a_request_waits_for_the_first_free_one() -> None:
+    """Issue 10: 64 concurrent chats on 2 slots were pinned on arrival (62 on one slot), so
+    a free slot sat idle while another had a queue."""
+    import asyncio
+
+    m = manager(2)
+    a = await m.acquire(CHAT, {0: {"tokens": list(range(1000))}})
+    b = await m.acquire(CHAT, {0: {"tokens": list(range(5000, 6000))}})
+    third = asyncio.create_task(m.acquire(CHAT, {0: {"tokens": list(range(9000, 9300))}}))
+    fourth = asyncio.create_task(m.acquire(CHAT, {0: {"tokens": list(range(7000, 7300))}}))
+    await asyncio.sleep(0.05)
+    assert not third.done() and not fourth.done()  # waiting in kvproxy, pinned nowhere
+    m.release(b, completed=True, generated=[], finish_reason="stop")
+    lease = await asyncio.wait_for(third, 2)  # first come, first served
+    assert lease.route.slot == b.route.slot and lease.queued_ms > 0
+    assert not fourth.done()
+    m.release(a, completed=True, generated=[], finish_reason="stop")
+    assert (await asyncio.wait_for(fourth, 2)).route.slot == a.route.slot
+
+
+async def test_a_long_shared_prefix_still_queues_behind_its_busy_slot() -> None:
+    m = manager(2)
+    a = await m.acquire(CHAT, {0: {"tokens": list(range(5000))}})
+    m.release(a, completed=True, generated=[], finish_reason="stop")
+    a = await m.acquire(CHAT, {0: {"tokens": [*range(5000), 1]}})
+    await m.acquire(CHAT, {0: {"tokens": list(range(9000, 9300))}})
+    pinned = await m.acquire(CHAT, {0: {"tokens": [*range(5000), 2]}})
+    assert (pinned.route.slot, pinned.route.reason) == (a.route.slot, "all-busy")
+
+
+async def test_waiting_beyond_the_queue_timeout_is_overloaded() -> None:
+    from proxy.errors import Overloaded
+
+    m = manager(2)
+    m.queue_timeout = 0.1
+    await m.acquire(CHAT, {0: {"tokens": list(range(1000))}})
+    await m.acquire(CHAT, {0: {"tokens": list(range(3000, 4000))}})
+    with pytest.raises(Overloaded, match="--queue-timeout"):
+        await m.acquire(CHAT, {0: {"tokens": list(range(5000, 5300))}})
+    assert [s.busy for s in m.pools[0].table.states] == [1, 1]
+    assert not m._waiters
+
+
+async def test_a_woken_request_that_is_cancelled_passes_the_slot_on() -> None:
+    import asyncio
+
+    m = manager(2)
+    a = await m.acquire(CHAT, {0: {"tokens": list(range(1000))}})
+    await m.acquire(CHAT, {0: {"tokens": list(range(5000, 6000))}})
+    first = asyncio.create_task(m.acquire(CHAT, {0: {"tokens": list(range(9000, 9300))}}))
+    second = asyncio.create_task(m.acquire(CHAT, {0: {"tokens": list(range(7000, 7300))}}))
+    await asyncio.sleep(0.05)
+    m.release(a, completed=True, generated=[], finish_reason="stop")
+    first.cancel()  # woken, and gone before it could route
+    lease = await asyncio.wait_for(second, 2)
+    assert lease.route.slot == a.route.slot
+    assert m.pools[0].table.states[a.route.slot].busy == 1
