@@ -12,8 +12,10 @@ export LLAMA_CPP_BUILD_JOBS ?= $(NPROC)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 STAMP := $(VENV)/.kvproxy-installed
+SOAK_SECONDS ?= 1800
 
-.PHONY: run test lint bench bench-overhead bench-routing bench-rewrite bench-index bench-clients clean
+.PHONY: run test lint bench bench-overhead bench-routing bench-rewrite bench-index bench-clients \
+	bench-load bench-soak clean
 
 run: $(STAMP)
 	$(BIN)/kvproxy serve
@@ -42,6 +44,14 @@ bench-rewrite: $(STAMP)
 # The real OpenClaw and Hermes (installed under CLIENTS as docs/benchmarks.md says).
 bench-clients: $(STAMP)
 	$(BIN)/python -m bench.clients $(if $(CLIENTS),--clients $(CLIENTS))
+
+# N concurrent agent conversations on a 2-slot server, direct and through kvproxy.
+bench-load: $(STAMP)
+	$(BIN)/python -m bench.load $(if $(N),--n $(N))
+
+# kvproxy's RSS and file descriptors under N=16 conversations for 30 minutes (PNG in docs/).
+bench-soak: $(STAMP)
+	$(BIN)/python -m bench.load --soak $(SOAK_SECONDS) --n 16
 
 bench-index: $(STAMP)
 	$(BIN)/pytest -p no:cacheprovider bench/test_prefix_index_bench.py --benchmark-columns=min,median,mean,rounds

@@ -187,6 +187,12 @@ def start_server(workdir: Path) -> EmbeddedServer:
     return EmbeddedServer.start(settings, workdir / "llama")
 
 
+def warm_up(base: str) -> None:
+    """One request first, on both sides: the baseline RSS is a warm kvproxy's."""
+    body = {"messages": [{"role": "user", "content": "Warm up."}], "max_tokens": 2}
+    httpx.post(base + "/v1/chat/completions", json=body, timeout=120).raise_for_status()
+
+
 def run_side(through: bool, n: int, turns: int, words: int, max_tokens: int) -> Side:
     tmp = Path(tempfile.mkdtemp(prefix="kvp-load-"))
     llama = start_server(tmp)
@@ -195,8 +201,10 @@ def run_side(through: bool, n: int, turns: int, words: int, max_tokens: int) -> 
     try:
         if through:
             proxy = spawn_proxy(tmp / "proxy", "--upstream", llama.url, "--log-level", "warning")
-            side.rss_before_mb = rss_mb(proxy.process.pid)
         base = proxy.url if proxy else llama.url
+        warm_up(base)
+        if proxy is not None:
+            side.rss_before_mb = rss_mb(proxy.process.pid)
         side.results, side.wall_s, side.idle_waiting_ms = asyncio.run(
             drive(base, llama.url, n, turns, None, words, max_tokens)
         )
@@ -215,7 +223,9 @@ def row(n: int, name: str, side: Side) -> str:
     rss = "–"
     if side.rss_before_mb is not None and side.rss_after_mb is not None:
         rss = f"{side.rss_before_mb:.0f} → {side.rss_after_mb:.0f}"
-    records = f"{side.records} / {len(side.results)}" if side.records is not None else "–"
+    records = "–"
+    if side.records is not None:  # the warm-up request has its record too
+        records = f"{side.records - 1} / {len(side.results)}"
     return (
         f"| {n} | {name} | {side.completed} / {len(side.results)} "
         f"| {side.completed / side.wall_s:.2f} "

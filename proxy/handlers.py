@@ -184,6 +184,8 @@ async def relay_stream(
 
 CACHE_HEADER = "x-kvproxy-cache"
 REWRITE_HEADER = "x-kvproxy-rewrite"
+# The record's request_id, on every dialect response: `kvproxy explain ID` finds it.
+REQUEST_ID_HEADER = "x-kvproxy-request-id"
 
 
 def cache_header(lease: Lease) -> dict[str, str]:
@@ -320,6 +322,7 @@ def note_route(rec: RequestRecord, lease: Lease) -> None:
     rec.slot = lease.slot_label
     rec.predicted_cached = lease.route.predicted if lease.prompt is not None else None
     rec.route_reason = lease.route.reason
+    rec.queued_ms = round(lease.queued_ms, 1) if lease.queued_ms >= 1 else None
     rec.restored = lease.restored
     rec.estimated = lease.estimated
 
@@ -478,7 +481,8 @@ def dialect_handler(dialect: DialectBase) -> Handler:
             if lease.pool.pins:
                 upstream_body = {**upstream_body, "id_slot": lease.route.slot, "cache_prompt": True}
             upstream = lease.pool.upstream
-            headers = {**cache_header(lease), REWRITE_HEADER: plan.header}
+            headers = {**cache_header(lease), REWRITE_HEADER: plan.header,
+                       REQUEST_ID_HEADER: rec.request_id}  # fmt: skip
             call = Relay(request, dialect, plan.conv, path, upstream_body, upstream, rec,
                          observer, headers)  # fmt: skip
             relay = relay_ollama_bridge if bridged else relay_native
@@ -497,7 +501,9 @@ def dialect_handler(dialect: DialectBase) -> Handler:
                 error=err.message,
                 path=request.path,
             )
-            headers = {"Retry-After": "5"} if err.status == 503 else None
+            headers = {REQUEST_ID_HEADER: rec.request_id}
+            if err.status == 503:
+                headers["Retry-After"] = "5"
             return web.json_response(dialect.error_body(err), status=err.status, headers=headers)
         except (asyncio.CancelledError, ConnectionResetError):
             rec.error = rec.error or "client disconnected"

@@ -57,6 +57,7 @@ class RequestRecord:
     slot: str | None = None
     predicted_cached: int | None = None
     route_reason: str | None = None
+    queued_ms: float | None = None  # waited in kvproxy's queue for a free slot
     restored: bool = False
     miss: MissCause | None = None  # stored as miss_cause (kind), miss_token, ...
     estimated: bool = False

@@ -58,6 +58,10 @@ class RoutePolicy:
     # many tokens of prefill and fewer than max_queue requests are already on it.
     busy_wait_tokens: int = 2048
     max_queue: int = 2
+    # When every slot is busy, one request per slot may wait at the server behind the
+    # running one (the server starts it the moment the slot frees, with no round trip to
+    # kvproxy); beyond that, requests wait in kvproxy's own queue, unpinned.
+    server_queue: int = 1
 
 
 @dataclass(frozen=True)

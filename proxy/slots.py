@@ -60,6 +60,7 @@ class UpstreamSlots:
     can_save: bool
     slot_dir: Path | None = None  # where its save files are, when they are on this host
     synced: float | None = None  # when /slots was last read
+    sync_task: asyncio.Task[None] | None = field(default=None, repr=False)
     max_inflight: int = 0  # requests sent to it at once; 0: 4 per slot
     table: SlotTable = field(init=False)
     gate: asyncio.Semaphore = field(init=False, repr=False)
@@ -215,9 +216,8 @@ class SlotManager:
         deadline = started + self.queue_timeout
         woken = False
         while True:
-            for pool in self.pools:
-                if pool.pins:
-                    await self.sync(pool)
+            if not woken:
+                await self._sync_before_routing()
             # Nobody overtakes the queue: a new request routes only when none is waiting.
             if woken or not any(not w.done() for w in self._waiters):
                 lease = await self._route(prompts)
@@ -249,6 +249,19 @@ class SlotManager:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
 
+    async def _sync_before_routing(self) -> None:
+        """Reconcile with ``/slots`` before routing while the server is idle (a restart
+        shows then, and the answer is quick); while it is busy, /slots waits for the
+        server's loop, so the check runs in the background instead of delaying dispatch."""
+        for pool in self.pools:
+            if not pool.pins:
+                continue
+            if any(state.busy for state in pool.table.states):
+                if pool.sync_task is None or pool.sync_task.done():
+                    pool.sync_task = asyncio.create_task(self.sync(pool))
+            else:
+                await self.sync(pool)
+
     def _wake(self) -> None:
         """A slot freed: the longest-waiting request routes again."""
         while self._waiters:
@@ -265,7 +278,9 @@ class SlotManager:
             length = len(any_prompt) if any_prompt is not None else 0
             route = choose(length, views, self.catalog.best(any_prompt), self.policy, now)
             if route.reason == "all-busy-least-queued" and len(views) > 1:
-                return None
+                chosen = next(v for v in views if v.key == (route.upstream, route.slot))
+                if chosen.busy > self.policy.server_queue:
+                    return None
             if any(v.busy == 0 for v in views if v.key != (route.upstream, route.slot)):
                 self._wake()  # a slot stays free: the next waiter may take it
             pool = self.pools[route.upstream]

@@ -198,6 +198,14 @@ class PieceTokenizer:
             out.append(self.vocab.eos_id)
         return out
 
+    @property
+    def add_bos(self) -> bool:
+        return self.vocab.add_bos
+
+    @property
+    def add_eos(self) -> bool:
+        return self.vocab.add_eos
+
     def special_strings(self) -> dict[str, str]:
         names = {}
         for name, tid in (("bos_token", self.vocab.bos_id), ("eos_token", self.vocab.eos_id)):
@@ -282,28 +290,58 @@ def template_body(body: dict[str, Any]) -> dict[str, Any]:
     return {k: body[k] for k in keys if k in body}
 
 
+class Encoder(Protocol):
+    """What LocalTokenizer needs of a tokenizer: ``LlamaVocab`` (llama.cpp's own) or the
+    rebuilt ``PieceTokenizer``."""
+
+    add_bos: bool
+    add_eos: bool
+
+    def encode(self, text: str, add_special: bool = True) -> list[int]: ...
+
+    def special_strings(self) -> dict[str, str]: ...
+
+
 class LocalTokenizer:
     """GGUF vocabulary and template here; the server only for what it renders itself."""
 
     exact = True
 
-    def __init__(self, pieces: PieceTokenizer, template: str, server: ServerTokenizer) -> None:
+    def __init__(self, pieces: Encoder, template: str, server: ServerTokenizer) -> None:
         self.pieces = pieces
         self.template = template
         self.server = server
 
     @classmethod
     def from_gguf(cls, path: Path, template: str | None, server: ServerTokenizer) -> LocalTokenizer:
-        vocab = Vocab.from_gguf(path)
-        chosen = template or vocab.chat_template
+        """llama.cpp's own tokenizer when libllama is installed (exact for every vocabulary
+        type), else the rebuilt BPE for the pre-tokenizers it reproduces."""
+        from proxy.llama_vocab import LlamaVocab, VocabUnavailable
+
+        pieces: Encoder
+        try:
+            llama = LlamaVocab.load(path)
+            pieces, own = llama, llama.chat_template
+        except VocabUnavailable as exc:
+            log.warning("tokenizer_libllama_unavailable", source=str(path), error=exc.message)
+            vocab = Vocab.from_gguf(path)
+            pieces, own = PieceTokenizer(vocab), vocab.chat_template
+        chosen = template or own
         if not chosen:
             raise TokenizerUnavailable("no chat template in the GGUF or the server's /props")
-        return cls(PieceTokenizer(vocab), chosen, server)
+        return cls(pieces, chosen, server)
 
     def render(self, body: dict[str, Any]) -> str:
-        return render_template(
-            self.template, chat_messages(body), body.get("tools"), self.pieces.special_strings()
-        )
+        special = self.pieces.special_strings()
+        text = render_template(self.template, chat_messages(body), body.get("tools"), special)
+        # llama-server strips a BOS (EOS) the template wrote when the tokenizer adds one
+        # itself (common/chat.cpp), so that the prompt does not start with two.
+        bos, eos = special.get("bos_token"), special.get("eos_token")
+        if self.pieces.add_bos and bos and text.startswith(bos):
+            text = text[len(bos):]
+        if self.pieces.add_eos and eos and text.endswith(eos):
+            text = text[: -len(eos)]
+        return text
 
     def tokens_of_chat(self, body: dict[str, Any]) -> list[int]:
         return self.pieces.encode(self.render(body))

