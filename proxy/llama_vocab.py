@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import threading
+from array import array
 from collections import OrderedDict
 from pathlib import Path
 
@@ -130,7 +131,8 @@ class LlamaVocab:
         self.add_eos = bool(f.llama_vocab_get_add_eos(self._vocab))
         raw = f.llama_model_chat_template(model, None)
         self.chat_template = raw.decode("utf-8", "replace") if raw else None
-        self._cache: OrderedDict[int, tuple[int, ...]] = OrderedDict()
+        # 4 bytes a token (an array, not a tuple of int objects): 2 M tokens are 8 MB.
+        self._cache: OrderedDict[int, array[int]] = OrderedDict()
         self._cached = 0
         self._cache_lock = threading.Lock()
 
@@ -173,7 +175,7 @@ class LlamaVocab:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
-                return list(hit)
+                return hit.tolist()
         room = len(raw) + 16
         for _ in range(2):
             buf = (ctypes.c_int32 * room)()
@@ -184,7 +186,7 @@ class LlamaVocab:
             room = -n
         else:
             raise VocabUnavailable("llama_tokenize failed")
-        ids = tuple(buf[:n])
+        ids = array("i", buf[:n])
         if n <= TEXT_CACHE_TOKENS // 8:
             with self._cache_lock:
                 self._cache[key] = ids
@@ -192,7 +194,7 @@ class LlamaVocab:
                 while self._cached > TEXT_CACHE_TOKENS:
                     _, old = self._cache.popitem(last=False)
                     self._cached -= len(old)
-        return list(ids)
+        return ids.tolist()
 
     # The PieceTokenizer interface that LocalTokenizer uses.
     def encode(self, text: str, add_special: bool = True) -> list[int]:

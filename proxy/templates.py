@@ -1,0 +1,188 @@
+"""Chat templates rendered here, trusted only for the request shapes verified against the
+server at start.
+
+llama-server renders templates with its own Jinja engine and rewrites messages first
+(common/chat.cpp: tool-call arguments parsed into objects for templates that want them,
+content parts joined for templates that only take strings, a system message merged where a
+template has no system role, per-model handlers for gpt-oss, Mistral and others). Python's
+Jinja cannot promise the same output for every template and every shape, so kvproxy asks
+the server once at start: each probe conversation (one per request feature) is rendered
+by ``/apply-template`` and here, with each of the message normalizations llama.cpp may
+apply; a feature whose probe renders identically with some normalization is rendered here
+from then on, with that normalization. A request using any feature that did not verify is
+rendered by the server (one round trip), then tokenized here.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+PLAIN, TOOLS, TOOL_CALLS, PARTS, KWARGS = "plain", "tools", "tool_calls", "parts", "kwargs"
+
+_TOOLS = [
+    {"type": "function", "function": {
+        "name": "get_weather", "description": "Weather for a city",
+        "parameters": {"type": "object", "properties": {
+            "city": {"type": "string", "description": "City name"}}, "required": ["city"]}}},
+    {"type": "function", "function": {
+        "name": "run", "description": "Run a shell command",
+        "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}},
+                       "required": ["cmd"]}}},
+]  # fmt: skip
+_SYSTEM = {"role": "system", "content": "You are terse. Tools may help."}
+_CALLS = [
+    {"id": "call_1", "type": "function",
+     "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+    {"id": "call_2", "type": "function",
+     "function": {"name": "run", "arguments": '{"cmd": "ls -la"}'}},
+]  # fmt: skip
+# One probe per feature; each later feature's probe includes what it needs of the others.
+PROBES: dict[str, dict[str, Any]] = {
+    PLAIN: {"messages": [
+        _SYSTEM, {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello! How can I help?"},
+        {"role": "user", "content": "A joke about caches — ünïcödé ✓ 日本語"}]},
+    TOOLS: {"tools": _TOOLS, "messages": [_SYSTEM, {"role": "user", "content": "Weather?"}]},
+    TOOL_CALLS: {"tools": _TOOLS, "messages": [
+        _SYSTEM, {"role": "user", "content": "Weather in Paris, and list files"},
+        {"role": "assistant", "content": "", "tool_calls": _CALLS},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 C, sunny"},
+        {"role": "tool", "tool_call_id": "call_2", "content": "a.txt\nb.txt"},
+        {"role": "user", "content": "Thanks"}]},
+    PARTS: {"messages": [
+        _SYSTEM, {"role": "user", "content": [
+            {"type": "text", "text": "First part."}, {"type": "text", "text": "Second part."}]}]},
+    KWARGS: {"chat_template_kwargs": {"enable_thinking": False},
+             "messages": [_SYSTEM, {"role": "user", "content": "Hi"}]},
+}  # fmt: skip
+
+
+def features(body: dict[str, Any]) -> frozenset[str]:
+    """The request features a chat body uses (PLAIN always)."""
+    out = {PLAIN}
+    if body.get("tools"):
+        out.add(TOOLS)
+    if body.get("chat_template_kwargs"):
+        out.add(KWARGS)
+    for m in body.get("messages") or []:
+        if m.get("tool_calls") or m.get("role") == "tool":
+            out.add(TOOL_CALLS)
+        if not isinstance(m.get("content"), str | None):
+            out.add(PARTS)
+        if set(m) - {"role", "content", "name", "tool_calls", "tool_call_id"}:
+            out.add("other")  # reasoning_content and the like: always the server's
+    for key in ("tool_choice", "parallel_tool_calls", "response_format", "json_schema"):
+        if key in body:
+            out.add("other")
+    return frozenset(out)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How messages are rewritten before rendering, as llama.cpp may."""
+
+    object_arguments: bool = False  # tool-call arguments parsed from their JSON string
+    join_parts: bool = False  # text parts joined with a newline into one string
+    null_content: bool = False  # content "" of a tool-call message left as it is
+
+    def apply(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = copy.deepcopy(messages)
+        for m in out:
+            content = m.get("content")
+            if self.join_parts and isinstance(content, list):
+                texts = [p.get("text", "") for p in content
+                         if isinstance(p, dict) and p.get("type") == "text"]  # fmt: skip
+                m["content"] = "\n".join(texts)
+            for call in m.get("tool_calls") or []:
+                fn = call.get("function") if isinstance(call, dict) else None
+                if self.object_arguments and isinstance(fn, dict):
+                    args = fn.get("arguments")
+                    if isinstance(args, str):
+                        fn["arguments"] = json.loads(args)
+            if m.get("tool_calls") and m.get("content") is None and not self.null_content:
+                m["content"] = ""
+        return out
+
+
+NORMALIZATIONS = [
+    Normalization(o, j) for o in (False, True) for j in (False, True)
+]
+
+
+def render(template: str, body: dict[str, Any], special: dict[str, str],
+           norm: Normalization) -> str:  # fmt: skip
+    """The template rendered with transformers' Jinja renderer, as for a chat request."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no "PyTorch was not found"
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    kwargs = body.get("chat_template_kwargs") or {}
+    # llama.cpp's extra context (common_chat_extra_context): Llama 3.x prints date_string.
+    now = time.localtime()
+    dates = {"datetime": time.strftime("%b %d %Y", now),
+             "date_string": time.strftime("%d %b %Y", now)}  # fmt: skip
+    rendered, _ = render_jinja_template(
+        [norm.apply(list(body.get("messages") or []))],
+        tools=body.get("tools") or None,
+        chat_template=template,
+        add_generation_prompt=True,
+        **{**dates, **special, **kwargs},
+    )
+    return rendered[0]
+
+
+@dataclass
+class Verified:
+    """Which features render here, and with which normalization."""
+
+    features: dict[str, frozenset[Normalization]] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)  # feature: why not
+
+    def normalization(self, wanted: frozenset[str]) -> Normalization | None:
+        """A normalization that verified for every one of these features, else None."""
+        common = set(NORMALIZATIONS)
+        for feature in wanted:
+            common &= self.features.get(feature, frozenset())
+        return next((n for n in NORMALIZATIONS if n in common), None)
+
+
+async def verify(
+    template: str,
+    special: dict[str, str],
+    server_render: Callable[[dict[str, Any]], Awaitable[str]],
+    finish: Callable[[str], str],
+) -> Verified:
+    """Render every probe here and on the server; ``finish`` applies the BOS/EOS strip."""
+    result = Verified()
+    for feature, probe in PROBES.items():
+        try:
+            want = await server_render(probe)
+        except Exception as exc:  # the server refuses the shape: so will kvproxy
+            result.refused[feature] = f"the server cannot render it ({str(exc)[:80]})"
+            continue
+        tried, matched = [], set()
+        for norm in NORMALIZATIONS:
+            try:
+                got = finish(render(template, probe, special, norm))
+            except Exception as exc:
+                tried.append(f"{type(exc).__name__}")
+                continue
+            if got == want:
+                matched.add(norm)
+            else:
+                tried.append(f"differs at character {first_difference(got, want)}")
+        if matched:
+            result.features[feature] = frozenset(matched)
+        else:
+            result.refused[feature] = "; ".join(sorted(set(tried)))[:200]
+    return result
+
+
+def first_difference(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
