@@ -90,9 +90,14 @@ class Normalization:
     object_arguments: bool = False  # tool-call arguments parsed from their JSON string
     join_parts: bool = False  # text parts joined with a newline into one string
     null_content: bool = False  # content "" of a tool-call message left as it is
+    merge_system: bool = False  # no system role: merged into the next message, or dropped
 
     def apply(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out = copy.deepcopy(messages)
+        if self.merge_system and out and out[0].get("role") == "system":
+            first = out.pop(0)
+            if out and isinstance(first.get("content"), str):
+                out[0]["content"] = f"{first['content']}\n{out[0].get('content') or ''}"
         for m in out:
             content = m.get("content")
             if self.join_parts and isinstance(content, list):
@@ -111,29 +116,35 @@ class Normalization:
 
 
 NORMALIZATIONS = [
-    Normalization(o, j) for o in (False, True) for j in (False, True)
-]
+    Normalization(object_arguments=o, join_parts=j, merge_system=s)
+    for s in (False, True) for o in (False, True) for j in (False, True)
+]  # fmt: skip
 
 
 def render(template: str, body: dict[str, Any], special: dict[str, str],
            norm: Normalization) -> str:  # fmt: skip
-    """The template rendered with transformers' Jinja renderer, as for a chat request."""
+    """The template rendered with transformers' Jinja environment (its ``tojson``,
+    ``raise_exception``, ``strftime_now``), given the context llama-server builds
+    (common/chat.cpp): messages, ``bos_token``/``eos_token``, ``enable_thinking`` (true
+    unless the request's ``chat_template_kwargs`` say otherwise), ``tools`` only when there
+    are some, the date strings, then the request's own template kwargs."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no "PyTorch was not found"
-    from transformers.utils.chat_template_utils import render_jinja_template
+    from transformers.utils.chat_template_utils import _compile_jinja_template
 
     kwargs = body.get("chat_template_kwargs") or {}
-    # llama.cpp's extra context (common_chat_extra_context): Llama 3.x prints date_string.
     now = time.localtime()
-    dates = {"datetime": time.strftime("%b %d %Y", now),
-             "date_string": time.strftime("%d %b %Y", now)}  # fmt: skip
-    rendered, _ = render_jinja_template(
-        [norm.apply(list(body.get("messages") or []))],
-        tools=body.get("tools") or None,
-        chat_template=template,
-        add_generation_prompt=True,
-        **{**dates, **special, **kwargs},
-    )
-    return rendered[0]
+    context: dict[str, Any] = {
+        "messages": norm.apply(list(body.get("messages") or [])),
+        **special,
+        "enable_thinking": kwargs.get("enable_thinking", True) is not False,
+        "datetime": time.strftime("%b %d %Y", now),
+        "date_string": time.strftime("%d %b %Y", now),
+        "add_generation_prompt": True,
+    }
+    if body.get("tools"):
+        context["tools"] = body["tools"]
+    context.update({k: v for k, v in kwargs.items() if k != "enable_thinking"})
+    return _compile_jinja_template(template).render(**context)
 
 
 @dataclass

@@ -16,7 +16,6 @@ Three ways, best first:
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ import xxhash
 from proxy.conversation import Conversation, thaw
 from proxy.errors import ProxyError
 from proxy.log import get_logger
+from proxy.templates import NORMALIZATIONS, PLAIN, Normalization, Verified, features, render, verify
 
 log = get_logger("kvproxy.tokens")
 
@@ -133,23 +133,6 @@ def build_bpe(vocab: Vocab) -> Any:
     return tok
 
 
-def render_template(
-    template: str, messages: list[dict[str, Any]], tools: list[Any] | None, special: dict[str, str]
-) -> str:
-    """The chat template rendered as llama-server does for a chat request."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no "PyTorch was not found"
-    from transformers.utils.chat_template_utils import render_jinja_template
-
-    rendered, _ = render_jinja_template(
-        [messages],
-        tools=tools or None,
-        chat_template=template,
-        add_generation_prompt=True,
-        **special,
-    )
-    return rendered[0]
-
-
 class PieceTokenizer:
     """Splits text at special tokens and tokenizes each piece once (cached by content hash)."""
 
@@ -216,19 +199,6 @@ class PieceTokenizer:
 
 def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     return [dict(m) for m in body.get("messages") or []]
-
-
-def plain_chat(body: dict[str, Any], template: str) -> bool:
-    """Whether the local renderer reproduces the server for this chat body: string contents,
-    no tool calls, and tools only when the template itself renders them."""
-    for m in body.get("messages") or []:
-        if not isinstance(m.get("content"), str) or m.get("tool_calls") or m.get("role") == "tool":
-            return False
-        if set(m) - {"role", "content", "name"}:
-            return False
-    if body.get("tools") and "tools" not in template:
-        return False
-    return not body.get("chat_template_kwargs")
 
 
 def completion_prompt(body: dict[str, Any]) -> str | list[int] | None:
@@ -311,6 +281,20 @@ class LocalTokenizer:
         self.pieces = pieces
         self.template = template
         self.server = server
+        # Request features whose rendering here equals the server's (``verify``); until
+        # verified, plain string conversations render here (round one's behaviour).
+        self.verified = Verified(features={PLAIN: frozenset(NORMALIZATIONS[:1])})
+
+    async def verify(self) -> Verified:
+        """Compare this template's rendering with the server's on one probe per feature;
+        only the features that match render here from now on (docs/tokens.md)."""
+
+        async def server_render(body: dict[str, Any]) -> str:
+            return await self.server.render(template_body(body))
+
+        self.verified = await verify(self.template, self.pieces.special_strings(),
+                                     server_render, self.finish)  # fmt: skip
+        return self.verified
 
     @classmethod
     def from_gguf(cls, path: Path, template: str | None, server: ServerTokenizer) -> LocalTokenizer:
@@ -331,30 +315,34 @@ class LocalTokenizer:
             raise TokenizerUnavailable("no chat template in the GGUF or the server's /props")
         return cls(pieces, chosen, server)
 
-    def render(self, body: dict[str, Any]) -> str:
+    def render(self, body: dict[str, Any], norm: Normalization | None = None) -> str:
         special = self.pieces.special_strings()
-        text = render_template(self.template, chat_messages(body), body.get("tools"), special)
-        # llama-server strips a BOS (EOS) the template wrote when the tokenizer adds one
-        # itself (common/chat.cpp), so that the prompt does not start with two.
+        return self.finish(render(self.template, body, special, norm or Normalization()))
+
+    def finish(self, text: str) -> str:
+        """llama-server strips a BOS (EOS) the template wrote when the tokenizer adds one
+        itself (common/chat.cpp), so that the prompt does not start with two."""
+        special = self.pieces.special_strings()
         bos, eos = special.get("bos_token"), special.get("eos_token")
         if self.pieces.add_bos and bos and text.startswith(bos):
-            text = text[len(bos):]
+            text = text[len(bos) :]
         if self.pieces.add_eos and eos and text.endswith(eos):
             text = text[: -len(eos)]
         return text
 
-    def tokens_of_chat(self, body: dict[str, Any]) -> list[int]:
-        return self.pieces.encode(self.render(body))
+    def tokens_of_chat(self, body: dict[str, Any], norm: Normalization) -> list[int]:
+        return self.pieces.encode(self.render(body, norm))
 
     def text_tokens(self, text: str) -> list[int] | None:
         return self.pieces.encode(text, add_special=False)
 
     async def prompt_tokens(self, conv: Conversation, body: dict[str, Any]) -> list[int] | None:
         if conv.kind == "chat":
-            if not plain_chat(body, self.template):
+            norm = self.verified.normalization(features(body))
+            if norm is None:
                 text = await self.server.render(template_body(body))
                 return await asyncio.to_thread(self.pieces.encode, text)
-            return await asyncio.to_thread(self.tokens_of_chat, body)
+            return await asyncio.to_thread(self.tokens_of_chat, body, norm)
         prompt = completion_prompt(body)
         if prompt is None or isinstance(prompt, list):
             return prompt
@@ -460,8 +448,15 @@ async def tokenizer_for(upstream: Any, configured: Path | None) -> Tokenizer:
         try:
             tok = await asyncio.to_thread(load_local, path, template, server)
             log.info("tokenizer_local", upstream=upstream.url, source=str(path))
-            return tok
         except (TokenizerUnavailable, OSError, ValueError) as exc:
             log.warning("tokenizer_local_unavailable", source=str(path), error=str(exc))
+            continue
+        try:
+            verified = await tok.verify()
+            log.info("template_verified", upstream=upstream.url, local=sorted(verified.features),
+                     server=verified.refused)  # fmt: skip
+        except ProxyError as exc:
+            log.warning("template_unverified", upstream=upstream.url, error=exc.message)
+        return tok
     log.info("tokenizer_server", upstream=upstream.url)
     return server
