@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 
@@ -26,6 +27,7 @@ from proxy.handlers import setup_routes
 from proxy.limits import BodyBudget
 from proxy.log import get_logger
 from proxy.metrics import Metrics
+from proxy.model_info import AttentionKind, attention_kind
 from proxy.rewrite.engine import Rewriter
 from proxy.rewrite.tape import TapeStore
 from proxy.settings import Settings
@@ -93,6 +95,11 @@ async def slots_ctx(app: web.Application) -> AsyncIterator[None]:
         props = upstream.props or {}
         generation = props.get("default_generation_settings") or {}
         llama = upstream.kind == "llama"
+        kind = AttentionKind()
+        if llama and props.get("model_path") and Path(props["model_path"]).is_file():
+            kind = await asyncio.to_thread(attention_kind, Path(props["model_path"]))
+            log.info("model_attention", upstream=upstream.url, kind=kind.kind,
+                     window=kind.window, arch=kind.arch)  # fmt: skip
         pools.append(
             UpstreamSlots(
                 index=index,
@@ -100,7 +107,9 @@ async def slots_ctx(app: web.Application) -> AsyncIterator[None]:
                 tokenizer=await tokenizer_for(upstream, settings.tokenizer),
                 n_slots=int(props.get("total_slots") or 1) if llama else 1,
                 n_ctx=generation.get("n_ctx"),
-                can_save=llama and bool(props.get("endpoint_slots", True)),
+                # Slot files only where the server resumes from them (dense attention).
+                can_save=llama and bool(props.get("endpoint_slots", True))
+                and kind.resumes_from_file,
                 slot_dir=settings.slot_dir if EMBEDDED in app else settings.shared_slot_dir,
                 max_inflight=settings.upstream_max_inflight,
             )
