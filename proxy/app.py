@@ -37,6 +37,9 @@ from proxy.tokens import tokenizer_for
 from proxy.upstream import Upstream, UpstreamSpec, detect_kind, make_session
 
 log = get_logger("kvproxy.app")
+# llama-server's default --ubatch-size: how far back from the end of a sliding-window
+# model's slot a prompt may diverge and still be reused (slot_table.reusable).
+SWA_TAIL_TOKENS = 512
 
 EMBEDDED = web.AppKey("embedded", EmbeddedServer)
 
@@ -112,6 +115,7 @@ async def slots_ctx(app: web.Application) -> AsyncIterator[None]:
                 and kind.resumes_from_file,
                 slot_dir=settings.slot_dir if EMBEDDED in app else settings.shared_slot_dir,
                 max_inflight=settings.upstream_max_inflight,
+                swa_tail=SWA_TAIL_TOKENS if kind.kind == "sliding-window" else None,
             )
         )
     manager = SlotManager(pools, settings.route, settings.slot_cache_max_bytes,

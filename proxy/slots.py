@@ -62,12 +62,13 @@ class UpstreamSlots:
     synced: float | None = None  # when /slots was last read
     sync_task: asyncio.Task[None] | None = field(default=None, repr=False)
     max_inflight: int = 0  # requests sent to it at once; 0: 4 per slot
+    swa_tail: int | None = None  # sliding-window model: see slot_table.reusable
     table: SlotTable = field(init=False)
     gate: asyncio.Semaphore = field(init=False, repr=False)
     prep: list[asyncio.Lock] = field(init=False, repr=False)  # one slot's save/restore I/O
 
     def __post_init__(self) -> None:
-        self.table = SlotTable(self.index, self.n_slots)
+        self.table = SlotTable(self.index, self.n_slots, self.swa_tail)
         self.gate = asyncio.Semaphore(self.max_inflight or 4 * max(1, self.n_slots))
         self.prep = [asyncio.Lock() for _ in range(self.n_slots)]
 

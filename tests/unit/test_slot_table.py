@@ -200,3 +200,30 @@ def test_save_names_follow_content() -> None:
     assert save_name(Prompt.of(range(100))) == save_name(Prompt.of(list(range(100))))
     assert save_name(Prompt.of(range(100))) != save_name(Prompt.of(range(1, 101)))
     assert save_name(Prompt.of([])) is None
+
+
+@pytest.mark.parametrize(
+    ("shared", "held", "tail", "reused"),
+    [
+        (1500, 2000, None, 1500),  # dense: any common prefix
+        (10, 2000, None, 10),
+        (2000, 2000, 512, 2000),  # sliding window: an append
+        (1900, 2000, 512, 1900),  # a divergence within the last micro-batch past the window
+        (1500, 2000, 512, 1500),  # (Gemma 3 270M: 1500 of 2000 reused)
+        (1480, 2000, 512, 0),  # ... further back: nothing (measured: 0)
+        (200, 2000, 512, 0),
+    ],
+)
+def test_reuse_by_attention_kind(shared: int, held: int, tail: int | None, reused: int) -> None:
+    from proxy.slot_table import reusable
+
+    assert reusable(shared, held, tail) == reused
+
+
+def test_a_sliding_window_slot_predicts_nothing_for_a_divergence_far_back() -> None:
+    table = SlotTable(0, 1, swa_tail=512)
+    table.put(0, Prompt.of(range(2000)))
+    far = Prompt.of([*range(1000), *range(50_000, 51_000)])
+    near = Prompt.of([*range(1600), *range(50_000, 50_400)])
+    assert table.views(far)[0].cached == 0
+    assert table.views(near)[0].cached == 1600
