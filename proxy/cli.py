@@ -106,6 +106,8 @@ SWITCHES: tuple[tuple[str, str], ...] = (
      "put short prompt snippets in the records and the log, for kvproxy explain"),
     ("--allow-slot-actions",
      "let clients call /slots/{id}?action=save|restore|erase (kvproxy's cache state)"),
+    ("--upstream-swa-full",
+     "the upstream llama-server runs with --swa-full: predict sliding-window models as dense"),
     ("--allow-admin",
      "let clients call model management endpoints (ollama pull/push/create/copy/delete, "
      "llama-server model and adapter changes)"),
@@ -281,6 +283,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         records_max_bytes=args.records_max_bytes,
         rewrite=rewrite_config(args),
         log_content=args.log_content,
+        upstream_swa_full=args.upstream_swa_full,
         max_tapes=args.max_tapes,
         keep_tapes=keep_tapes(args.keep_tapes),
         route=RoutePolicy(

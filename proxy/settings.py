@@ -64,6 +64,9 @@ class Settings:
     keep_tapes: str = "lmdb"  # or "memory": tapes never reach the disk
     # Put short text snippets into the records and the log (off: hashes and counts only).
     log_content: bool = False
+    # The upstream llama-server runs with --swa-full: sliding-window models keep every
+    # position, so any common prefix is reused (predicted as dense).
+    upstream_swa_full: bool = False
 
     @property
     def records_dir(self) -> Path:

@@ -129,14 +129,18 @@ def check_message_fields(item: Mapping[str, Any], where: str) -> None:
                 raise BadRequest(f"{where}.tool_calls[{j}].function.name must be a string")
             if call.get("id") is not None and not isinstance(call.get("id"), str):
                 raise BadRequest(f"{where}.tool_calls[{j}].id must be a string")
-    images = item.get("images")
-    if images is not None and not (
-        isinstance(images, list) and all(isinstance(x, str) for x in images)
-    ):
-        raise BadRequest(f"{where}.images must be an array of strings")
+    check_images(item.get("images"), f"{where}.images")
     for key in ("tool_call_id", "name"):
         if item.get(key) is not None and not isinstance(item[key], str):
             raise BadRequest(f"{where}.{key} must be a string")
+
+
+def check_images(images: Any, where: str) -> None:
+    """ollama images: base64 strings."""
+    if images is not None and not (
+        isinstance(images, list) and all(isinstance(x, str) for x in images)
+    ):
+        raise BadRequest(f"{where} must be an array of strings")
 
 
 MAX_TOKEN_ID = 2**31 - 1

@@ -6,7 +6,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.conversation import Conversation, frozen_map
-from proxy.dialects.base import optional_bool, optional_str, render_envelope, require_object
+from proxy.dialects.base import (
+    check_images,
+    optional_bool,
+    optional_str,
+    render_envelope,
+    require_object,
+)
 from proxy.dialects.ollama_chat import OllamaChat
 from proxy.dialects.ollama_options import ollama_fields, render_ollama_fields
 from proxy.errors import BadRequest
@@ -26,6 +32,7 @@ class OllamaGenerate(OllamaChat):
         prompt = body["prompt"]
         if not isinstance(prompt, str):
             raise BadRequest("'prompt' must be a string")
+        check_images(body.get("images"), "images")
         params, extra = ollama_fields(body, STRUCTURAL)
         return Conversation(
             kind="completion",
