@@ -15,7 +15,6 @@ rendered by the server (one round trip), then tokenized here.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import time
@@ -93,7 +92,9 @@ class Normalization:
     merge_system: bool = False  # no system role: merged into the next message, or dropped
 
     def apply(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        out = copy.deepcopy(messages)
+        """New message dicts (the request's are never changed); only what a flag rewrites
+        is copied deeper, so a long conversation costs a shallow copy per message."""
+        out = [dict(m) for m in messages]
         if self.merge_system and out and out[0].get("role") == "system":
             first = out.pop(0)
             if out and isinstance(first.get("content"), str):
@@ -104,15 +105,19 @@ class Normalization:
                 texts = [p.get("text", "") for p in content
                          if isinstance(p, dict) and p.get("type") == "text"]  # fmt: skip
                 m["content"] = "\n".join(texts)
-            for call in m.get("tool_calls") or []:
-                fn = call.get("function") if isinstance(call, dict) else None
-                if self.object_arguments and isinstance(fn, dict):
-                    args = fn.get("arguments")
-                    if isinstance(args, str):
-                        fn["arguments"] = json.loads(args)
+            if self.object_arguments and isinstance(m.get("tool_calls"), list):
+                m["tool_calls"] = [object_arguments(call) for call in m["tool_calls"]]
             if m.get("tool_calls") and m.get("content") is None and not self.null_content:
                 m["content"] = ""
         return out
+
+
+def object_arguments(call: Any) -> Any:
+    """A tool call whose JSON-string arguments are parsed, as a copy."""
+    fn = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("arguments"), str):
+        return call
+    return {**call, "function": {**fn, "arguments": json.loads(fn["arguments"])}}
 
 
 NORMALIZATIONS = [

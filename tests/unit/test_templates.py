@@ -1,0 +1,60 @@
+"""Template features and message normalizations (the e2e test compares with the server)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from proxy.templates import (
+    KWARGS,
+    NORMALIZATIONS,
+    PARTS,
+    PLAIN,
+    PROBES,
+    TOOL_CALLS,
+    TOOLS,
+    Normalization,
+    Verified,
+    features,
+)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"messages": [{"role": "user", "content": "hi"}]}, {PLAIN}),
+        (PROBES[TOOLS], {PLAIN, TOOLS}),
+        (PROBES[TOOL_CALLS], {PLAIN, TOOLS, TOOL_CALLS}),
+        (PROBES[PARTS], {PLAIN, PARTS}),
+        (PROBES[KWARGS], {PLAIN, KWARGS}),
+        ({"messages": [{"role": "assistant", "content": "x", "reasoning_content": "r"}]},
+         {PLAIN, "other"}),
+        ({"messages": [{"role": "user", "content": "x"}], "tool_choice": "auto"}, {PLAIN, "other"}),
+    ],
+)  # fmt: skip
+def test_features(body: dict[str, Any], expected: set[str]) -> None:
+    assert features(body) == expected
+
+
+def test_normalizations_rewrite_copies_never_the_request() -> None:
+    messages = copy.deepcopy(PROBES[TOOL_CALLS]["messages"])
+    messages.insert(2, {"role": "user", "content": [{"type": "text", "text": "a"},
+                                                    {"type": "text", "text": "b"}]})  # fmt: skip
+    before = copy.deepcopy(messages)
+    out = Normalization(object_arguments=True, join_parts=True, merge_system=True).apply(messages)
+    assert messages == before
+    assert out[0]["role"] == "user"
+    assert out[0]["content"].startswith("You are terse. Tools may help.\nWeather")
+    assert out[1]["content"] == "a\nb"
+    assert out[2]["tool_calls"][0]["function"]["arguments"] == {"city": "Paris"}
+
+
+def test_a_request_renders_here_only_with_a_normalization_all_its_features_verified() -> None:
+    plain_only = frozenset(NORMALIZATIONS[:2])
+    verified = Verified(features={PLAIN: frozenset(NORMALIZATIONS), TOOLS: plain_only,
+                                  TOOL_CALLS: frozenset(NORMALIZATIONS[2:4])})  # fmt: skip
+    assert verified.normalization(frozenset({PLAIN, TOOLS})) == NORMALIZATIONS[0]
+    assert verified.normalization(frozenset({PLAIN, TOOLS, TOOL_CALLS})) is None  # no overlap
+    assert verified.normalization(frozenset({PLAIN, PARTS})) is None  # not verified
