@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import xxhash
@@ -31,6 +31,7 @@ class SlotState:
     busy: int = 0  # requests routed to it and not yet released (queued ones included)
     last_used: float = 0.0
     saved_len: int = 0  # leading tokens of what it holds that a saved file covers
+    checkpoints: list[int] = field(default_factory=list)  # sliding window: see reusable
 
 
 @dataclass(frozen=True)
@@ -76,17 +77,37 @@ class CutBack:
     server_tokens: int
 
 
-def reusable(shared: int, held: int, tail: int | None) -> int:
+# llama-server's defaults (common/common.h): context checkpoints kept per slot.
+MAX_CHECKPOINTS = 32
+
+
+def reusable(shared: int, held: int, tail: int | None, checkpoints: Iterable[int] = ()) -> int:
     """Tokens the server reuses of a slot holding ``held`` tokens when the new prompt shares
     ``shared`` with it. Dense attention: all of them. Sliding-window attention keeps only
-    the last window plus one micro-batch of positions (``tail`` = n_ubatch past the window,
-    measured on Gemma 3 270M: a prompt diverging within the last 512 tokens of what the
-    slot held reuses everything before the divergence, one diverging earlier reuses
-    nothing): the server can continue only where the window before the divergence is
-    still cached, else it falls back to a context checkpoint, or to nothing."""
+    the last window plus one micro-batch of positions (``tail`` = n_ubatch), so the server
+    continues at the divergence only if it lies in the last ``tail`` tokens; otherwise it
+    restores the newest context checkpoint at or before it (taken after ``c`` tokens, it
+    resumes at ``c - 1``), or prefills everything (server-context.cpp; measured on Gemma 3
+    270M holding 3,000 tokens: diverging at 2,490 reuses 2,490, at 2,485 the checkpoint
+    taken at 2,484 gives 2,483, at 2,000 nothing)."""
     if tail is None or shared >= held - tail:
         return shared
-    return 0
+    return max((c - 1 for c in checkpoints if 0 < c <= shared), default=0)
+
+
+def checkpoints_after(kept: list[int], prompt_len: int, reused: int, tail: int) -> list[int]:
+    """The context checkpoints of a sliding-window slot after the server processed a prompt
+    of ``prompt_len`` tokens reusing ``reused``: those past the point it resumed from are
+    erased, and new ones are taken ``4 + n_ubatch`` and ``4`` tokens before the prompt's
+    end, where those lie in the part it processed (the newest MAX_CHECKPOINTS kept).
+    Checkpoints at user-message starts are not modelled: a prediction can be low there,
+    never high."""
+    out = [c for c in kept if c - 1 <= reused]
+    for offset in (4 + tail, 4):
+        c = prompt_len - offset
+        if c > reused and c > 0 and c not in out:
+            out.append(c)
+    return sorted(out)[-MAX_CHECKPOINTS:]
 
 
 class SlotTable:
@@ -106,7 +127,8 @@ class SlotTable:
                 SlotView(
                     upstream=self.upstream,
                     slot=slot,
-                    cached=reusable(self.held.match(slot, prompt), len(held), self.swa_tail)
+                    cached=reusable(self.held.match(slot, prompt), len(held), self.swa_tail,
+                                    state.checkpoints)
                     if prompt is not None and held is not None else 0,
                     held=len(held) if held is not None else 0,
                     busy=state.busy,
@@ -125,11 +147,19 @@ class SlotTable:
         """A reservation given up before the request was sent (cancelled, failed)."""
         self.states[slot].busy = max(0, self.states[slot].busy - 1)
 
-    def settle(self, slot: int, holds: Prompt | None, now: float) -> None:
-        """A request on the slot is done and the slot holds ``holds`` (None: unknown)."""
+    def settle(self, slot: int, holds: Prompt | None, now: float,
+               processed: tuple[int, int] | None = None) -> None:  # fmt: skip
+        """A request on the slot is done and the slot holds ``holds`` (None: unknown);
+        ``processed`` is (prompt length, tokens reused) when the server prefilled it."""
         state = self.states[slot]
         state.busy = max(0, state.busy - 1)
         state.last_used = now
+        if self.swa_tail is not None:
+            if processed is None or holds is None:
+                state.checkpoints = []
+            else:
+                state.checkpoints = checkpoints_after(state.checkpoints, *processed,
+                                                      self.swa_tail)  # fmt: skip
         self.put(slot, holds)
 
     def put(self, slot: int, holds: Prompt | None) -> None:
@@ -153,6 +183,7 @@ class SlotTable:
     def restored(self, slot: int, prompt: Prompt) -> None:
         self.held.put(slot, prompt)
         self.states[slot].saved_len = len(prompt)
+        self.states[slot].checkpoints = []
 
     def reconcile(self, server_slots: Any) -> list[CutBack]:
         """Compare with llama-server's ``/slots`` (``n_prompt_tokens`` per slot) and cut back
@@ -172,6 +203,7 @@ class SlotTable:
                 continue
             cuts.append(CutBack(slot, len(held), max(0, has)))
             state = self.states[slot]
+            state.checkpoints = []
             if has > 0:
                 self.held.put(slot, Prompt.of(held.tokens[:has]))
             else:

@@ -471,12 +471,15 @@ class SlotManager:
             return
         lease.released = True
         pool, slot = lease.pool, lease.route.slot
-        holds = None
+        holds, processed = None, None
         if lease.prompt is not None:
             outcome = Outcome(completed, None if generated is None else tuple(generated),
                               finish_reason, cached_actual, prompt_done)  # fmt: skip
             holds = held_after(lease.prompt, outcome, lease.route.predicted)
-        pool.table.settle(slot, holds, self.clock())
+            if completed or prompt_done:
+                reused = cached_actual if cached_actual is not None else lease.route.predicted
+                processed = (len(lease.prompt), reused)
+        pool.table.settle(slot, holds, self.clock(), processed)
         self._mirror_slot(pool, slot)
         self._wake()
 

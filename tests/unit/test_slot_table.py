@@ -227,3 +227,50 @@ def test_a_sliding_window_slot_predicts_nothing_for_a_divergence_far_back() -> N
     near = Prompt.of([*range(1600), *range(50_000, 50_400)])
     assert table.views(far)[0].cached == 0
     assert table.views(near)[0].cached == 1600
+
+
+@pytest.mark.parametrize(
+    ("shared", "held", "checkpoints", "reused"),
+    [
+        # measured on Gemma 3 270M holding 3,000 tokens (checkpoints at 2,484 and 2,996)
+        (2490, 3000, [2484, 2996], 2490),  # in the last 512: the window is still cached
+        (2485, 3000, [2484, 2996], 2483),  # the checkpoint taken after 2,484 tokens
+        (2000, 3000, [2484, 2996], 0),  # no checkpoint at or before it
+        # a long reply (reasoning stripped next turn): the checkpoint 4 before the prompt end
+        (2010, 2800, [1484, 1996], 1995),
+    ],
+)
+def test_reuse_through_context_checkpoints(shared: int, held: int, checkpoints: list[int],
+                                           reused: int) -> None:  # fmt: skip
+    from proxy.slot_table import reusable
+
+    assert reusable(shared, held, 512, checkpoints) == reused
+
+
+@pytest.mark.parametrize(
+    ("kept", "prompt_len", "reused", "after"),
+    [
+        ([], 3000, 0, [2484, 2996]),  # a fresh prompt: both end checkpoints
+        ([2484, 2996], 3050, 3000, [2484, 2996, 3046]),  # an append processes only the tail
+        ([2484, 2996], 3200, 2483, [2484, 2684, 3196]),  # resumed from 2,484: later ones erased
+        ([2484, 2996], 1000, 0, [484, 996]),  # prefilled from scratch
+        ([], 3, 0, []),  # too short for either
+    ],
+)
+def test_checkpoints_after_a_prompt(kept: list[int], prompt_len: int, reused: int,
+                                    after: list[int]) -> None:  # fmt: skip
+    from proxy.slot_table import checkpoints_after
+
+    assert checkpoints_after(kept, prompt_len, reused, 512) == after
+
+
+def test_a_sliding_window_slot_learns_its_checkpoints_from_each_request() -> None:
+    table = SlotTable(0, 1, swa_tail=512)
+    table.reserve(0, 1.0)
+    table.settle(0, Prompt.of(range(3001)), 2.0, processed=(3000, 0))
+    assert table.states[0].checkpoints == [2484, 2996]
+    diverged = Prompt.of([*range(2485), *range(90_000, 90_500)])
+    assert table.views(diverged)[0].cached == 2483
+    table.reserve(0, 3.0)
+    table.settle(0, None, 4.0)  # unknown content: no checkpoint can be counted on
+    assert table.states[0].checkpoints == []
