@@ -97,7 +97,9 @@ def test_llamacpp_completion_native(proxy: Proxy, path: str) -> None:
 
 def test_ollama_client_chat_generate_and_listing(proxy: Proxy) -> None:
     client = ollama.Client(host=proxy.url)
-    reply = client.chat(model="smollm2", messages=MESSAGES, options={"num_predict": 8})
+    # greedy: a sampled reply may end before 8 tokens ("stop", not "length")
+    reply = client.chat(model="smollm2", messages=MESSAGES,
+                        options={"num_predict": 8, "temperature": 0})  # fmt: skip
     assert reply.message.role == "assistant" and reply.message.content
     assert reply.done and reply.done_reason == "length"
     assert reply.prompt_eval_count and reply.prompt_eval_count > 10
@@ -116,7 +118,7 @@ def test_ollama_client_chat_generate_and_listing(proxy: Proxy) -> None:
     assert parts[-1].prompt_eval_duration is not None and parts[-1].eval_count == 8
 
     gen = client.generate(
-        model="smollm2", prompt="Why is the sky blue?", options={"num_predict": 6}
+        model="smollm2", prompt="Why is the sky blue?", options={"num_predict": 6, "temperature": 0}
     )
     assert gen.response and gen.done and gen.eval_count == 6
     raw = list(
