@@ -514,7 +514,7 @@ def dialect_handler(dialect: DialectBase) -> Handler:
             rec.status, rec.error = err.status, err.message
             return web.json_response(dialect.error_body(err), status=err.status)
         finally:
-            hold.__exit__()
+            hold.release()
             if gate is not None:
                 gate.release()
             if lease is not None and not lease.released:

@@ -40,6 +40,9 @@ class BodyHold:
     def __enter__(self) -> BodyHold:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def release(self) -> None:
         self.budget.used -= self.size
         self.size = 0
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -197,10 +197,6 @@ class PieceTokenizer:
         return names
 
 
-def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
-    return [dict(m) for m in body.get("messages") or []]
-
-
 def completion_prompt(body: dict[str, Any]) -> str | list[int] | None:
     """The single prompt of a completion body, as text or tokens; None when it is several."""
     prompt = body.get("prompt")
@@ -281,6 +277,7 @@ class LocalTokenizer:
         self.pieces = pieces
         self.template = template
         self.server = server
+        self.special = pieces.special_strings()  # bos/eos text: fixed for a vocabulary
         # Request features whose rendering here equals the server's (``verify``); until
         # verified, plain string conversations render here (round one's behaviour).
         self.verified = Verified(features={PLAIN: frozenset(NORMALIZATIONS[:1])})
@@ -292,8 +289,8 @@ class LocalTokenizer:
         async def server_render(body: dict[str, Any]) -> str:
             return await self.server.render(template_body(body))
 
-        self.verified = await verify(self.template, self.pieces.special_strings(),
-                                     server_render, self.finish)  # fmt: skip
+        self.verified = await verify(self.template, self.special, server_render,
+                                     self.finish)  # fmt: skip
         return self.verified
 
     @classmethod
@@ -316,14 +313,12 @@ class LocalTokenizer:
         return cls(pieces, chosen, server)
 
     def render(self, body: dict[str, Any], norm: Normalization | None = None) -> str:
-        special = self.pieces.special_strings()
-        return self.finish(render(self.template, body, special, norm or Normalization()))
+        return self.finish(render(self.template, body, self.special, norm or Normalization()))
 
     def finish(self, text: str) -> str:
         """llama-server strips a BOS (EOS) the template wrote when the tokenizer adds one
         itself (common/chat.cpp), so that the prompt does not start with two."""
-        special = self.pieces.special_strings()
-        bos, eos = special.get("bos_token"), special.get("eos_token")
+        bos, eos = self.special.get("bos_token"), self.special.get("eos_token")
         if self.pieces.add_bos and bos and text.startswith(bos):
             text = text[len(bos) :]
         if self.pieces.add_eos and eos and text.endswith(eos):
