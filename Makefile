@@ -17,8 +17,9 @@ SOAK_SECONDS ?= 1800
 .PHONY: run test lint bench bench-overhead bench-routing bench-rewrite bench-index bench-clients \
 	bench-load bench-soak clean
 
+# MODEL=PATH.gguf (or a packaged name: smollm2-135m, gemma3-270m) serves another model.
 run: $(STAMP)
-	$(BIN)/kvproxy serve
+	$(BIN)/kvproxy serve $(if $(MODEL),--model $(MODEL))
 
 test: $(STAMP)
 	$(BIN)/ruff check proxy tests bench
@@ -30,7 +31,8 @@ lint: $(STAMP)
 
 # The 13-scenario suite; `make bench SCENARIOS=6,8` runs a subset.
 bench: $(STAMP)
-	$(BIN)/python -m bench.suite $(if $(SCENARIOS),--scenarios $(SCENARIOS))
+	$(BIN)/python -m bench.suite $(if $(SCENARIOS),--scenarios $(SCENARIOS)) \
+		$(if $(MODEL),--model $(MODEL))
 
 bench-overhead: $(STAMP)
 	$(BIN)/python -m bench.overhead

@@ -8,7 +8,7 @@ from pathlib import Path
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
-def write_section(name: str, table: str, doc: Path = DOC) -> bool:
+def write_section(name: str, table: str, doc: Path = DOC, command: str | None = None) -> bool:
     """Replace what is between ``<!-- name:begin -->`` and ``<!-- name:end -->``."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     if not doc.exists():
@@ -19,7 +19,6 @@ def write_section(name: str, table: str, doc: Path = DOC) -> bool:
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    doc.write_text(
-        f"{head}{begin}\nMeasured {stamp} by `make bench-{name}`:\n\n{table}\n{end}{tail}"
-    )
+    by = command or f"make bench-{name}"
+    doc.write_text(f"{head}{begin}\nMeasured {stamp} by `{by}`:\n\n{table}\n{end}{tail}")
     return True

@@ -27,7 +27,7 @@ from bench.report import DOC, write_section
 from bench.rewrite import CallResult, new_tokens
 from bench.scenarios import OPENCLAW_MARKER, TOOLS
 from bench.workload import chat, document
-from proxy.embedded import EmbeddedServer
+from proxy.embedded import EmbeddedServer, resolve_model
 from proxy.process import ProxyProcess, spawn_proxy
 from proxy.settings import EmbeddedSettings
 
@@ -232,9 +232,10 @@ def play(side: Side, number: int, scenario: Scenario) -> list[CallResult]:
             previous, reply = body, text
 
 
-def run_side(proxied: bool, numbers: list[int], words: int) -> dict[int, list[CallResult]]:
+def run_side(proxied: bool, numbers: list[int], words: int,
+             model: Path | None = None) -> dict[int, list[CallResult]]:  # fmt: skip
     tmp = Path(tempfile.mkdtemp(prefix="kvp-suite-"))
-    settings = EmbeddedSettings(parallel=2, ctx_per_slot=8192)
+    settings = EmbeddedSettings(model=model, parallel=2, ctx_per_slot=8192)
     side = Side(proxied, tmp, EmbeddedServer.start(settings, tmp / "llama"))
     if proxied:
         side.proxy = spawn_proxy(tmp / "proxy", "--upstream", side.llama.url)
@@ -321,20 +322,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DOC.parent, help="where the PNG goes")
     parser.add_argument("--doc", type=Path, default=DOC, help="markdown file to update")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--model", default=None,
+                        help="GGUF or packaged name (gemma3-270m); default: SmolLM2")  # fmt: skip
     args = parser.parse_args(argv)
     numbers = [int(x) for x in args.scenarios.split(",") if x.strip()] or list(NAMES)
     unknown = [n for n in numbers if n not in NAMES]
     if unknown:
         parser.error(f"unknown scenarios {unknown}; they are 1-13")
-    direct = run_side(False, numbers, args.words)
-    via = run_side(True, numbers, args.words)
+    model = resolve_model(args.model) if args.model else None
+    direct = run_side(False, numbers, args.words, model)
+    via = run_side(True, numbers, args.words, model)
     table = "\n".join([HEADER, *(row(n, direct[n], via[n]) for n in numbers)])
-    png = args.out / "bench-suite.png"
+    suffix = f"-{args.model}" if args.model else ""
+    png = args.out / f"bench-suite{suffix}.png"
     print(table)
     if not args.no_write:
         args.out.mkdir(parents=True, exist_ok=True)
         chart(direct, via, png)
-        write_section("suite", f"{table}\n\n![per-call TTFT]({png.name})", args.doc)
+        command = "make bench" + (f" MODEL={args.model}" if args.model else "")
+        write_section(f"suite{suffix}", f"{table}\n\n![per-call TTFT]({png.name})", args.doc,
+                      command)  # fmt: skip
         print(f"written: {args.doc}, {png}")
     return 0
 

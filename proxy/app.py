@@ -27,13 +27,13 @@ from proxy.handlers import setup_routes
 from proxy.limits import BodyBudget
 from proxy.log import get_logger
 from proxy.metrics import Metrics
-from proxy.model_info import AttentionKind, attention_kind
 from proxy.rewrite.engine import Rewriter
 from proxy.rewrite.tape import TapeStore
 from proxy.settings import Settings
 from proxy.slots import SlotManager, UpstreamSlots
 from proxy.store import RecordStore
 from proxy.tokens import tokenizer_for
+from proxy.tokens.gguf import AttentionKind, attention_kind
 from proxy.upstream import Upstream, UpstreamSpec, detect_kind, make_session
 
 log = get_logger("kvproxy.app")
@@ -107,7 +107,7 @@ async def slots_ctx(app: web.Application) -> AsyncIterator[None]:
             UpstreamSlots(
                 index=index,
                 upstream=upstream,
-                tokenizer=await tokenizer_for(upstream, settings.tokenizer),
+                tokenizer=await tokenizer_for(upstream, settings.tokenizer, settings.server_tokens),
                 n_slots=int(props.get("total_slots") or 1) if llama else 1,
                 n_ctx=generation.get("n_ctx"),
                 # Slot files only where the server resumes from them (dense attention).
@@ -133,6 +133,7 @@ async def slots_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await manager.aclose()
         if checkpoints is not None:
             checkpoints.cancel()
             with contextlib.suppress(asyncio.CancelledError):

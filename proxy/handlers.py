@@ -358,6 +358,7 @@ def finish_lease(
         generated=generated,
         finish_reason=observer.finish_reason,
         cached_actual=rec.cached_tokens,
+        reply_text=observer.text,
     )
 
 

@@ -50,6 +50,7 @@ class Settings:
     # Exact tokens: a GGUF file or a Hugging Face tokenizer directory; default: the GGUF the
     # llama-server reports in /props when it is readable here, else the server's endpoints.
     tokenizer: Path | None = None
+    server_tokens: bool = False  # --tokenizer server: never tokenize here (llama-server)
     slot_cache_max_bytes: int = 4 * 1024**3
     slot_checkpoint_idle: float = 2.0
     # An external llama-server's --slot-save-path, when it is reachable here: superseded

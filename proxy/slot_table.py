@@ -173,6 +173,15 @@ class SlotTable:
             state.saved_len = 0
         self.held.put(slot, holds)
 
+    def extend(self, slot: int, base: Prompt, outcome: Outcome) -> bool:
+        """The reply's tokens, learned after ``settle`` left the slot holding ``base``
+        (server-tokenized models): added only while the slot still holds exactly that."""
+        held = self.held.get(slot)
+        if held is None or held.tokens != base.tokens:
+            return False
+        self.put(slot, held_after(base, outcome, len(base)))
+        return True
+
     def saved(self, slot: int, prompt: Prompt) -> None:
         """A save of ``prompt`` from the slot completed: the part the slot still shares with
         it is on disk (a request may have changed the slot while the save was under way)."""

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from proxy.cause import MissCause
 from proxy.conversation import Conversation
 from proxy.errors import Overloaded, ProxyError
@@ -97,6 +99,10 @@ class Lease:
         return f"{self.route.upstream}/{self.route.slot}"
 
 
+# Seconds a request waits, before routing, for earlier replies the server is tokenizing.
+REPLY_WAIT = 1.0
+
+
 class SlotManager:
     def __init__(
         self,
@@ -115,6 +121,7 @@ class SlotManager:
         self.catalog = SavedCatalog(max_saved_bytes)
         self.ghosts = Ghosts()
         self._lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
         # Mirrors slot contents and saved files to durable storage (LMDB), so that a
         # restarted kvproxy starts warm: persist(key, value or None to delete).
         # The value is a function serializing the state, called on the writer thread.
@@ -218,6 +225,7 @@ class SlotManager:
         woken = False
         while True:
             if not woken:
+                await self._replies_known()
                 await self._sync_before_routing()
             # Nobody overtakes the queue: a new request routes only when none is waiting.
             if woken or not any(not w.done() for w in self._waiters):
@@ -249,6 +257,13 @@ class SlotManager:
                     waiter.cancel()
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
+
+    async def _replies_known(self) -> None:
+        """Replies still being tokenized by the server are waited for (a round trip on
+        loopback, bounded by ``REPLY_WAIT``), so the prediction includes them."""
+        pending = [t for t in self._background if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=REPLY_WAIT)
 
     async def _sync_before_routing(self) -> None:
         """Reconcile with ``/slots`` before routing while the server is idle (a restart
@@ -465,8 +480,11 @@ class SlotManager:
         finish_reason: str | None = None,
         cached_actual: int | None = None,
         prompt_done: bool = False,
+        reply_text: str | None = None,
     ) -> None:
-        """Record what the slot holds now (``slot_table.held_after``)."""
+        """Record what the slot holds now (``slot_table.held_after``). A completed reply the
+        tokenizer could not tokenize here (``generated`` None) is tokenized in the
+        background and added once known (``_learn_reply``)."""
         if lease.released:
             return
         lease.released = True
@@ -482,6 +500,29 @@ class SlotManager:
         pool.table.settle(slot, holds, self.clock(), processed)
         self._mirror_slot(pool, slot)
         self._wake()
+        if completed and generated is None and reply_text and holds is not None:
+            task = asyncio.create_task(self._learn_reply(pool, slot, holds, reply_text,
+                                                         finish_reason))  # fmt: skip
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _learn_reply(self, pool: UpstreamSlots, slot: int, base: Prompt, text: str,
+                           finish_reason: str | None) -> None:  # fmt: skip
+        try:
+            tokens = await pool.tokenizer.reply_tokens(text)
+        except (TimeoutError, ProxyError, aiohttp.ClientError) as exc:
+            log.info("reply_tokens_unknown", slot=slot, error=str(exc))
+            return
+        if tokens is not None and pool.table.extend(
+            slot, base, Outcome(True, tuple(tokens), finish_reason)
+        ):
+            self._mirror_slot(pool, slot)
+
+    async def aclose(self) -> None:
+        """Cancel background work (replies being tokenized) at shutdown."""
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Per-slot state for logs and tests."""

@@ -16,8 +16,8 @@ import pytest
 
 from proxy.embedded import EmbeddedServer
 from proxy.settings import EmbeddedSettings
-from proxy.templates import PROBES, features
 from proxy.tokens import LocalTokenizer, tokenizer_for
+from proxy.tokens.templates import PROBES, features
 from proxy.upstream import Upstream, make_session
 from tests.llama_sdist import models_dir
 

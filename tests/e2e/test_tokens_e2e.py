@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -9,8 +10,11 @@ import pytest
 
 from proxy.conversation import Conversation
 from proxy.embedded import EmbeddedServer, bundled_model
-from proxy.tokens import LocalTokenizer, PieceTokenizer, ServerTokenizer, Vocab, tokenizer_for
+from proxy.tokens import LocalTokenizer, ServerTokenizer, tokenizer_for
+from proxy.tokens.bpe import PieceTokenizer
+from proxy.tokens.gguf import Vocab
 from proxy.upstream import Upstream, make_session
+from tests.conftest import start_proxy, stop_proxy
 
 pytestmark = pytest.mark.e2e
 
@@ -145,3 +149,29 @@ async def test_appending_a_message_tokenizes_only_the_new_piece(local: LocalToke
 def test_vocab_reads_the_gguf_metadata(pieces: PieceTokenizer) -> None:
     vocab = pieces.vocab
     assert len(vocab.tokens) == 49152 and vocab.pre == "smollm" and vocab.chat_template
+
+
+def test_the_server_path_predicts_the_reply_too(llama: EmbeddedServer, tmp_path: Path) -> None:
+    """``--tokenizer server``: every prompt tokenized by llama-server, and each reply asked of
+    /tokenize after the response, so the next turn's prediction includes it (issue 11, 4)."""
+    proxy = start_proxy(tmp_path, "--upstream", llama.url, "--tokenizer", "server")
+    try:
+        messages = [{"role": "system", "content": LONG[:3000]},
+                    {"role": "user", "content": "Summarize the lines."}]  # fmt: skip
+        seen = []
+        for turn in range(3):
+            body = {"messages": messages, "max_tokens": 24, "temperature": 0,
+                    "user": "server-path"}  # fmt: skip
+            resp = httpx.post(proxy.url + "/v1/chat/completions", json=body, timeout=120)
+            resp.raise_for_status()
+            predicted = int(resp.headers["x-kvproxy-cache"].split(";")[0].split("=")[1])
+            cached = resp.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
+            seen.append((predicted, cached))
+            reply = resp.json()["choices"][0]["message"]["content"]
+            messages = [*messages, {"role": "assistant", "content": reply},
+                        {"role": "user", "content": f"And point {turn}?"}]  # fmt: skip
+        assert "tokenizer_server" in "\n".join(proxy.log_lines())
+        assert all(p == c for p, c in seen[1:]), seen
+        assert seen[2][1] > seen[1][1] > 600  # the reply included: the prefix grows
+    finally:
+        stop_proxy(proxy)

@@ -274,3 +274,22 @@ def test_a_sliding_window_slot_learns_its_checkpoints_from_each_request() -> Non
     table.reserve(0, 3.0)
     table.settle(0, None, 4.0)  # unknown content: no checkpoint can be counted on
     assert table.states[0].checkpoints == []
+
+
+@pytest.mark.parametrize(
+    ("now_holds", "outcome", "extended", "holds"),
+    [
+        (P, Outcome(True, (7, 8, 9), "stop"), True, 103),  # still the prompt: reply added
+        (P, Outcome(True, (7, 8, 9), "length"), True, 102),  # last sampled token not fed back
+        (Prompt.of(range(50)), Outcome(True, (7,), "stop"), False, 50),  # slot moved on
+        (Prompt.of(range(101)), Outcome(True, (7,), "stop"), False, 101),
+        (None, Outcome(True, (7,), "stop"), False, 0),  # cut back meanwhile
+    ],
+)
+def test_a_reply_learned_later_extends_only_the_same_prompt(
+    now_holds: Prompt | None, outcome: Outcome, extended: bool, holds: int
+) -> None:
+    table = SlotTable(0, 1)
+    table.put(0, now_holds)
+    assert table.extend(0, P, outcome) is extended
+    assert len(table.held.get(0) or ()) == holds

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,47 @@ async def test_second_turn_is_predicted_on_the_same_slot() -> None:
     m.release(other, completed=True, generated=[], finish_reason="stop")
     again = await m.acquire(CHAT, {0: {"tokens": [*first, 5, 6, 7, 8]}})
     assert (again.route.slot, again.route.predicted) == (lease.route.slot, 1002)
+
+
+class LateTokenizer(ListTokenizer):
+    """The server path: replies tokenized only by a (slow) round trip."""
+
+    def __init__(self) -> None:
+        self.answer: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+
+    def text_tokens(self, text: str) -> list[int] | None:
+        return None
+
+    async def reply_tokens(self, text: str) -> list[int] | None:
+        return await self.answer
+
+
+async def test_a_reply_tokenized_by_the_server_is_added_once_known() -> None:
+    m = manager(1)
+    late = LateTokenizer()
+    m.pools[0].tokenizer = late
+    lease = await m.acquire(CHAT, {0: {"tokens": list(range(100))}})
+    m.release(lease, completed=True, finish_reason="stop", reply_text="a reply")
+    assert len(m.pools[0].table.held.get(0) or ()) == 100  # the prompt, for now
+    late.answer.set_result([7, 8, 9])
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert m.pools[0].table.held.get(0) == Prompt.of([*range(100), 7, 8, 9])
+    again = await m.acquire(CHAT, {0: {"tokens": [*range(100), 7, 8, 9, 10]}})
+    assert again.route.predicted == 103
+
+
+async def test_a_late_reply_does_not_overwrite_a_newer_request() -> None:
+    m = manager(1)
+    late = LateTokenizer()
+    m.pools[0].tokenizer = late
+    lease = await m.acquire(CHAT, {0: {"tokens": list(range(100))}})
+    m.release(lease, completed=True, finish_reason="stop", reply_text="a reply")
+    other = await m.acquire(CHAT, {0: {"tokens": list(range(500, 520))}})
+    m.release(other, completed=False, cached_actual=0, prompt_done=True)
+    late.answer.set_result([7, 8, 9])
+    await m.aclose()
+    assert m.pools[0].table.held.get(0) == Prompt.of(range(500, 520))
 
 
 async def test_unknown_prompt_is_routed_and_clears_the_slot() -> None:
@@ -334,3 +376,14 @@ async def test_a_woken_request_that_is_cancelled_passes_the_slot_on() -> None:
     lease = await asyncio.wait_for(second, 2)
     assert lease.route.slot == a.route.slot
     assert m.pools[0].table.states[a.route.slot].busy == 2
+
+
+async def test_routing_waits_for_a_reply_still_being_tokenized() -> None:
+    m = manager(1)
+    late = LateTokenizer()
+    m.pools[0].tokenizer = late
+    lease = await m.acquire(CHAT, {0: {"tokens": list(range(100))}})
+    m.release(lease, completed=True, finish_reason="stop", reply_text="a reply")
+    asyncio.get_running_loop().call_later(0.05, late.answer.set_result, [7, 8])
+    again = await m.acquire(CHAT, {0: {"tokens": [*range(100), 7, 8, 9]}})
+    assert again.route.predicted == 102

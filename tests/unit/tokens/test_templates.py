@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from proxy.templates import (
+from proxy.tokens.templates import (
     KWARGS,
     NORMALIZATIONS,
     PARTS,

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from proxy.tokens import PIECE_CACHE_TOKENS, PieceTokenizer, Vocab
+from proxy.tokens.bpe import PIECE_CACHE_TOKENS, PieceTokenizer
+from proxy.tokens.gguf import Vocab
 
 
 class CharBPE:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.llama_vocab import LlamaVocab
+from proxy.tokens.llama import LlamaVocab
 from tests.llama_sdist import models_dir
 
 SEP = "\n__ggml_vocab_test__\n"

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from proxy.model_info import AttentionKind, attention_kind
+from proxy.tokens.gguf import AttentionKind, attention_kind
 
 
 def write_gguf(path: Path, arch: str, extra: dict[str, Any]) -> Path:

@@ -1,0 +1,63 @@
+"""What every tokenizer offers, and the request parts that shape a prompt."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from proxy.conversation import Conversation
+from proxy.errors import ProxyError
+
+
+class TokenizerUnavailable(ProxyError):
+    status = 503
+
+
+class Tokenizer(Protocol):
+    exact: bool
+
+    async def prompt_tokens(self, conv: Conversation, body: dict[str, Any]) -> list[int] | None:
+        """The tokens the upstream will see for this request, or None if unknowable."""
+        ...
+
+    def text_tokens(self, text: str) -> list[int] | None:
+        """Tokens of generated text, as the prompt of the next turn holds them; None when
+        that needs I/O. Synchronous: it runs as the response ends, where a client that
+        hangs up would cancel an await and lose what the slot now holds."""
+        ...
+
+    async def reply_tokens(self, text: str) -> list[int] | None:
+        """The same tokens where ``text_tokens`` needs I/O (the server's ``/tokenize``),
+        asked after the response ended."""
+        ...
+
+
+class Encoder(Protocol):
+    """What LocalTokenizer needs of a tokenizer: ``LlamaVocab`` (llama.cpp's own) or the
+    rebuilt ``PieceTokenizer``."""
+
+    add_bos: bool
+    add_eos: bool
+
+    def encode(self, text: str, add_special: bool = True) -> list[int]: ...
+
+    def special_strings(self) -> dict[str, str]: ...
+
+
+def completion_prompt(body: dict[str, Any]) -> str | list[int] | None:
+    """The single prompt of a completion body, as text or tokens; None when it is several."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        return list(prompt)
+    return None
+
+
+def template_body(body: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a chat body that shape the prompt (what /apply-template takes)."""
+    keys = ("messages", "tools", "tool_choice", "chat_template_kwargs", "parallel_tool_calls")
+    return {k: body[k] for k in keys if k in body}
+
+

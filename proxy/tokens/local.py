@@ -1,0 +1,106 @@
+"""The GGUF's vocabulary and template here; the server only for what it renders itself."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from proxy.conversation import Conversation
+from proxy.log import get_logger
+from proxy.tokens.base import Encoder, TokenizerUnavailable, completion_prompt, template_body
+from proxy.tokens.server import ServerTokenizer
+from proxy.tokens.templates import (
+    NORMALIZATIONS,
+    PLAIN,
+    Normalization,
+    Verified,
+    features,
+    render,
+    verify,
+)
+
+log = get_logger("kvproxy.tokens")
+
+
+class LocalTokenizer:
+    """GGUF vocabulary and template here; the server only for what it renders itself."""
+
+    exact = True
+
+    def __init__(self, pieces: Encoder, template: str, server: ServerTokenizer) -> None:
+        self.pieces = pieces
+        self.template = template
+        self.server = server
+        self.special = pieces.special_strings()  # bos/eos text: fixed for a vocabulary
+        # Request features whose rendering here equals the server's (``verify``); until
+        # verified, plain string conversations render here (round one's behaviour).
+        self.verified = Verified(features={PLAIN: frozenset(NORMALIZATIONS[:1])})
+
+    async def verify(self) -> Verified:
+        """Compare this template's rendering with the server's on one probe per feature;
+        only the features that match render here from now on (docs/tokens.md)."""
+
+        async def server_render(body: dict[str, Any]) -> str:
+            return await self.server.render(template_body(body))
+
+        self.verified = await verify(self.template, self.special, server_render,
+                                     self.finish)  # fmt: skip
+        return self.verified
+
+    @classmethod
+    def from_gguf(cls, path: Path, template: str | None, server: ServerTokenizer) -> LocalTokenizer:
+        """llama.cpp's own tokenizer when libllama is installed (exact for every vocabulary
+        type), else the rebuilt BPE for the pre-tokenizers it reproduces."""
+        from proxy.tokens.bpe import PieceTokenizer
+        from proxy.tokens.gguf import Vocab
+        from proxy.tokens.llama import LlamaVocab, VocabUnavailable
+
+        pieces: Encoder
+        try:
+            llama = LlamaVocab.load(path)
+            pieces, own = llama, llama.chat_template
+        except VocabUnavailable as exc:
+            log.warning("tokenizer_libllama_unavailable", source=str(path), error=exc.message)
+            vocab = Vocab.from_gguf(path)
+            pieces, own = PieceTokenizer(vocab), vocab.chat_template
+        chosen = template or own
+        if not chosen:
+            raise TokenizerUnavailable("no chat template in the GGUF or the server's /props")
+        return cls(pieces, chosen, server)
+
+    def render(self, body: dict[str, Any], norm: Normalization | None = None) -> str:
+        return self.finish(render(self.template, body, self.special, norm or Normalization()))
+
+    def finish(self, text: str) -> str:
+        """llama-server strips a BOS (EOS) the template wrote when the tokenizer adds one
+        itself (common/chat.cpp), so that the prompt does not start with two."""
+        bos, eos = self.special.get("bos_token"), self.special.get("eos_token")
+        if self.pieces.add_bos and bos and text.startswith(bos):
+            text = text[len(bos) :]
+        if self.pieces.add_eos and eos and text.endswith(eos):
+            text = text[: -len(eos)]
+        return text
+
+    def tokens_of_chat(self, body: dict[str, Any], norm: Normalization) -> list[int]:
+        return self.pieces.encode(self.render(body, norm))
+
+    def text_tokens(self, text: str) -> list[int] | None:
+        return self.pieces.encode(text, add_special=False)
+
+    async def reply_tokens(self, text: str) -> list[int] | None:
+        return self.text_tokens(text)
+
+    async def prompt_tokens(self, conv: Conversation, body: dict[str, Any]) -> list[int] | None:
+        if conv.kind == "chat":
+            norm = self.verified.normalization(features(body))
+            if norm is None:
+                text = await self.server.render(template_body(body))
+                return await asyncio.to_thread(self.pieces.encode, text)
+            return await asyncio.to_thread(self.tokens_of_chat, body, norm)
+        prompt = completion_prompt(body)
+        if prompt is None or isinstance(prompt, list):
+            return prompt
+        return await asyncio.to_thread(self.pieces.encode, prompt)
+
+
