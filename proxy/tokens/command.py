@@ -44,9 +44,39 @@ def add_parser(sub: Any) -> None:
                    help="do not add the BOS (and EOS) tokens the vocabulary adds")  # fmt: skip
     p.add_argument("--no-parse-special", action="store_true",
                    help="tokenize special-token text (<|im_start|>) as plain text")  # fmt: skip
+    p.add_argument("--no-escape", action="store_true",
+                   help="take TEXT as it is: by default \\n, \\t, \\xHH and the like are "
+                   "processed, as llama-tokenize does")  # fmt: skip
     p.add_argument("--upstream", default=None, metavar="URL",
                    help="a running llama-server: print its tokens' first difference from "
                    "kvproxy's on standard error (exit status 1 if they differ)")  # fmt: skip
+
+
+ESCAPES = {ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("'"): b"'", ord('"'): b'"',
+           ord("\\"): b"\\"}  # fmt: skip
+HEX = b"0123456789abcdefABCDEF"
+
+
+def process_escapes(text: str) -> str:
+    """llama.cpp's ``string_process_escapes`` (common/common.cpp), which llama-tokenize
+    applies to its prompt: known escapes and ``\\xHH`` replaced, others kept as written."""
+    raw, out, i = text.encode("utf-8", "surrogatepass"), bytearray(), 0
+    while i < len(raw):
+        if raw[i] != ord("\\") or i + 1 >= len(raw):
+            out.append(raw[i])
+            i += 1
+            continue
+        code = raw[i + 1]
+        if code in ESCAPES:
+            out += ESCAPES[code]
+            i += 2
+        elif code == ord("x") and i + 3 < len(raw) and all(b in HEX for b in raw[i + 2 : i + 4]):
+            out.append(int(raw[i + 2 : i + 4], 16))
+            i += 4
+        else:
+            out += raw[i : i + 2]
+            i += 2
+    return out.decode("utf-8", "replace")
 
 
 def offline_normalization(tok: LocalTokenizer, body: dict[str, Any]) -> Normalization:
@@ -116,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
                 return fail(f"{args.chat}: not a chat body (an object with a messages list)")
         else:
             text = sys.stdin.read() if args.text == "-" else args.text
+            text = text if args.no_escape else process_escapes(text)
     except (OSError, ValueError) as exc:
         return fail(str(exc))
     if body is not None and not template:
