@@ -42,6 +42,10 @@ class Encoder(Protocol):
 
     def special_strings(self) -> dict[str, str]: ...
 
+    def prepare(self, template: str) -> None:
+        """Get ready for prompts of this chat template (``LlamaVocab``: chunk boundaries)."""
+        ...
+
 
 def completion_prompt(body: dict[str, Any]) -> str | list[int] | None:
     """The single prompt of a completion body, as text or tokens; None when it is several."""

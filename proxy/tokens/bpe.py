@@ -112,6 +112,9 @@ class PieceTokenizer:
     def add_eos(self) -> bool:
         return self.vocab.add_eos
 
+    def prepare(self, template: str) -> None:
+        """Nothing to do: the text is split at every special token already."""
+
     def special_strings(self) -> dict[str, str]:
         names = {}
         for name, tid in (("bos_token", self.vocab.bos_id), ("eos_token", self.vocab.eos_id)):

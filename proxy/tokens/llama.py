@@ -79,6 +79,7 @@ class Library:
             "llama_vocab_get_add_bos": ([c.c_void_p], c.c_bool),
             "llama_vocab_get_add_eos": ([c.c_void_p], c.c_bool),
             "llama_vocab_get_text": ([c.c_void_p, c.c_int32], c.c_char_p),
+            "llama_vocab_get_attr": ([c.c_void_p, c.c_int32], c.c_int),
             "llama_tokenize": (
                 [c.c_void_p, c.c_char_p, c.c_int32, c.POINTER(c.c_int32), c.c_int32, c.c_bool,
                  c.c_bool],
@@ -112,6 +113,20 @@ def library() -> Library:
 
 
 VOCAB_TYPES = {0: "none", 1: "spm", 2: "bpe", 3: "wpm", 4: "ugm", 5: "rwkv", 6: "plamo2"}
+# enum llama_token_attr (include/llama.h).
+ATTR_UNKNOWN, ATTR_CONTROL, ATTR_USER_DEFINED = 1 << 0, 1 << 3, 1 << 4
+ATTR_LSTRIP, ATTR_RSTRIP = 1 << 7, 1 << 8
+SPECIAL = ATTR_UNKNOWN | ATTR_CONTROL | ATTR_USER_DEFINED  # what parse_special matches
+# Vocabulary types whose tokenizer handles each text fragment between special tokens on its
+# own (src/llama-vocab.cpp), so a prompt can be tokenized one chunk at a time.
+CHUNKABLE = ("bpe", "spm")
+
+
+def overlaps(a: str, b: str) -> bool:
+    """Whether two token texts could match overlapping spans of one text."""
+    if a in b or b in a:
+        return True
+    return any(b.endswith(a[:k]) or b.startswith(a[-k:]) for k in range(1, len(a)))
 
 
 class LlamaVocab:
@@ -131,6 +146,8 @@ class LlamaVocab:
         self.add_eos = bool(f.llama_vocab_get_add_eos(self._vocab))
         raw = f.llama_model_chat_template(model, None)
         self.chat_template = raw.decode("utf-8", "replace") if raw else None
+        self.boundary: str | None = None  # see ``prepare``
+        self.tokenized = 0  # texts that missed the cache
         # 4 bytes a token (an array, not a tuple of int objects): 2 M tokens are 8 MB.
         self._cache: OrderedDict[int, array[int]] = OrderedDict()
         self._cached = 0
@@ -158,6 +175,39 @@ class LlamaVocab:
         raw = self._lib.lib.llama_vocab_get_text(self._vocab, token)
         return raw.decode("utf-8", "replace") if raw is not None else None
 
+    @functools.cached_property
+    def specials(self) -> dict[str, int]:
+        """Text and attributes of every token that ``parse_special`` matches."""
+        f, out = self._lib.lib, {}
+        for token in range(self.n_tokens):
+            attr = f.llama_vocab_get_attr(self._vocab, token)
+            if attr & SPECIAL:
+                text = self.text(token)
+                if text:
+                    out[text] = attr
+        return out
+
+    def prepare(self, template: str) -> None:
+        """Tokenize prompts of this template chunk by chunk, each chunk starting at the
+        special token the template writes most (``<|im_start|>``, ``<start_of_turn>``), so
+        that appending a message to a long conversation tokenizes only what is new (the
+        chunks are cached).
+
+        Exact because llama.cpp splits the text at special tokens first and tokenizes each
+        fragment between them on its own (BPE and SPM; others are not chunked). A token is a
+        chunk boundary only if it strips no whitespace around it and no other special
+        token's text can overlap it, so that it splits the whole text in the same places."""
+        self.boundary = None
+        if self.kind not in CHUNKABLE or self.add_eos:
+            return
+        specials = self.specials
+        strips = ATTR_LSTRIP | ATTR_RSTRIP
+        used = [t for t, attr in specials.items()
+                if t in template and t.strip() and not attr & strips]  # fmt: skip
+        safe = [t for t in used if not any(o != t and overlaps(t, o) for o in specials)]
+        if safe:
+            self.boundary = max(safe, key=lambda t: (template.count(t), len(t)))
+
     def special_strings(self) -> dict[str, str]:
         """``bos_token`` and ``eos_token`` for the chat template."""
         names = {}
@@ -176,6 +226,7 @@ class LlamaVocab:
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit.tolist()
+        self.tokenized += 1
         room = len(raw) + 16
         for _ in range(2):
             buf = (ctypes.c_int32 * room)()
@@ -198,4 +249,12 @@ class LlamaVocab:
 
     # The PieceTokenizer interface that LocalTokenizer uses.
     def encode(self, text: str, add_special: bool = True) -> list[int]:
-        return self.tokenize(text, add_special, parse_special=True)
+        """A prompt's tokens, chunk by chunk where ``prepare`` chose a chunk boundary."""
+        boundary = self.boundary
+        if boundary is None or boundary not in text:
+            return self.tokenize(text, add_special, parse_special=True)
+        head, *rest = text.split(boundary)
+        out = self.tokenize(head, add_special, parse_special=True)
+        for part in rest:
+            out += self.tokenize(boundary + part, False, parse_special=True)
+        return out

@@ -33,6 +33,7 @@ class LocalTokenizer:
         self.template = template
         self.server = server
         self.special = pieces.special_strings()  # bos/eos text: fixed for a vocabulary
+        pieces.prepare(template)
         # Request features whose rendering here equals the server's (``verify``); until
         # verified, plain string conversations render here (round one's behaviour).
         self.verified = Verified(features={PLAIN: frozenset(NORMALIZATIONS[:1])})

@@ -48,5 +48,8 @@ class CharEncoder:
             ids = [1] * self.add_bos + ids + [2] * self.add_eos
         return ids
 
+    def prepare(self, template: str) -> None:
+        pass
+
     def special_strings(self) -> dict[str, str]:
         return {"bos_token": "<s>", "eos_token": "</s>"}

@@ -69,3 +69,51 @@ def test_special_text_is_plain_when_not_parsed(vocabs: dict[str, LlamaVocab]) ->
     qwen = vocabs["ggml-vocab-qwen2.gguf"]
     assert 151644 not in qwen.tokenize("<|im_start|>", False, parse_special=False)
     assert qwen.special_strings()["eos_token"] in ("<|endoftext|>", "<|im_end|>")
+
+
+def test_chunked_tokenizing_equals_the_whole_text(vocabs: dict[str, LlamaVocab]) -> None:
+    """Prompts are tokenized chunk by chunk at a special token (``prepare``): on every
+    vocabulary of the test set, with its cases joined by its own special tokens, the chunks
+    give exactly the tokens of the whole text."""
+    chunked, compared = 0, 0
+    for name, vocab in vocabs.items():
+        specials = [t for t in vocab.specials if t.strip()]
+        template = vocab.chat_template or "".join(specials[:40])
+        vocab.prepare(template)
+        texts = [text for text, _ in cases(models_dir() / name)] if (
+            models_dir() / (name + ".inp")).exists() else ["Hello world", " x ", "\n\n"]
+        if vocab.boundary is None:
+            continue
+        chunked += 1
+        mixed = specials[:6]
+        for i, text in enumerate(texts):
+            joined = vocab.boundary + text + mixed[i % len(mixed)] + text + vocab.boundary
+            for add_special in (True, False):
+                compared += 1
+                whole = vocab.tokenize(joined, add_special, parse_special=True)
+                assert vocab.encode(joined, add_special) == whole, (name, text[:30])
+        vocab.boundary = None
+    assert chunked >= 10 and compared > 1000
+
+
+def test_appending_a_message_tokenizes_only_what_is_new(vocabs: dict[str, LlamaVocab]) -> None:
+    from proxy.tokens.templates import Normalization, render
+
+    vocab = vocabs["ggml-vocab-qwen2.gguf"]
+    assert vocab.chat_template
+    vocab.prepare(vocab.chat_template)
+    messages = [{"role": "system", "content": "You are terse."}]
+    messages += [{"role": ("user", "assistant")[i % 2], "content": f"turn {i}: " + "words " * 200}
+                 for i in range(40)]  # fmt: skip
+
+    def tokens() -> list[int]:
+        text = render(vocab.chat_template or "", {"messages": messages}, {}, Normalization())
+        return vocab.encode(text)
+
+    first = tokens()
+    before = vocab.tokenized
+    messages.append({"role": "user", "content": "one more question"})
+    second = tokens()
+    assert second[: len(first) - 3] == first[: len(first) - 3] and len(first) > 8000
+    assert vocab.tokenized - before <= 2  # the new message; the generation prompt is cached
+    vocab.boundary = None
