@@ -233,9 +233,12 @@ def play(side: Side, number: int, scenario: Scenario) -> list[CallResult]:
 
 
 def run_side(proxied: bool, numbers: list[int], words: int,
-             model: Path | None = None) -> dict[int, list[CallResult]]:  # fmt: skip
+             model: tuple[Path, Path | None] | None = None,
+             ) -> dict[int, list[CallResult]]:  # fmt: skip
     tmp = Path(tempfile.mkdtemp(prefix="kvp-suite-"))
-    settings = EmbeddedSettings(model=model, parallel=2, ctx_per_slot=8192)
+    path, template = model or (None, None)
+    extra = ("--chat-template-file", str(template)) if template else ()
+    settings = EmbeddedSettings(model=path, parallel=2, ctx_per_slot=8192, extra_args=extra)
     side = Side(proxied, tmp, EmbeddedServer.start(settings, tmp / "llama"))
     if proxied:
         side.proxy = spawn_proxy(tmp / "proxy", "--upstream", side.llama.url)
@@ -329,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in numbers if n not in NAMES]
     if unknown:
         parser.error(f"unknown scenarios {unknown}; they are 1-13")
-    model = resolve_model(args.model) if args.model else None
+    model = resolve_model(args.model) if args.model else None  # (GGUF, its template)
     direct = run_side(False, numbers, args.words, model)
     via = run_side(True, numbers, args.words, model)
     table = "\n".join([HEADER, *(row(n, direct[n], via[n]) for n in numbers)])

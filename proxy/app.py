@@ -115,6 +115,7 @@ async def slots_ctx(app: web.Application) -> AsyncIterator[None]:
                 and kind.resumes_from_file,
                 slot_dir=settings.slot_dir if EMBEDDED in app else settings.shared_slot_dir,
                 max_inflight=settings.upstream_max_inflight,
+                swa_window=kind.window,
                 swa_tail=SWA_TAIL_TOKENS
                 if kind.kind == "sliding-window" and not settings.upstream_swa_full
                 else None,

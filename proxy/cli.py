@@ -263,19 +263,26 @@ def exposure_from(args: argparse.Namespace) -> Exposure:
                     allow_admin=args.allow_admin)  # fmt: skip
 
 
-def model_path(value: str | None) -> Path | None:
+def embedded_model(value: str | None, llama_args: str) -> tuple[Path | None, tuple[str, ...]]:
+    """The model to serve and llama-server's extra arguments (a named model's chat
+    template unless the arguments name one)."""
+    extra = tuple(shlex.split(llama_args))
     if value is None:
-        return None
+        return None, extra
     try:
-        return resolve_model(value)
+        path, template = resolve_model(value)
     except EmbeddedError as exc:
         build_parser().error(str(exc))
         raise
+    if template is not None and "--chat-template-file" not in extra:
+        extra = (*extra, "--chat-template-file", str(template))
+    return path, extra
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     upstreams = args.upstream if args.upstream is not None else env_list("UPSTREAM")
     server_tokens = str(args.tokenizer) == "server"
+    model, llama_args = embedded_model(args.model, args.llama_args)
     return Settings(
         exposure=exposure_from(args),
         host=args.host,
@@ -310,10 +317,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
             min_restore_gain=args.route_min_restore_gain,
         ),
         embedded=EmbeddedSettings(
-            model=model_path(args.model),
+            model=model,
             parallel=args.slots,
             ctx_per_slot=args.ctx_per_slot,
-            extra_args=tuple(shlex.split(args.llama_args)),
+            extra_args=llama_args,
         ),
     )
 

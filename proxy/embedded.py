@@ -69,18 +69,22 @@ def gemma3_270m() -> Path:
 
 # Models known by name to ``--model`` (and the Makefile's MODEL=), besides GGUF paths.
 NAMED_MODELS = {"smollm2-135m": bundled_model, "gemma3-270m": gemma3_270m}
+# Gemma 3 270M's GGUF carries no chat template (llama-server would fall back to ChatML):
+# served by name, it gets Gemma 3's turn format, the system message folded into the first
+# user turn.
+NAMED_TEMPLATES = {"gemma3-270m": Path(__file__).parent / "data" / "gemma3.jinja"}
 
 
-def resolve_model(value: str) -> Path:
-    """A GGUF path, or one of ``NAMED_MODELS``."""
+def resolve_model(value: str) -> tuple[Path, Path | None]:
+    """A GGUF path, or one of ``NAMED_MODELS`` with the chat template file it needs."""
     named = NAMED_MODELS.get(value)
     if named is not None:
-        return named()
+        return named(), NAMED_TEMPLATES.get(value)
     path = Path(value).expanduser()
     if not path.is_file():
         names = ", ".join(NAMED_MODELS)
         raise EmbeddedError(f"--model {value}: no such GGUF file (or name: {names})")
-    return path
+    return path, None
 
 
 def free_port(host: str = "127.0.0.1") -> int:

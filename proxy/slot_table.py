@@ -8,8 +8,9 @@ server, deleting files, mirroring to LMDB). Every rule here has a table-driven u
 
 from __future__ import annotations
 
+from array import array
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,45 +80,100 @@ class CutBack:
 
 # llama-server's defaults (common/common.h): context checkpoints kept per slot.
 MAX_CHECKPOINTS = 32
+CHECKPOINT_MIN_STEP = 8192  # --checkpoint-min-step
+N_BATCH = 2048  # --batch-size
 
 
-def reusable(shared: int, held: int, tail: int | None, checkpoints: Iterable[int] = ()) -> int:
+def reusable(shared: int, held: int, tail: int | None, checkpoints: Iterable[int] = (),
+             window: int | None = None) -> int:  # fmt: skip
     """Tokens the server reuses of a slot holding ``held`` tokens when the new prompt shares
     ``shared`` with it. Dense attention: all of them. Sliding-window attention keeps only
     the last window plus one micro-batch of positions (``tail`` = n_ubatch), so the server
     continues at the divergence only if it lies in the last ``tail`` tokens; otherwise it
-    restores the newest context checkpoint at or before it (taken after ``c`` tokens, it
-    resumes at ``c - 1``), or prefills everything (server-context.cpp; measured on Gemma 3
-    270M holding 3,000 tokens: diverging at 2,490 reuses 2,490, at 2,485 the checkpoint
-    taken at 2,484 gives 2,483, at 2,000 nothing)."""
-    if tail is None or shared >= held - tail:
+    restores the newest context checkpoint whose last position is at or before it (taken
+    after ``c`` tokens, it resumes at ``c - 1``; the one after the BOS alone, at 1), or
+    prefills everything (server-context.cpp; measured on Gemma 3 270M holding 3,000 tokens:
+    diverging at 2,490 reuses 2,490, at 2,485 the checkpoint taken at 2,484 gives 2,483, at
+    2,000 nothing).
+
+    Precisely, the server looks for a checkpoint when the oldest position the slot still
+    holds in its window layers (``held - window - tail``, at least 0) is not below
+    ``shared - window`` (at least 0): so also whenever the shared part is within the first
+    window, however short the prompt (measured: a 350-token prompt, appended to, resumed
+    from its checkpoint 4 before its end, not where it diverged)."""
+    if tail is None:
         return shared
-    return max((c - 1 for c in checkpoints if 0 < c <= shared), default=0)
+    window = tail if window is None else window
+    if max(0, held - window - tail) < max(0, shared - window):
+        return shared
+    if shared < 1:
+        return 0
+    return max((max(1, c - 1) for c in checkpoints if 0 < c <= shared + 1), default=0)
 
 
-def checkpoints_after(kept: list[int], prompt_len: int, reused: int, tail: int) -> list[int]:
+def user_starts(tokens: Sequence[int], marker: Sequence[int]) -> list[int]:
+    """Where user messages start in a prompt: each occurrence of the template's user-start
+    marker tokens (llama.cpp's ``common_chat_msg_delimiters::split``, found in C by a bytes
+    search on the 4-byte token array)."""
+    if not marker or len(marker) > len(tokens):
+        return []
+    haystack = array("i", tokens).tobytes()
+    needle = array("i", marker).tobytes()
+    out, at = [], haystack.find(needle)
+    while at >= 0:
+        if at % 4 == 0:
+            out.append(at // 4)
+            at = haystack.find(needle, at + len(needle))
+        else:
+            at = haystack.find(needle, at + 1)
+    return out
+
+
+def checkpoints_after(kept: list[int], prompt_len: int, reused: int, tail: int,
+                      starts: Sequence[int] = (), min_step: int = CHECKPOINT_MIN_STEP,
+                      n_batch: int = N_BATCH) -> list[int]:  # fmt: skip
     """The context checkpoints of a sliding-window slot after the server processed a prompt
-    of ``prompt_len`` tokens reusing ``reused``: those past the point it resumed from are
-    erased, and new ones are taken ``4 + n_ubatch`` and ``4`` tokens before the prompt's
-    end, where those lie in the part it processed (the newest MAX_CHECKPOINTS kept).
-    Checkpoints at user-message starts are not modelled: a prediction can be low there,
-    never high."""
+    of ``prompt_len`` tokens reusing ``reused``, as server-context.cpp takes them: those past
+    the point it resumed from are erased; then the prompt is processed in batches that end
+    at a user-message start (``starts``: the first one while there is no checkpoint, the
+    last one always, others ``min_step`` past the newest checkpoint) and ``4 + n_ubatch``
+    and ``4`` tokens before the end; a checkpoint of what the slot holds is taken at the
+    start of each batch that begins a user message, lies near the end or ends the prompt,
+    and is far enough from the newest one (``min_step``; the last user message and the end
+    always). A batch holds at most ``n_batch`` tokens (other slots' tokens in the same
+    batch are not modelled)."""
     out = [c for c in kept if c - 1 <= reused]
-    for offset in (4 + tail, 4):
-        c = prompt_len - offset
-        if c > reused and c > 0 and c not in out:
-            out.append(c)
+    user = set(starts)
+    last_user = max(starts, default=-1)
+    cuts = sorted({c for c in (prompt_len - 4 - tail, prompt_len - 4) if c > reused})
+    start = reused
+    while start < prompt_len:
+        end = min(min((c for c in cuts if c > start), default=prompt_len), start + n_batch)
+        for u in sorted(u for u in user if start < u < end):
+            if u == last_user or not out or u > out[-1] + min_step:
+                end = u
+                break
+        near_end = prompt_len < end + tail
+        take = end == prompt_len or start in user or near_end
+        if take and start > 0 and (not out or start == last_user or near_end
+                                   or start > out[-1] + min_step):  # fmt: skip
+            out = [c for c in out if c != start] + [start]
+        start = end
     return sorted(out)[-MAX_CHECKPOINTS:]
 
 
 class SlotTable:
     """The slots of one upstream: what each holds and who is using it."""
 
-    def __init__(self, upstream: int, n_slots: int, swa_tail: int | None = None) -> None:
+    def __init__(self, upstream: int, n_slots: int, swa_tail: int | None = None,
+                 user_marker: Sequence[int] = (),
+                 swa_window: int | None = None) -> None:  # fmt: skip
         self.upstream = upstream
         self.held = PrefixIndex()
         self.states = [SlotState() for _ in range(n_slots)]
         self.swa_tail = swa_tail  # None: dense attention, any common prefix is reused
+        self.user_marker = tuple(user_marker)  # the template's user-start tokens
+        self.swa_window = swa_window  # the model's sliding window (None: as swa_tail)
 
     def views(self, prompt: Prompt | None) -> list[SlotView]:
         out = []
@@ -128,7 +184,7 @@ class SlotTable:
                     upstream=self.upstream,
                     slot=slot,
                     cached=reusable(self.held.match(slot, prompt), len(held), self.swa_tail,
-                                    state.checkpoints)
+                                    state.checkpoints, self.swa_window)
                     if prompt is not None and held is not None else 0,
                     held=len(held) if held is not None else 0,
                     busy=state.busy,
@@ -148,9 +204,9 @@ class SlotTable:
         self.states[slot].busy = max(0, self.states[slot].busy - 1)
 
     def settle(self, slot: int, holds: Prompt | None, now: float,
-               processed: tuple[int, int] | None = None) -> None:  # fmt: skip
+               processed: tuple[Prompt, int] | None = None) -> None:  # fmt: skip
         """A request on the slot is done and the slot holds ``holds`` (None: unknown);
-        ``processed`` is (prompt length, tokens reused) when the server prefilled it."""
+        ``processed`` is (the prompt, tokens reused) when the server prefilled it."""
         state = self.states[slot]
         state.busy = max(0, state.busy - 1)
         state.last_used = now
@@ -158,8 +214,10 @@ class SlotTable:
             if processed is None or holds is None:
                 state.checkpoints = []
             else:
-                state.checkpoints = checkpoints_after(state.checkpoints, *processed,
-                                                      self.swa_tail)  # fmt: skip
+                prompt, reused = processed
+                starts = user_starts(prompt.tokens, self.user_marker)
+                state.checkpoints = checkpoints_after(state.checkpoints, len(prompt), reused,
+                                                      self.swa_tail, starts)  # fmt: skip
         self.put(slot, holds)
 
     def put(self, slot: int, holds: Prompt | None) -> None:

@@ -65,12 +65,14 @@ class UpstreamSlots:
     sync_task: asyncio.Task[None] | None = field(default=None, repr=False)
     max_inflight: int = 0  # requests sent to it at once; 0: 4 per slot
     swa_tail: int | None = None  # sliding-window model: see slot_table.reusable
+    swa_window: int | None = None
     table: SlotTable = field(init=False)
     gate: asyncio.Semaphore = field(init=False, repr=False)
     prep: list[asyncio.Lock] = field(init=False, repr=False)  # one slot's save/restore I/O
 
     def __post_init__(self) -> None:
-        self.table = SlotTable(self.index, self.n_slots, self.swa_tail)
+        self.table = SlotTable(self.index, self.n_slots, self.swa_tail,
+                               self.tokenizer.user_marker, self.swa_window)  # fmt: skip
         self.gate = asyncio.Semaphore(self.max_inflight or 4 * max(1, self.n_slots))
         self.prep = [asyncio.Lock() for _ in range(self.n_slots)]
 
@@ -496,7 +498,7 @@ class SlotManager:
             holds = held_after(lease.prompt, outcome, lease.route.predicted)
             if completed or prompt_done:
                 reused = cached_actual if cached_actual is not None else lease.route.predicted
-                processed = (len(lease.prompt), reused)
+                processed = (lease.prompt, reused)
         pool.table.settle(slot, holds, self.clock(), processed)
         self._mirror_slot(pool, slot)
         self._wake()

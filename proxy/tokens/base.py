@@ -14,6 +14,9 @@ class TokenizerUnavailable(ProxyError):
 
 class Tokenizer(Protocol):
     exact: bool
+    # The template's user-message start as tokens, where llama-server takes context
+    # checkpoints (slot_table.checkpoints_after); empty when unknown.
+    user_marker: tuple[int, ...]
 
     async def prompt_tokens(self, conv: Conversation, body: dict[str, Any]) -> list[int] | None:
         """The tokens the upstream will see for this request, or None if unknowable."""

@@ -27,6 +27,7 @@ class EstimatedTokens:
     """For ollama upstreams: per-message estimates, never exact."""
 
     exact = False
+    user_marker: tuple[int, ...] = ()
 
     async def prompt_tokens(self, conv: Conversation, body: dict[str, Any]) -> list[int] | None:
         if conv.kind == "chat":

@@ -17,6 +17,7 @@ from proxy.tokens.templates import (
     Verified,
     features,
     render,
+    user_start_marker,
     verify,
 )
 
@@ -34,6 +35,8 @@ class LocalTokenizer:
         self.server = server
         self.special = pieces.special_strings()  # bos/eos text: fixed for a vocabulary
         pieces.prepare(template)
+        marker = user_start_marker(template, self.special)
+        self.user_marker = tuple(pieces.encode(marker, add_special=False)) if marker else ()
         # Request features whose rendering here equals the server's (``verify``); until
         # verified, plain string conversations render here (round one's behaviour).
         self.verified = Verified(features={PLAIN: frozenset(NORMALIZATIONS[:1])})

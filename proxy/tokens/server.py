@@ -12,6 +12,7 @@ class ServerTokenizer:
     """llama-server renders and tokenizes: exact, at the cost of loopback round trips."""
 
     exact = True
+    user_marker: tuple[int, ...] = ()
 
     def __init__(self, upstream: Any) -> None:
         self.upstream = upstream

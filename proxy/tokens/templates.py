@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -127,7 +128,7 @@ NORMALIZATIONS = [
 
 
 def render(template: str, body: dict[str, Any], special: dict[str, str],
-           norm: Normalization) -> str:  # fmt: skip
+           norm: Normalization, generation_prompt: bool = True) -> str:  # fmt: skip
     """The template rendered with transformers' Jinja environment (its ``tojson``,
     ``raise_exception``, ``strftime_now``), given the context llama-server builds
     (common/chat.cpp): messages, ``bos_token``/``eos_token``, ``enable_thinking`` (true
@@ -144,12 +145,57 @@ def render(template: str, body: dict[str, Any], special: dict[str, str],
         "enable_thinking": kwargs.get("enable_thinking", True) is not False,
         "datetime": time.strftime("%b %d %Y", now),
         "date_string": time.strftime("%d %b %Y", now),
-        "add_generation_prompt": True,
+        "add_generation_prompt": generation_prompt,
     }
     if body.get("tools"):
         context["tools"] = body["tools"]
     context.update({k: v for k, v in kwargs.items() if k != "enable_thinking"})
     return _compile_jinja_template(template).render(**context)
+
+
+USER_PROBE = "U_USER_MSG Hello END_U"
+ASSISTANT_PROBE = "A_ASST_MSG I can help END_A"
+
+
+def user_start_marker(template: str, special: dict[str, str]) -> str:
+    """The text that starts a user message in this template, as llama.cpp's autoparser
+    finds it (common/chat-diff-analyzer.cpp ``detect_user_start_marker``): what a user
+    message adds to an empty conversation, up to its content, without leading end markers
+    and whitespace. llama-server takes a context checkpoint where these tokens occur (on
+    sliding-window and recurrent models); "" when the template does not show one."""
+    user = {"role": "user", "content": USER_PROBE}
+    # llama.cpp's two variants: no messages, then (for templates that need messages) an
+    # exchange before the user message.
+    exchange = [{"role": "user", "content": "V_USER_MSG Hello END_V"},
+                {"role": "assistant", "content": ASSISTANT_PROBE}]  # fmt: skip
+    for before in ([], exchange):
+        try:
+            base, one = (render(template, {"messages": messages}, special, Normalization(),
+                                generation_prompt=False)
+                         for messages in (before, [*before, user]))  # fmt: skip
+        except Exception:  # this template cannot render the variant
+            continue
+        break
+    else:
+        return ""
+    at = first_difference(base, one)
+    for opening, closing in (("<", ">"), ("[", "]")):  # back to the start of a marker
+        start = one.rfind(opening, 0, at)
+        if start >= 0 and closing not in one[start:at]:
+            at = start
+    added = one[at:]
+    if USER_PROBE not in added:
+        return ""
+    if ASSISTANT_PROBE in added:
+        added = added[added.index(ASSISTANT_PROBE) + len(ASSISTANT_PROBE):]
+    candidate = added[: added.index(USER_PROBE)]
+    while True:  # leading end markers ("<|im_end|>", "<end_of_turn>") and whitespace
+        candidate = candidate.lstrip()
+        match = re.match(r"<[^<>]*>|\[[^\[\]]*\]", candidate)
+        if match is None or not re.search("end|close", match.group().lower()):
+            break
+        candidate = candidate[match.end():]
+    return candidate.strip()
 
 
 @dataclass

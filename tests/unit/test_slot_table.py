@@ -238,6 +238,12 @@ def test_a_sliding_window_slot_predicts_nothing_for_a_divergence_far_back() -> N
         (2000, 3000, [2484, 2996], 0),  # no checkpoint at or before it
         # a long reply (reasoning stripped next turn): the checkpoint 4 before the prompt end
         (2010, 2800, [1484, 1996], 1995),
+        (1995, 2800, [1484, 1996], 1995),  # its last position (1,995) is still shared
+        (1994, 2800, [1484, 1996], 1483),
+        # the checkpoint after the BOS alone (the first user message starts at 1) resumes
+        # at 1 (measured on Gemma 3 270M: another conversation on the slot reused 1)
+        (40, 2800, [1, 1484, 1996], 1),
+        (0, 2800, [1, 1484, 1996], 0),
     ],
 )
 def test_reuse_through_context_checkpoints(shared: int, held: int, checkpoints: list[int],
@@ -251,7 +257,9 @@ def test_reuse_through_context_checkpoints(shared: int, held: int, checkpoints: 
     ("kept", "prompt_len", "reused", "after"),
     [
         ([], 3000, 0, [2484, 2996]),  # a fresh prompt: both end checkpoints
-        ([2484, 2996], 3050, 3000, [2484, 2996, 3046]),  # an append processes only the tail
+        # an append: its first batch ends near the prompt's end, so a checkpoint is taken
+        # where it starts, and one 4 before the end
+        ([2484, 2996], 3050, 3000, [2484, 2996, 3000, 3046]),
         ([2484, 2996], 3200, 2483, [2484, 2684, 3196]),  # resumed from 2,484: later ones erased
         ([2484, 2996], 1000, 0, [484, 996]),  # prefilled from scratch
         ([], 3, 0, []),  # too short for either
@@ -264,10 +272,51 @@ def test_checkpoints_after_a_prompt(kept: list[int], prompt_len: int, reused: in
     assert checkpoints_after(kept, prompt_len, reused, 512) == after
 
 
+@pytest.mark.parametrize(
+    ("kept", "prompt_len", "reused", "starts", "after"),
+    [
+        # the system folded into the first user turn (Gemma): the first user message starts
+        # after the BOS, so the first batch is the BOS alone and a checkpoint follows it;
+        # the last user message always gets one; others only min_step past the newest
+        ([], 3000, 0, [1, 1200, 2000], [1, 2000, 2484, 2996]),
+        ([], 3000, 0, [1], [1, 2484, 2996]),
+        ([], 30000, 0, [1, 9000, 9500, 20000, 29000],
+         [1, 9000, 20000, 29000, 29484, 29996]),
+        # an append after a reply: the new user message is the last one
+        # (its first batch, up to that message, ends near the prompt's end: one there too)
+        ([1, 2484, 2996], 3400, 3050, [1, 3060], [1, 2484, 2996, 3050, 3060, 3396]),
+        # batches cut by the batch size alone (at 2,048 and 4,096) start no checkpoint
+        ([], 5000, 0, [], [4484, 4996]),
+    ],
+)
+def test_checkpoints_at_user_message_starts(
+    kept: list[int], prompt_len: int, reused: int, starts: list[int], after: list[int]
+) -> None:
+    from proxy.slot_table import checkpoints_after
+
+    assert checkpoints_after(kept, prompt_len, reused, 512, starts) == after
+
+
+@pytest.mark.parametrize(
+    ("tokens", "marker", "starts"),
+    [
+        ([2, 105, 2364, 107, 9, 106, 107, 105, 2364, 107], [105, 2364], [1, 7]),
+        ([105, 2364, 105, 2364], [105, 2364], [0, 2]),
+        ([1, 2, 3], [], []),
+        ([1, 2], [1, 2, 3], []),
+        ([0x01000000, 0x00000001], [1], [1]),  # only whole tokens match, not byte offsets
+    ],
+)
+def test_user_starts(tokens: list[int], marker: list[int], starts: list[int]) -> None:
+    from proxy.slot_table import user_starts
+
+    assert user_starts(tokens, marker) == starts
+
+
 def test_a_sliding_window_slot_learns_its_checkpoints_from_each_request() -> None:
     table = SlotTable(0, 1, swa_tail=512)
     table.reserve(0, 1.0)
-    table.settle(0, Prompt.of(range(3001)), 2.0, processed=(3000, 0))
+    table.settle(0, Prompt.of(range(3001)), 2.0, processed=(Prompt.of(range(3000)), 0))
     assert table.states[0].checkpoints == [2484, 2996]
     diverged = Prompt.of([*range(2485), *range(90_000, 90_500)])
     assert table.views(diverged)[0].cached == 2483

@@ -20,6 +20,7 @@ class ListTokenizer:
     """Takes the tokens from the body: the manager's logic, not tokenization, is under test."""
 
     exact = True
+    user_marker: tuple[int, ...] = ()
 
     async def prompt_tokens(self, conv: Conversation, body: dict[str, Any]) -> list[int] | None:
         return body.get("tokens")

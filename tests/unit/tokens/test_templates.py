@@ -58,3 +58,25 @@ def test_a_request_renders_here_only_with_a_normalization_all_its_features_verif
     assert verified.normalization(frozenset({PLAIN, TOOLS})) == NORMALIZATIONS[0]
     assert verified.normalization(frozenset({PLAIN, TOOLS, TOOL_CALLS})) is None  # no overlap
     assert verified.normalization(frozenset({PLAIN, PARTS})) is None  # not verified
+
+
+@pytest.mark.parametrize(
+    ("template", "marker"),
+    [
+        # as llama-server's autoparser logs them (user_msg_start, --verbose), where checked
+        ("google-gemma-2-2b-it", "<start_of_turn>user"),
+        ("Qwen-Qwen2.5-7B-Instruct", "<|im_start|>user"),
+        ("Qwen3.5-4B", "<|im_start|>user"),
+        ("meta-llama-Llama-3.1-8B-Instruct", "<|start_header_id|>user<|end_header_id|>"),
+        ("openai-gpt-oss-120b", "<|start|>user<|message|>"),
+        ("mistralai-Mistral-Nemo-Instruct-2407", "[INST]"),
+        ("deepseek-ai-DeepSeek-V3.1", "<｜User｜>"),
+        ("google-gemma-4-31B-it", "<|turn>user"),
+    ],
+)
+def test_user_start_marker(template: str, marker: str) -> None:
+    from proxy.tokens.templates import user_start_marker
+    from tests.llama_sdist import models_dir
+
+    text = (models_dir() / "templates" / f"{template}.jinja").read_text()
+    assert user_start_marker(text, {"bos_token": "<s>", "eos_token": "</s>"}) == marker
