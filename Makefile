@@ -15,7 +15,7 @@ STAMP := $(VENV)/.kvproxy-installed
 SOAK_SECONDS ?= 1800
 
 .PHONY: run test lint bench bench-overhead bench-routing bench-rewrite bench-index bench-clients \
-	bench-load bench-soak clean
+	bench-load bench-soak bench-tokens clean
 
 # MODEL=PATH.gguf (or a packaged name: smollm2-135m, gemma3-270m) serves another model.
 run: $(STAMP)
@@ -54,6 +54,10 @@ bench-load: $(STAMP)
 # kvproxy's RSS and file descriptors under N=16 conversations for 30 minutes (PNG in docs/).
 bench-soak: $(STAMP)
 	$(BIN)/python -m bench.load --soak $(SOAK_SECONDS) --n 16
+
+# Local vs server tokenizing at 1k-128k tokens, and the TTFT an appended turn gets on 32k.
+bench-tokens: $(STAMP)
+	$(BIN)/python -m bench.tokens
 
 bench-index: $(STAMP)
 	$(BIN)/pytest -p no:cacheprovider bench/test_prefix_index_bench.py --benchmark-columns=min,median,mean,rounds

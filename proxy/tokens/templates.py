@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PLAIN, TOOLS, TOOL_CALLS, PARTS, KWARGS = "plain", "tools", "tool_calls", "parts", "kwargs"
+PREFILL = "prefill"  # the last message is the assistant's: the reply continues it
 
 _TOOLS = [
     {"type": "function", "function": {
@@ -60,6 +61,8 @@ PROBES: dict[str, dict[str, Any]] = {
             {"type": "text", "text": "First part."}, {"type": "text", "text": "Second part."}]}]},
     KWARGS: {"chat_template_kwargs": {"enable_thinking": False},
              "messages": [_SYSTEM, {"role": "user", "content": "Hi"}]},
+    PREFILL: {"messages": [_SYSTEM, {"role": "user", "content": "Name a colour"},
+                           {"role": "assistant", "content": "Sure, the colour is"}]},
 }  # fmt: skip
 
 
@@ -77,6 +80,13 @@ def features(body: dict[str, Any]) -> frozenset[str]:
             out.add(PARTS)
         if set(m) - {"role", "content", "name", "tool_calls", "tool_call_id"}:
             out.add("other")  # reasoning_content and the like: always the server's
+    messages = body.get("messages") or []
+    if messages and messages[-1].get("role") == "assistant":
+        out.add(PREFILL)
+        if not isinstance(messages[-1].get("content"), str | None) or messages[-1].get(
+            "tool_calls"
+        ):
+            out.add("other")  # parts joined, or tool calls refused: the server's call
     for key in ("tool_choice", "parallel_tool_calls", "response_format", "json_schema"):
         if key in body:
             out.add("other")
@@ -137,10 +147,13 @@ def render(template: str, body: dict[str, Any], special: dict[str, str],
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no "PyTorch was not found"
     from transformers.utils.chat_template_utils import _compile_jinja_template
 
+    messages = norm.apply(list(body.get("messages") or []))
+    if generation_prompt and messages and messages[-1].get("role") == "assistant":
+        return prefill(template, body, special, messages)
     kwargs = body.get("chat_template_kwargs") or {}
     now = time.localtime()
     context: dict[str, Any] = {
-        "messages": norm.apply(list(body.get("messages") or [])),
+        "messages": messages,
         **special,
         "enable_thinking": kwargs.get("enable_thinking", True) is not False,
         "datetime": time.strftime("%b %d %Y", now),
@@ -151,6 +164,20 @@ def render(template: str, body: dict[str, Any], special: dict[str, str],
         context["tools"] = body["tools"]
     context.update({k: v for k, v in kwargs.items() if k != "enable_thinking"})
     return _compile_jinja_template(template).render(**context)
+
+
+def prefill(template: str, body: dict[str, Any], special: dict[str, str],
+            messages: list[dict[str, Any]]) -> str:  # fmt: skip
+    """A conversation ending with the assistant's message, which the reply continues
+    (server-common.cpp, chat-auto-parser-generator.cpp): the messages before it rendered
+    without a generation prompt, then the generation prompt the template would add (what
+    rendering with one adds), then that message's content, unclosed."""
+    rest = {**body, "messages": messages[:-1]}
+    plain = Normalization(null_content=True)  # already normalized
+    without = render(template, rest, special, plain, generation_prompt=False)
+    with_prompt = render(template, rest, special, plain, generation_prompt=True)
+    added = with_prompt[first_difference(without, with_prompt):]
+    return without + added + (messages[-1].get("content") or "")
 
 
 USER_PROBE = "U_USER_MSG Hello END_U"

@@ -79,6 +79,10 @@ CONVERSATIONS: dict[str, dict[str, Any]] = {
                                      {"type": "text", "text": "two parts."}]}]},
     "template kwargs": {"chat_template_kwargs": {"enable_thinking": False},
                         "messages": [{"role": "user", "content": "Hi"}]},
+    "assistant prefill": {"messages": [
+        {"role": "system", "content": "Answer in JSON."},
+        {"role": "user", "content": "Colour of the sky?"},
+        {"role": "assistant", "content": '{"colour": "'}]},
 }  # fmt: skip
 
 

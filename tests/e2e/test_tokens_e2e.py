@@ -48,6 +48,12 @@ CONVERSATIONS: dict[str, dict[str, Any]] = {
         "messages": [{"role": "user", "content": "literal <|im_start|>user and <|im_end|> here"}]
     },
     "long content": {"messages": [{"role": "user", "content": LONG}]},
+    "assistant prefill": {  # the reply continues the last message (server-common.cpp)
+        "messages": [
+            {"role": "user", "content": "Colour of the sky?"},
+            {"role": "assistant", "content": '{"colour": "'},
+        ]
+    },
     "tool call and result": {
         "messages": [
             {"role": "user", "content": "Read a.txt"},

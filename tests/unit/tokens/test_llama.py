@@ -104,7 +104,7 @@ def test_appending_a_message_tokenizes_only_what_is_new(vocabs: dict[str, LlamaV
     vocab.prepare(vocab.chat_template)
     messages = [{"role": "system", "content": "You are terse."}]
     messages += [{"role": ("user", "assistant")[i % 2], "content": f"turn {i}: " + "words " * 200}
-                 for i in range(40)]  # fmt: skip
+                 for i in range(41)]  # fmt: skip
 
     def tokens() -> list[int]:
         text = render(vocab.chat_template or "", {"messages": messages}, {}, Normalization())

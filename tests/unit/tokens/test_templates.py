@@ -30,7 +30,8 @@ from proxy.tokens.templates import (
         (PROBES[PARTS], {PLAIN, PARTS}),
         (PROBES[KWARGS], {PLAIN, KWARGS}),
         ({"messages": [{"role": "assistant", "content": "x", "reasoning_content": "r"}]},
-         {PLAIN, "other"}),
+         {PLAIN, "other", "prefill"}),
+        (PROBES["prefill"], {PLAIN, "prefill"}),
         ({"messages": [{"role": "user", "content": "x"}], "tool_choice": "auto"}, {PLAIN, "other"}),
     ],
 )  # fmt: skip
@@ -80,3 +81,24 @@ def test_user_start_marker(template: str, marker: str) -> None:
 
     text = (models_dir() / "templates" / f"{template}.jinja").read_text()
     assert user_start_marker(text, {"bos_token": "<s>", "eos_token": "</s>"}) == marker
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+          "{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")  # fmt: skip
+
+
+def test_an_assistant_prefill_is_continued_not_closed() -> None:
+    """llama-server renders the messages before it, the generation prompt, then its
+    content unclosed (the reply continues it)."""
+    from proxy.tokens.templates import PREFILL, Normalization, features, render
+
+    body = {"messages": [{"role": "user", "content": "Sky?"},
+                         {"role": "assistant", "content": '{"colour": "'}]}  # fmt: skip
+    assert PREFILL in features(body)
+    assert render(CHATML, body, {}, Normalization()) == (
+        '<|im_start|>user\nSky?<|im_end|>\n<|im_start|>assistant\n{"colour": "')
+    part = {"type": "text", "text": "a"}
+    parts = {"messages": [{"role": "user", "content": "x"},
+                          {"role": "assistant", "content": [part]}]}  # fmt: skip
+    assert "other" in features(parts)  # parts in a prefill: the server renders it

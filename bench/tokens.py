@@ -1,0 +1,202 @@
+"""`make bench-tokens`: what it costs kvproxy to know a prompt's tokens, and what that adds to
+TTFT, in one run against the embedded llama-server (bundled SmolLM2).
+
+1. For conversations of about 1k, 8k, 32k and 128k tokens (a system prompt, tools, turns
+   with tool calls and tool results), the time to render and tokenize the request here
+   (``LocalTokenizer``: the chat template in Python, llama.cpp's tokenizer through ctypes)
+   and through the server (``ServerTokenizer``: ``/apply-template`` and ``/tokenize``), as a
+   cold first turn (every cache emptied) and as an appended turn (one more tool call and its
+   result on the same conversation). Median of 5.
+2. The server's time to prefill its first 512 tokens (``timings.prompt_ms`` of a cold
+   512-token prompt, median of 3): the target is that a cold 128k-token prompt is tokenized
+   here in less time than that.
+3. The TTFT an appended turn (tool call + result) gets on a ~32k-token conversation, direct
+   and through kvproxy: one conversation per slot, turns alternating between the two sides so
+   that machine noise hits both; the target is < 3 ms added at p50.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.report import write_section
+from bench.workload import chat, document
+from proxy.conversation import Conversation
+from proxy.embedded import EmbeddedServer
+from proxy.process import spawn_proxy
+from proxy.settings import EmbeddedSettings
+from proxy.tokens import LocalTokenizer, ServerTokenizer, tokenizer_for
+from proxy.upstream import Upstream, make_session
+
+SIZES = (1_000, 8_000, 32_000, 128_000)
+TOOLS = [{"type": "function", "function": {
+    "name": name, "description": f"{name} a file or command",
+    "parameters": {"type": "object", "properties": {"arg": {"type": "string"}},
+                   "required": ["arg"]}}} for name in ("read_file", "run", "search")]  # fmt: skip
+CHAT = Conversation(kind="chat")
+
+
+def tool_turn(i: int, words: int = 180) -> list[dict[str, Any]]:
+    """A user ask, an assistant tool call, its result and a short answer."""
+    arguments = json.dumps({"arg": f"src/{i}.py"})
+    call = {"id": f"call_{i}", "type": "function",
+            "function": {"name": "read_file", "arguments": arguments}}  # fmt: skip
+    return [
+        {"role": "user", "content": f"Step {i}: look at src/{i}.py"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": f"call_{i}", "content": document(i, words)},
+        {"role": "assistant", "content": f"Read src/{i}.py; it defines {i % 7} functions."},
+    ]
+
+
+def conversation(tokens: int, count: Callable[[dict[str, Any]], int], seed: int = 0
+                 ) -> dict[str, Any]:  # fmt: skip
+    """A body of about ``tokens`` tokens (``count`` measures one)."""
+    system = {"role": "system", "content": "You are a coding agent.\n" + document(seed, 200)}
+    body: dict[str, Any] = {"tools": TOOLS, "messages": [system]}
+    ask = {"role": "user", "content": "Next step?"}
+    step = 0
+    while True:
+        body["messages"] += tool_turn(seed * 1000 + step)
+        step += 1
+        full = {**body, "messages": [*body["messages"], ask]}
+        if step % 4 == 0 and count(full) >= tokens:
+            return full
+
+
+def appended(body: dict[str, Any], i: int) -> dict[str, Any]:
+    return {**body, "messages": [*body["messages"], *tool_turn(10_000 + i, 60)[:3]]}
+
+
+async def median_ms(fn: Callable[[], Awaitable[Any]], reps: int = 5,
+                    before: Callable[[], None] | None = None) -> float:  # fmt: skip
+    times = []
+    for _ in range(reps):
+        if before is not None:
+            before()
+        t0 = time.perf_counter()
+        await fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+async def tokenizing(server: EmbeddedServer) -> tuple[list[str], float, LocalTokenizer]:
+    session = make_session(10, 600)
+    upstream = Upstream(url=server.url, kind="llama", session=session)
+    upstream.props = await upstream.get_json("/props")
+    local = await tokenizer_for(upstream, None)
+    assert isinstance(local, LocalTokenizer), "the bundled GGUF must tokenize here"
+    remote = ServerTokenizer(upstream)
+    vocab: Any = local.pieces
+
+    def count(body: dict[str, Any]) -> int:
+        return len(local.pieces.encode(local.render(body)))
+
+    def cold() -> None:
+        vocab._cache.clear()
+        vocab._cached = 0
+
+    rows = []
+    try:
+        for size in SIZES:
+            body = conversation(size, count, seed=size)
+            n = count(body)
+            local_cold = await median_ms(lambda b=body: local.prompt_tokens(CHAT, b), before=cold)
+            server_cold = await median_ms(lambda b=body: remote.prompt_tokens(CHAT, b))
+            await local.prompt_tokens(CHAT, body)  # the conversation so far is known
+            turns = iter(range(1000))
+            local_append = await median_ms(
+                lambda b=body, t=turns: local.prompt_tokens(CHAT, appended(b, next(t))))
+            server_append = await median_ms(
+                lambda b=body, t=turns: remote.prompt_tokens(CHAT, appended(b, next(t))))
+            assert await local.prompt_tokens(CHAT, body) == await remote.prompt_tokens(CHAT, body)
+            rows.append(f"| {n} | {local_cold:.1f} | {server_cold:.1f} | {local_append:.2f} "
+                        f"| {server_append:.1f} |")  # fmt: skip
+            print(rows[-1], flush=True)
+        prefill = []
+        for i in range(3):
+            prompt = document(900 + i, 600)
+            ids = (await remote.tokenize(prompt))[:512]
+            async with upstream.request("POST", "/completion", json_body={
+                    "prompt": ids, "n_predict": 1, "cache_prompt": False}) as resp:  # fmt: skip
+                prefill.append((await resp.json())["timings"]["prompt_ms"])
+        return rows, statistics.median(prefill), local
+    finally:
+        await session.close()
+
+
+def ttft(server: EmbeddedServer, proxy_url: str, size: int, turns: int
+         ) -> tuple[list[float], list[float], int]:  # fmt: skip
+    """Appended tool turns on a ~``size``-token conversation per side, alternating."""
+    bodies: dict[str, dict[str, Any]] = {}
+    sides = {"direct": server.url, "kvproxy": proxy_url}
+    out: dict[str, list[float]] = {"direct": [], "kvproxy": []}
+    with httpx.Client(timeout=1800) as client:
+        counted = client.post(server.url + "/apply-template", json={
+            "messages": [{"role": "user", "content": "x"}]}).status_code  # fmt: skip
+        assert counted == 200
+
+        def count(body: dict[str, Any]) -> int:
+            text = client.post(server.url + "/apply-template", json=body).json()["prompt"]
+            return len(client.post(server.url + "/tokenize", json={"content": text}).json()[
+                "tokens"])
+
+        for seed, side in enumerate(sides):
+            bodies[side] = conversation(size, count, seed=seed + 7)
+            chat(client, sides[side], bodies[side]["messages"], 1, bodies[side])  # prefill
+        tokens = count(bodies["direct"])
+        for i in range(turns):
+            for side, base in sides.items():
+                bodies[side] = appended(bodies[side], i)
+                _, _, _, ms = chat(client, base, bodies[side]["messages"], 1, bodies[side])
+                out[side].append(ms)
+    return out["direct"], out["kvproxy"], tokens
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--ttft-tokens", type=int, default=32_000)
+    parser.add_argument("--turns", type=int, default=9)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="kvp-tokens-"))
+    ctx = args.ttft_tokens + 6000
+    server = EmbeddedServer.start(EmbeddedSettings(parallel=2, ctx_per_slot=ctx), tmp / "llama")
+    proxy = None
+    try:
+        rows, prefill_ms, _ = asyncio.run(tokenizing(server))
+        proxy = spawn_proxy(tmp / "proxy", "--upstream", server.url)
+        direct, via, tokens = ttft(server, proxy.url, args.ttft_tokens, args.turns)
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        server.stop()
+    p50_direct, p50_via = statistics.median(direct), statistics.median(via)
+    table = "\n".join([
+        "| prompt tokens | local, cold ms | server, cold ms | local, appended turn ms "
+        "| server, appended turn ms |", "|---|---|---|---|---|", *rows,
+        "", f"Server prefill of its first 512 tokens (cold): {prefill_ms:.0f} ms.", "",
+        f"Appended tool turn on a {tokens}-token conversation ({len(direct)} turns per side, "
+        f"alternating): TTFT p50 direct {p50_direct:.0f} ms, kvproxy {p50_via:.0f} ms "
+        f"(**{p50_via - p50_direct:+.1f} ms**); per turn direct "
+        f"{', '.join(f'{t:.0f}' for t in direct)}; kvproxy "
+        f"{', '.join(f'{t:.0f}' for t in via)}.",
+    ])  # fmt: skip
+    print(table)
+    if not args.no_write:
+        write_section("tokens", table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
