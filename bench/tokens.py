@@ -10,9 +10,11 @@ TTFT, in one run against the embedded llama-server (bundled SmolLM2).
 2. The server's time to prefill its first 512 tokens (``timings.prompt_ms`` of a cold
    512-token prompt, median of 3): the target is that a cold 128k-token prompt is tokenized
    here in less time than that.
-3. The TTFT an appended turn (tool call + result) gets on a ~32k-token conversation, direct
+3. The TTFT an appended turn (tool call + result) gets on a ~30k-token conversation, direct
    and through kvproxy: one conversation per slot, turns alternating between the two sides so
-   that machine noise hits both; the target is < 3 ms added at p50.
+   that machine noise hits both; the target is < 3 ms added at p50. SmolLM2 is trained (and
+   served) at 8k tokens at most, so this part runs on Gemma 3 270M (32k, served by name with
+   its Gemma 3 template).
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ import httpx
 from bench.report import write_section
 from bench.workload import chat, document
 from proxy.conversation import Conversation
-from proxy.embedded import EmbeddedServer
+from proxy.embedded import EmbeddedServer, resolve_model
 from proxy.process import spawn_proxy
 from proxy.settings import EmbeddedSettings
+from proxy.store import read_records
 from proxy.tokens import LocalTokenizer, ServerTokenizer, tokenizer_for
 from proxy.upstream import Upstream, make_session
 
@@ -163,20 +166,39 @@ def ttft(server: EmbeddedServer, proxy_url: str, size: int, turns: int
     return out["direct"], out["kvproxy"], tokens
 
 
+def own_time(records: Path, turns: int) -> list[float]:
+    """``overhead_ms`` of the last ``turns`` records (the appended turns)."""
+    deadline = time.monotonic() + 30
+    while True:
+        found = [r["overhead_ms"] for r in read_records(records) if r.get("overhead_ms")]
+        if len(found) >= turns + 1 or time.monotonic() > deadline:
+            return found[-turns:]
+        time.sleep(0.2)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--ttft-tokens", type=int, default=32_000)
+    parser.add_argument("--ttft-tokens", type=int, default=30_000)
+    parser.add_argument("--ttft-model", default="gemma3-270m",
+                        help="GGUF or packaged name for the TTFT part (32k context)")  # fmt: skip
     parser.add_argument("--turns", type=int, default=9)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="kvp-tokens-"))
-    ctx = args.ttft_tokens + 6000
-    server = EmbeddedServer.start(EmbeddedSettings(parallel=2, ctx_per_slot=ctx), tmp / "llama")
-    proxy = None
+    server = EmbeddedServer.start(EmbeddedSettings(parallel=1, ctx_per_slot=8192), tmp / "llama")
     try:
         rows, prefill_ms, _ = asyncio.run(tokenizing(server))
+    finally:
+        server.stop()
+    model, template = resolve_model(args.ttft_model)
+    extra = ("--chat-template-file", str(template)) if template else ()
+    settings = EmbeddedSettings(model=model, parallel=2, ctx_per_slot=32_768, extra_args=extra)
+    server = EmbeddedServer.start(settings, tmp / "llama-ttft")
+    proxy = None
+    try:
         proxy = spawn_proxy(tmp / "proxy", "--upstream", server.url)
         direct, via, tokens = ttft(server, proxy.url, args.ttft_tokens, args.turns)
+        overhead = own_time(proxy.data_dir / "records", args.turns)
     finally:
         if proxy is not None:
             proxy.stop()
@@ -186,11 +208,14 @@ def main(argv: list[str] | None = None) -> int:
         "| prompt tokens | local, cold ms | server, cold ms | local, appended turn ms "
         "| server, appended turn ms |", "|---|---|---|---|---|", *rows,
         "", f"Server prefill of its first 512 tokens (cold): {prefill_ms:.0f} ms.", "",
-        f"Appended tool turn on a {tokens}-token conversation ({len(direct)} turns per side, "
+        f"Appended tool turn on a {tokens}-token conversation ({args.ttft_model}, "
+        f"{len(direct)} turns per side, "
         f"alternating): TTFT p50 direct {p50_direct:.0f} ms, kvproxy {p50_via:.0f} ms "
         f"(**{p50_via - p50_direct:+.1f} ms**); per turn direct "
         f"{', '.join(f'{t:.0f}' for t in direct)}; kvproxy "
-        f"{', '.join(f'{t:.0f}' for t in via)}.",
+        f"{', '.join(f'{t:.0f}' for t in via)}. kvproxy's own time before sending upstream "
+        f"(the record's `overhead_ms`: reading, rewriting, tokenizing, routing) p50 "
+        f"{statistics.median(overhead):.1f} ms, max {max(overhead):.1f} ms.",
     ])  # fmt: skip
     print(table)
     if not args.no_write:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -474,7 +475,9 @@ def dialect_handler(dialect: DialectBase) -> Handler:
                 raise BadRequest(f"malformed request: {type(exc).__name__}") from exc
             lease = await slots.acquire_prompts(prompts)
             note_route(rec, lease)
+            gate_started = time.perf_counter()
             gate = await enter_gate(lease.pool.gate, settings.queue_timeout)
+            waited_ms = (time.perf_counter() - gate_started) * 1000 + lease.queued_ms
             note_rewrite(rec, plan, original_cached)
             if request.app[SETTINGS].log_content:
                 rec.snippets = snippets(plan)
@@ -487,6 +490,7 @@ def dialect_handler(dialect: DialectBase) -> Handler:
             call = Relay(request, dialect, plan.conv, path, upstream_body, upstream, rec,
                          observer, headers)  # fmt: skip
             relay = relay_ollama_bridge if bridged else relay_native
+            rec.overhead_ms = round((time.perf_counter() - rec.t0) * 1000 - waited_ms, 2)
             out = await relay(call)
             note_outcome(rec, lease)
             finish_lease(slots, lease, observer, rec)

@@ -58,6 +58,9 @@ class RequestRecord:
     predicted_cached: int | None = None
     route_reason: str | None = None
     queued_ms: float | None = None  # waited in kvproxy's queue for a free slot
+    # kvproxy's own time before sending upstream (reading, rewriting, tokenizing, routing),
+    # waits for a free slot or the in-flight limit excluded
+    overhead_ms: float | None = None
     restored: bool = False
     miss: MissCause | None = None  # stored as miss_cause (kind), miss_token, ...
     estimated: bool = False

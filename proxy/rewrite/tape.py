@@ -31,6 +31,12 @@ MAX_TAPE_BYTES = 256 * 1024 * 1024
 
 
 def message_hash(message: Message) -> str:
+    """A message's identity. Most messages are a role and a string: those are hashed as such
+    (no JSON round trip; a long conversation hashes hundreds per request); any other is
+    hashed as its canonical JSON, which starts with ``{`` and so never equals the former."""
+    if isinstance(message.content, str) and not message.extra:
+        raw = f"{message.role}\x00{message.content}"
+        return xxhash.xxh3_64_hexdigest(raw.encode("utf-8", "surrogatepass"))
     data = {"role": message.role, "content": thaw(message.content), "extra": thaw(message.extra)}
     raw = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return xxhash.xxh3_64_hexdigest(raw.encode("utf-8", "surrogatepass"))
