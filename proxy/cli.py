@@ -22,7 +22,7 @@ from proxy import __version__, dashboard, explain
 from proxy.app import create_app
 from proxy.embedded import EmbeddedError, resolve_model
 from proxy.errors import ProxyError
-from proxy.log import LOG_FILE, configure, get_logger
+from proxy.log import LOG_FILE, LOG_FORMATS, configure, get_logger
 from proxy.private import UMASK, secure_data_dir
 from proxy.rewrite.engine import RewriteConfig
 from proxy.routing import RoutePolicy
@@ -67,6 +67,9 @@ SERVE_OPTIONS: tuple[tuple[str, type, str, str], ...] = (
     ("--upstream-timeout", float, "600",
      "seconds of upstream silence (before the first byte or between chunks) before a 504"),
     ("--log-level", str, "info", "debug, info, warning or error"),
+    ("--log-format", str, "auto",
+     "stderr lines: console (readable), json, or auto (console on a terminal, else json); "
+     "the log file is always JSON"),
     ("--tokenizer", Path, None,
      "GGUF file or tokenizer directory for exact tokens; default: the server's own GGUF; "
      "'server': always ask the server (/apply-template, /tokenize)"),
@@ -434,7 +437,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = settings_from(args)
     os.umask(UMASK)
     tightened = secure_data_dir(settings.data_dir)
-    configure(settings.log_level, settings.data_dir / LOG_FILE)
+    if args.log_format not in LOG_FORMATS:
+        build_parser().error(f"--log-format must be one of {', '.join(LOG_FORMATS)}")
+    configure(settings.log_level, settings.data_dir / LOG_FILE, args.log_format)
     if not is_loopback(settings.host) and not settings.exposure.api_key:
         log.warning("listening_beyond_loopback_without_api_key", host=settings.host,
                     advice="set --api-key or --api-key-file")  # fmt: skip

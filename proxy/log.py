@@ -1,5 +1,6 @@
-"""structlog set up for JSON lines on stderr and in a rotating file in the data dir; one
-``request_done`` event per request (``kvproxy tail`` follows that file)."""
+"""structlog set up for a rotating file of JSON lines in the data dir (one ``request_done``
+event per request; ``kvproxy tail`` follows that file) and, on stderr, the same events as
+JSON or, on a terminal, as readable console lines (``--log-format``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,12 @@ import structlog
 LOG_FILE = "kvproxy.log"
 LOG_MAX_BYTES = 20 * 1024 * 1024
 LOG_BACKUPS = 3
+LOG_FORMATS = ("auto", "json", "console")
+
+
+def console_wanted(log_format: str, stderr_is_tty: bool) -> bool:
+    """``auto``: readable lines on a terminal, JSON for journald, pipes and files."""
+    return log_format == "console" or (log_format == "auto" and stderr_is_tty)
 
 
 class TeeLogger:
@@ -26,10 +33,13 @@ class TeeLogger:
         self.handler = handler
         self.stderr_broken = False
 
-    def msg(self, message: str) -> None:
+    def msg(self, message: str = "", *, json: str | None = None,
+            console: str | None = None) -> None:  # fmt: skip
+        """One event: ``json`` for the file, ``console`` (else the JSON) for stderr."""
+        message = json if json is not None else message
         if not self.stderr_broken:
             try:
-                print(message, file=sys.stderr, flush=True)
+                print(console if console is not None else message, file=sys.stderr, flush=True)
             except (OSError, ValueError):
                 self.stderr_broken = True
                 self._to_file('{"event": "stderr_broken", "level": "warning", '
@@ -56,8 +66,26 @@ def file_handler(path: Path) -> logging.Handler:
     return handler
 
 
-def configure(level: str = "info", log_file: Path | None = None) -> None:
+class BothRenderer:
+    """The last processor: the event as JSON (the file) and, for a terminal, as a console
+    line (stderr)."""
+
+    def __init__(self, console: bool) -> None:
+        self.json = structlog.processors.JSONRenderer()
+        self.console = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()) if console \
+            else None
+
+    def __call__(self, logger: Any, name: str, event: dict[str, Any]) -> dict[str, str]:
+        out = {"json": self.json(logger, name, dict(event))}
+        if self.console is not None:
+            out["console"] = self.console(logger, name, dict(event))
+        return out
+
+
+def configure(level: str = "info", log_file: Path | None = None,
+              log_format: str = "json") -> None:  # fmt: skip
     tee = TeeLogger(file_handler(log_file) if log_file is not None else None)
+    console = console_wanted(log_format, _stderr_is_tty())
 
     def factory(*_args: Any) -> TeeLogger:
         return tee
@@ -68,7 +96,7 @@ def configure(level: str = "info", log_file: Path | None = None) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
+            BothRenderer(console),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
@@ -76,6 +104,13 @@ def configure(level: str = "info", log_file: Path | None = None) -> None:
         logger_factory=factory,
         cache_logger_on_first_use=False,
     )
+
+
+def _stderr_is_tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
