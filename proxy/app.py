@@ -35,6 +35,7 @@ from proxy.store import RecordStore
 from proxy.tokens import tokenizer_for
 from proxy.tokens.gguf import AttentionKind, attention_kind
 from proxy.upstream import Upstream, UpstreamSpec, detect_kind, make_session
+from proxy.warm import Warmer
 
 log = get_logger("kvproxy.app")
 # llama-server's default --ubatch-size: how far back from the end of a sliding-window
@@ -61,8 +62,28 @@ def create_app(settings: Settings) -> web.Application:
         app.cleanup_ctx.append(embedded_ctx)
     app.cleanup_ctx.append(upstreams_ctx)
     app.cleanup_ctx.append(slots_ctx)
+    if settings.warm:
+        app.cleanup_ctx.append(warm_ctx)
     setup_routes(app, dict(REGISTRY))
     return app
+
+
+async def warm_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The warm-up task (proxy/warm.py): it waits until kvproxy listens, then sends the
+    warm bodies through it."""
+    settings = app[SETTINGS]
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(settings.host,
+                                                                      settings.host)  # fmt: skip
+    base = f"http://[{host}]:{settings.port}" if ":" in host else f"http://{host}:{settings.port}"
+    warmer = Warmer(list(settings.warm), base, settings.exposure.api_key,
+                    list(app[POOL].upstreams))  # fmt: skip
+    task = asyncio.create_task(warmer.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy import __version__, dashboard, explain
+from proxy import __version__, dashboard, doctor, explain
 from proxy.app import create_app
 from proxy.embedded import EmbeddedError, resolve_model
 from proxy.errors import ProxyError
@@ -32,6 +32,7 @@ from proxy.stats import parse_since, render, summarize
 from proxy.store import read_counters, read_records
 from proxy.tokens import command as tokenize_command
 from proxy.upstream import UpstreamSpec
+from proxy.warm import WarmBody, load_bodies
 
 log = get_logger("kvproxy.cli")
 
@@ -172,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
         "repeatable; none by default [KVPROXY_CORS_ORIGIN, comma-separated]",
     )  # fmt: skip
     serve.add_argument(
+        "--warm", action="append", default=None, metavar="FILE",
+        help="a chat request body (system prompt, tools, first messages) to prefill at start, "
+        "after an upstream restart and after ollama unloads; repeatable "
+        "[KVPROXY_WARM, comma-separated]",
+    )  # fmt: skip
+    serve.add_argument(
         "--upstream", action="append", default=None, metavar="URL",
         help="server to proxy, repeatable; kind auto-detected, or prefix llama: / ollama:. "
         "None: start the embedded llama-server [KVPROXY_UPSTREAM, comma-separated]",
@@ -189,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("request_id", nargs="?", default=None)
     explain.add_argument("--last-miss", action="store_true", help="the most recent miss")
     tokenize_command.add_parser(sub)
+    doctor.add_parser(sub)
     for reader in (stats, tail, explain):
         reader.add_argument(
             "--data-dir", type=Path, default=env("DATA_DIR", str(default_data_dir())),
@@ -247,6 +255,14 @@ def rewrite_config(args: argparse.Namespace) -> RewriteConfig:
         raise
 
 
+def warm_bodies(paths: list[str]) -> tuple[WarmBody, ...]:
+    try:
+        return tuple(load_bodies([Path(p).expanduser() for p in paths]))
+    except ValueError as exc:
+        build_parser().error(str(exc))
+        raise
+
+
 def keep_tapes(value: str) -> str:
     if value not in KEEP_TAPES:
         build_parser().error(f"--keep-tapes must be one of {', '.join(KEEP_TAPES)}")
@@ -291,6 +307,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         host=args.host,
         port=args.port,
         upstreams=tuple(UpstreamSpec.parse(u) for u in upstreams),
+        warm=warm_bodies(args.warm if args.warm is not None else env_list("WARM")),
         data_dir=args.data_dir.expanduser(),
         max_body_bytes=args.max_body_bytes,
         max_inflight_body_bytes=args.max_inflight_body_bytes,
@@ -429,7 +446,7 @@ def is_loopback(host: str) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     readers = {"stats": run_stats, "tail": run_tail, "explain": run_explain,
-               "tokenize": tokenize_command.run}  # fmt: skip
+               "tokenize": tokenize_command.run, "doctor": doctor.run}  # fmt: skip
     if args.command in readers:
         return readers[args.command](args)
     if args.log_level not in LOG_LEVELS:

@@ -10,6 +10,7 @@ from proxy.rewrite.engine import RewriteConfig
 from proxy.routing import RoutePolicy
 from proxy.security import Exposure
 from proxy.upstream import UpstreamSpec
+from proxy.warm import WarmBody
 
 KEEP_TAPES = ("lmdb", "memory")
 
@@ -68,6 +69,8 @@ class Settings:
     # The upstream llama-server runs with --swa-full: sliding-window models keep every
     # position, so any common prefix is reused (predicted as dense).
     upstream_swa_full: bool = False
+    # Request bodies prefilled at start and whenever an upstream lost them (proxy/warm.py).
+    warm: tuple[WarmBody, ...] = ()
 
     @property
     def records_dir(self) -> Path:

@@ -1,0 +1,127 @@
+"""Warm start: prefill the prompts agents will send before they send them.
+
+``--warm FILE`` (repeatable) names chat request bodies (system prompt, tools, optional first
+messages; the seeds' prompt tiers are one file each). Each is sent through kvproxy itself,
+over loopback, at start, after the upstream restarted (every llama-server slot empty) and
+after ollama unloaded the model (``/api/ps`` lists none): so it is rewritten, routed, saved
+and recorded like any request, lands in a slot of its own while there are free ones, and
+is saved to disk and restored on demand when there are not. The reply is one token (the
+server always samples one), never fed back into the slot.
+
+``lost_cache`` decides, from the server's answer, that the warmed prefixes are gone; it is
+pure and table-tested. ``Warmer`` is the thin async shell around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from proxy.errors import ProxyError
+from proxy.log import get_logger
+from proxy.upstream import Upstream
+
+log = get_logger("kvproxy.warm")
+
+WARM_HEADER = "x-kvproxy-warm"
+CHECK_INTERVAL = 5.0  # seconds between checks that the warmed prefixes are still there
+
+
+@dataclass(frozen=True)
+class WarmBody:
+    name: str
+    body: dict[str, Any]
+
+
+def load_bodies(paths: list[Path]) -> list[WarmBody]:
+    """The warm files as chat bodies; ValueError names the file and what is wrong."""
+    out = []
+    for path in paths:
+        try:
+            body = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--warm {path}: {exc}") from exc
+        messages = body.get("messages") if isinstance(body, dict) else None
+        if not isinstance(messages, list) or not messages:
+            raise ValueError(f"--warm {path}: not a chat body (an object with messages)")
+        out.append(WarmBody(path.name, body))
+    return out
+
+
+def warm_request(warm: WarmBody) -> dict[str, Any]:
+    """The body sent: the file's, with the shortest reply the server allows, unstreamed."""
+    keep = {k: v for k, v in warm.body.items() if k not in ("stream", "stream_options", "n")}
+    return {**keep, "max_tokens": 1, "temperature": 0, "stream": False}
+
+
+def lost_cache(kind: str, answer: Any) -> bool:
+    """Whether the upstream no longer holds anything warmed: llama-server's ``/slots`` with
+    every slot idle and empty (a restart), or ollama's ``/api/ps`` with no model loaded (an
+    unload or a restart). Unknown shapes are not a loss."""
+    if kind == "ollama":
+        return isinstance(answer, dict) and not answer.get("models")
+    if not isinstance(answer, list) or not answer:
+        return False
+    slots = [s for s in answer if isinstance(s, dict)]
+    return len(slots) == len(answer) and all(
+        not s.get("is_processing") and not s.get("n_prompt_tokens") and not
+        (s.get("prompt") or s.get("tokens"))
+        for s in slots
+    )  # fmt: skip
+
+
+class Warmer:
+    """Sends the warm bodies through kvproxy at start and whenever an upstream lost them."""
+
+    def __init__(self, bodies: list[WarmBody], base_url: str, api_key: str | None,
+                 upstreams: list[Upstream], interval: float = CHECK_INTERVAL) -> None:  # fmt: skip
+        self.bodies = bodies
+        self.base_url = base_url
+        self.headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self.upstreams = upstreams
+        self.interval = interval
+        self.rounds = 0  # completed warm-ups (start included)
+
+    async def run(self) -> None:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(600, connect=5)) as client:
+            await self._until_listening(client)
+            await self.warm(client, "start")
+            while True:
+                await asyncio.sleep(self.interval)
+                for upstream in self.upstreams:
+                    if await self._lost(upstream):
+                        await self.warm(client, "upstream lost its cache", upstream.url)
+                        break
+
+    async def _until_listening(self, client: httpx.AsyncClient) -> None:
+        while True:
+            try:
+                await client.get(self.base_url + "/metrics", headers=self.headers)
+                return
+            except httpx.HTTPError:
+                await asyncio.sleep(0.2)
+
+    async def _lost(self, upstream: Upstream) -> bool:
+        path = "/api/ps" if upstream.kind == "ollama" else "/slots"
+        try:
+            return lost_cache(upstream.kind, await upstream.get_json(path))
+        except ProxyError:
+            return False  # down: checked again once it answers
+
+    async def warm(self, client: httpx.AsyncClient, reason: str, upstream: str = "") -> None:
+        for warm in self.bodies:
+            try:
+                headers = {**self.headers, WARM_HEADER: warm.name}
+                resp = await client.post(self.base_url + "/v1/chat/completions",
+                                         json=warm_request(warm), headers=headers)
+                cache = resp.headers.get("x-kvproxy-cache")
+                log.info("warmed", file=warm.name, reason=reason, upstream=upstream or None,
+                         status=resp.status_code, cache=cache)  # fmt: skip
+            except httpx.HTTPError as exc:
+                log.warning("warm_failed", file=warm.name, reason=reason, error=str(exc))
+        self.rounds += 1
