@@ -142,6 +142,11 @@ async def slots_ctx(app: web.Application) -> AsyncIterator[None]:
                 else None,
             )
         )
+    for pool in pools:
+        if pool.upstream.kind == "ollama":
+            pool.ollama_ctx.fixed = settings.ollama_keep.num_ctx
+            with contextlib.suppress(ProxyError):
+                pool.ollama_ctx.learn_loaded(await pool.upstream.get_json("/api/ps"))
     manager = SlotManager(pools, settings.route, settings.slot_cache_max_bytes,
                           queue_timeout=settings.queue_timeout)  # fmt: skip
     store = app[STORE]

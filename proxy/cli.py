@@ -23,6 +23,7 @@ from proxy.app import create_app
 from proxy.embedded import EmbeddedError, resolve_model
 from proxy.errors import ProxyError
 from proxy.log import LOG_FILE, LOG_FORMATS, configure, get_logger
+from proxy.ollama_keep import KeepPolicy, parse_duration
 from proxy.private import UMASK, secure_data_dir
 from proxy.rewrite.engine import RewriteConfig
 from proxy.routing import RoutePolicy
@@ -67,6 +68,12 @@ SERVE_OPTIONS: tuple[tuple[str, type, str, str], ...] = (
      "seconds a request may wait in kvproxy's queue before a 503 with Retry-After"),
     ("--upstream-timeout", float, "600",
      "seconds of upstream silence (before the first byte or between chunks) before a 504"),
+    ("--ollama-num-ctx", int, "0",
+     "in front of ollama: the num_ctx sent with every request (0: the loaded model's, else "
+     "the first request's; -1: the client's own, which may make ollama reload)"),
+    ("--ollama-keep-alive", str, "30m",
+     "in front of ollama: the shortest keep_alive sent with every request ('off': the "
+     "client's own)"),
     ("--log-level", str, "info", "debug, info, warning or error"),
     ("--log-format", str, "auto",
      "stderr lines: console (readable), json, or auto (console on a terminal, else json); "
@@ -255,6 +262,14 @@ def rewrite_config(args: argparse.Namespace) -> RewriteConfig:
         raise
 
 
+def ollama_policy(num_ctx: int, keep_alive: str) -> KeepPolicy:
+    alive = "" if keep_alive.strip().lower() in ("off", "") else keep_alive.strip()
+    if alive and parse_duration(alive) is None:
+        build_parser().error(f"--ollama-keep-alive {keep_alive!r}: a duration like 30m or 1h")
+    return KeepPolicy(num_ctx=num_ctx if num_ctx > 0 else None, keep_alive=alive,
+                      stable_ctx=num_ctx >= 0)  # fmt: skip
+
+
 def warm_bodies(paths: list[str]) -> tuple[WarmBody, ...]:
     try:
         return tuple(load_bodies([Path(p).expanduser() for p in paths]))
@@ -308,6 +323,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         port=args.port,
         upstreams=tuple(UpstreamSpec.parse(u) for u in upstreams),
         warm=warm_bodies(args.warm if args.warm is not None else env_list("WARM")),
+        ollama_keep=ollama_policy(args.ollama_num_ctx, args.ollama_keep_alive),
         data_dir=args.data_dir.expanduser(),
         max_body_bytes=args.max_body_bytes,
         max_inflight_body_bytes=args.max_inflight_body_bytes,

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from proxy import ollama_bridge
+from proxy import ollama_bridge, ollama_keep
 from proxy.components import BODIES, METRICS, POOL, REWRITER, SETTINGS, SLOTS, STORE
 from proxy.conversation import Conversation
 from proxy.dialects.base import DialectBase
@@ -196,6 +196,18 @@ def cache_header(lease: Lease) -> dict[str, str]:
     return {
         CACHE_HEADER: f"cached={lease.route.predicted}; prompt={prompt}; slot={lease.slot_label}"
     }
+
+
+def keep_ollama_cache(settings: Any, pool: Any, body: dict[str, Any],
+                      rec: RequestRecord) -> dict[str, Any]:  # fmt: skip
+    """An ollama body with the model's stable num_ctx and a long enough keep_alive
+    (proxy/ollama_keep.py); the record says what the client's values were."""
+    kept = ollama_keep.keep(body, settings.ollama_keep, pool.ollama_ctx,
+                            ollama_keep.prompt_chars(body))  # fmt: skip
+    pairs = (("num_ctx", kept.num_ctx_replaced), ("keep_alive", kept.keep_alive_replaced))
+    replaced = {k: v for k, v in pairs if v is not None}
+    rec.ollama_replaced = replaced or None
+    return kept.body
 
 
 def upstream_call(
@@ -482,6 +494,8 @@ def dialect_handler(dialect: DialectBase) -> Handler:
             if request.app[SETTINGS].log_content:
                 rec.snippets = snippets(plan)
             path, upstream_body, bridged = calls[lease.route.upstream]
+            if lease.pool.upstream.kind == "ollama" and dialect.family == "ollama":
+                upstream_body = keep_ollama_cache(settings, lease.pool, upstream_body, rec)
             if lease.pool.pins:
                 upstream_body = {**upstream_body, "id_slot": lease.route.slot, "cache_prompt": True}
             upstream = lease.pool.upstream

@@ -61,6 +61,8 @@ class RequestRecord:
     # kvproxy's own time before sending upstream (reading, rewriting, tokenizing, routing),
     # waits for a free slot or the in-flight limit excluded
     overhead_ms: float | None = None
+    # ollama upstream: the client's num_ctx / keep_alive where kvproxy sent others
+    ollama_replaced: dict[str, Any] | None = None
     restored: bool = False
     miss: MissCause | None = None  # stored as miss_cause (kind), miss_token, ...
     estimated: bool = False

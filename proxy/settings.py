@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from proxy.ollama_keep import KeepPolicy
 from proxy.rewrite.engine import RewriteConfig
 from proxy.routing import RoutePolicy
 from proxy.security import Exposure
@@ -71,6 +72,8 @@ class Settings:
     upstream_swa_full: bool = False
     # Request bodies prefilled at start and whenever an upstream lost them (proxy/warm.py).
     warm: tuple[WarmBody, ...] = ()
+    # In front of ollama: a stable num_ctx per model and a minimum keep_alive.
+    ollama_keep: KeepPolicy = field(default_factory=KeepPolicy)
 
     @property
     def records_dir(self) -> Path:

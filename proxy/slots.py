@@ -26,6 +26,7 @@ from proxy.cause import MissCause
 from proxy.conversation import Conversation
 from proxy.errors import Overloaded, ProxyError
 from proxy.log import get_logger
+from proxy.ollama_keep import ContextMemory
 from proxy.prefix_index import BLOCK, Prompt
 from proxy.routing import Route, RoutePolicy, choose
 from proxy.slot_table import (
@@ -66,6 +67,8 @@ class UpstreamSlots:
     max_inflight: int = 0  # requests sent to it at once; 0: 4 per slot
     swa_tail: int | None = None  # sliding-window model: see slot_table.reusable
     swa_window: int | None = None
+    # ollama: the context each model runs at (proxy/ollama_keep.py)
+    ollama_ctx: ContextMemory = field(default_factory=ContextMemory)
     table: SlotTable = field(init=False)
     gate: asyncio.Semaphore = field(init=False, repr=False)
     prep: list[asyncio.Lock] = field(init=False, repr=False)  # one slot's save/restore I/O

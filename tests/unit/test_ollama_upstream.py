@@ -90,9 +90,10 @@ async def test_ollama_upstream_is_detected_and_passed_through(tmp_path) -> None:
             ]
             assert [p.message.content for p in parts] == ["The", ""]
             assert parts[-1].done and parts[-1].prompt_eval_count == 26
-            # ollama-only fields reach ollama untouched.
+            # ollama-only fields reach ollama; keep_alive at least --ollama-keep-alive (30m),
+            # and the first num_ctx seen for a model stays that model's (ollama_keep.py)
             assert seen[0]["options"] == {"num_ctx": 4096, "temperature": 0}
-            assert seen[0]["keep_alive"] == "5m"
+            assert seen[0]["keep_alive"] == "30m"
             listed = await client.list()
             assert listed.models[0].model == "deepseek-r1:latest"
             async with httpx.AsyncClient() as raw:
@@ -106,3 +107,4 @@ async def test_ollama_upstream_is_detected_and_passed_through(tmp_path) -> None:
             assert record["slot"] == "0/0" and record["estimated"] is True
             assert record["prompt_tokens"] == 26 and record["prefilled_tokens"] == 26
             assert record["cached_tokens"] == 0 and record["decode_tokens"] == 282
+            assert record["ollama_replaced"] == {"keep_alive": "5m"}
