@@ -15,7 +15,7 @@ STAMP := $(VENV)/.kvproxy-installed
 SOAK_SECONDS ?= 1800
 
 .PHONY: run test lint bench bench-overhead bench-routing bench-rewrite bench-index bench-clients \
-	bench-load bench-soak bench-tokens clean
+	bench-load bench-soak bench-tokens bench-warm clean
 
 # MODEL=PATH.gguf (or a packaged name: smollm2-135m, gemma3-270m) serves another model.
 run: $(STAMP)
@@ -58,6 +58,11 @@ bench-soak: $(STAMP)
 # Local vs server tokenizing at 1k-128k tokens, and the TTFT an appended turn gets on 32k.
 bench-tokens: $(STAMP)
 	$(BIN)/python -m bench.tokens
+
+# The seeds' warm-up acceptance: 10 identical requests after a fresh start, and one after
+# an upstream restart, direct / kvproxy / kvproxy --warm.
+bench-warm: $(STAMP)
+	$(BIN)/python -m bench.warm
 
 bench-index: $(STAMP)
 	$(BIN)/pytest -p no:cacheprovider bench/test_prefix_index_bench.py --benchmark-columns=min,median,mean,rounds
