@@ -46,6 +46,7 @@ from proxy.streaming import (
     with_cached_tokens,
 )
 from proxy.upstream import Upstream, forwardable_headers
+from proxy.warm import WARM_HEADER
 
 log = get_logger("kvproxy.handlers")
 
@@ -467,7 +468,8 @@ def dialect_handler(dialect: DialectBase) -> Handler:
             metrics.observe(fields)
 
         rec = RequestRecord(
-            request_id=new_request_id(), path=request.path, dialect=dialect.name, sink=sink
+            request_id=new_request_id(), path=request.path, dialect=dialect.name, sink=sink,
+            warm=request.headers.get(WARM_HEADER),
         )
         lease: Lease | None = None
         gate: asyncio.Semaphore | None = None

@@ -63,6 +63,7 @@ class RequestRecord:
     overhead_ms: float | None = None
     # ollama upstream: the client's num_ctx / keep_alive where kvproxy sent others
     ollama_replaced: dict[str, Any] | None = None
+    warm: str | None = None  # a warm-up request (proxy/warm.py): the warm file's name
     restored: bool = False
     miss: MissCause | None = None  # stored as miss_cause (kind), miss_token, ...
     estimated: bool = False

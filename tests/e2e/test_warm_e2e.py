@@ -51,6 +51,8 @@ def test_first_requests_after_start_and_after_a_restart_are_hits(tmp_path: Path)
     proxy = start_proxy(tmp_path / "p", "--upstream", llama.url, "--warm", str(warm))
     try:
         wait_for(lambda: warmed(proxy.log_lines(), "start") == 1)
+        assert '"warm": "agent.json"' in "\n".join(proxy.log_lines())  # its record says so
+        assert '"warm": "agent.json"' in "\n".join(proxy.log_lines())  # its record says so
         predicted, cached, prompt = ask(proxy.url, "First question?")
         assert predicted == cached > 1000 and prompt - cached < 40  # only the question
         port = llama.port
