@@ -37,6 +37,7 @@ class CallResult:
     new: int
     ttft_ms: float
     rewrite: str | None
+    predicted: int | None = None  # kvproxy's x-kvproxy-cache prediction (None: direct)
 
     @property
     def hit(self) -> bool:

@@ -204,6 +204,13 @@ class Side:
             self.proxy = spawn_proxy(self.tmp / "proxy", "--upstream", self.llama.url)
 
 
+def predicted_of(header: str | None) -> int | None:
+    """``cached=N`` of kvproxy's ``x-kvproxy-cache`` header."""
+    if not header or not header.startswith("cached="):
+        return None
+    return int(header.split(";")[0].removeprefix("cached="))
+
+
 def play(side: Side, number: int, scenario: Scenario) -> list[CallResult]:
     results: list[CallResult] = []
     previous: Body | None = None
@@ -227,6 +234,7 @@ def play(side: Side, number: int, scenario: Scenario) -> list[CallResult]:
                     new=new_tokens(client, side.llama.url, body, previous),
                     ttft_ms=ttft,
                     rewrite=headers.get("x-kvproxy-rewrite"),
+                    predicted=predicted_of(headers.get("x-kvproxy-cache")),
                 )
             )
             previous, reply = body, text
@@ -268,7 +276,8 @@ def amplification(results: list[CallResult]) -> float:
 HEADER = (
     "| # | scenario | calls | prompt tokens | direct prefilled | kvproxy prefilled | direct "
     "cached | kvproxy cached | direct TTFT p50 ms | kvproxy TTFT p50 ms | direct calls "
-    "| kvproxy calls | direct ampl. | kvproxy ampl. | direct/kvproxy |\n" + "|---" * 15 + "|"
+    "| kvproxy calls | direct ampl. | kvproxy ampl. | direct/kvproxy "
+    "| kvproxy predicted = actual |\n" + "|---" * 16 + "|"
 )
 
 
@@ -282,7 +291,8 @@ def row(n: int, direct: list[CallResult], via: list[CallResult]) -> str:
         f"| {statistics.median(r.ttft_ms for r in via):.0f} "
         f"| {' '.join(map(outcome, direct))} | {' '.join(map(outcome, via))} "
         f"| {amplification(direct):.2f} | {amplification(via):.2f} "
-        f"| {d_pre / max(1, v_pre):.2f}x |"
+        f"| {d_pre / max(1, v_pre):.2f}x "
+        f"| {sum(r.predicted == r.cache_n for r in via)}/{len(via)} |"
     )
 
 

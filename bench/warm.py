@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="kvp-warm-"))
-    with httpx.Client(timeout=600) as client:
+    # no keep-alive: a pooled connection to the server before its restart would be dead
+    with httpx.Client(timeout=600, limits=httpx.Limits(max_keepalive_connections=0)) as client:
         runs = {mode: side(tmp, mode, client) for mode in ("direct", "kvproxy", "warm")}
     names = {"direct": "direct", "kvproxy": "kvproxy, no warm-up", "warm": "kvproxy --warm"}
     rows = ["| side | request 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 | 10 | first after a restart "
@@ -99,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"| {warm_median:.0f} | {ttfts[0] / warm_median:.1f}x / "
                     f"{after_t / warm_median:.1f}x |")  # fmt: skip
     table = "\n".join([*rows, "", "TTFT in ms (cached tokens). The prefix (system prompt + 3 "
-                       "tools) is ~2,000 tokens; each request adds a short question."])  # fmt: skip
+                       "tools) is ~1,500 tokens; each request adds a short question (~15 tokens), which the "
+                       "first request after a warm-up still prefills."])  # fmt: skip
     print(table)
     if not args.no_write:
         write_section("warm", table)
