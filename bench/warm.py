@@ -1,6 +1,6 @@
 """`make bench-warm`: the seeds' warm-up acceptance, measured in one run.
 
-An agent's system prompt and tool definitions (~2,000 tokens, as in the seeds) and 10
+An agent's system prompt and tool definitions (~1,500 tokens; the seeds had ~2,000) and 10
 identical requests after a fresh start of the embedded llama-server (bundled SmolLM2, 2
 slots): direct, through kvproxy without warm-up, and through kvproxy with ``--warm`` on a
 file holding that prefix; then the upstream is restarted (same port, slots empty) and one
@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"| {warm_median:.0f} | {ttfts[0] / warm_median:.1f}x / "
                     f"{after_t / warm_median:.1f}x |")  # fmt: skip
     table = "\n".join([*rows, "", "TTFT in ms (cached tokens). The prefix (system prompt + 3 "
-                       "tools) is ~1,500 tokens; each request adds a short question (~15 tokens), which the "
+                       "tools) is ~1,500 tokens; each request adds a short question (~15 "
+                       "tokens), which the "
                        "first request after a warm-up still prefills."])  # fmt: skip
     print(table)
     if not args.no_write:
