@@ -91,12 +91,18 @@ class LateTokenizer(ListTokenizer):
         return await self.answer
 
 
-async def test_a_reply_tokenized_by_the_server_is_added_once_known() -> None:
+async def replied_on_the_server_path() -> tuple[SlotManager, LateTokenizer]:
+    """A 100-token prompt answered; its reply still being tokenized by the server."""
     m = manager(1)
     late = LateTokenizer()
     m.pools[0].tokenizer = late
     lease = await m.acquire(CHAT, {0: {"tokens": list(range(100))}})
     m.release(lease, completed=True, finish_reason="stop", reply_text="a reply")
+    return m, late
+
+
+async def test_a_reply_tokenized_by_the_server_is_added_once_known() -> None:
+    m, late = await replied_on_the_server_path()
     assert len(m.pools[0].table.held.get(0) or ()) == 100  # the prompt, for now
     late.answer.set_result([7, 8, 9])
     await asyncio.sleep(0)
@@ -107,11 +113,7 @@ async def test_a_reply_tokenized_by_the_server_is_added_once_known() -> None:
 
 
 async def test_a_late_reply_does_not_overwrite_a_newer_request() -> None:
-    m = manager(1)
-    late = LateTokenizer()
-    m.pools[0].tokenizer = late
-    lease = await m.acquire(CHAT, {0: {"tokens": list(range(100))}})
-    m.release(lease, completed=True, finish_reason="stop", reply_text="a reply")
+    m, late = await replied_on_the_server_path()
     other = await m.acquire(CHAT, {0: {"tokens": list(range(500, 520))}})
     m.release(other, completed=False, cached_actual=0, prompt_done=True)
     late.answer.set_result([7, 8, 9])
@@ -380,11 +382,7 @@ async def test_a_woken_request_that_is_cancelled_passes_the_slot_on() -> None:
 
 
 async def test_routing_waits_for_a_reply_still_being_tokenized() -> None:
-    m = manager(1)
-    late = LateTokenizer()
-    m.pools[0].tokenizer = late
-    lease = await m.acquire(CHAT, {0: {"tokens": list(range(100))}})
-    m.release(lease, completed=True, finish_reason="stop", reply_text="a reply")
+    m, late = await replied_on_the_server_path()
     asyncio.get_running_loop().call_later(0.05, late.answer.set_result, [7, 8])
     again = await m.acquire(CHAT, {0: {"tokens": [*range(100), 7, 8, 9]}})
     assert again.route.predicted == 102
