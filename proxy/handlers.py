@@ -18,9 +18,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from proxy import ollama_bridge, ollama_keep
+from proxy import ollama_bridge, ollama_keep, openai_bridge
 from proxy.components import BODIES, METRICS, POOL, REWRITER, SETTINGS, SLOTS, STORE
-from proxy.conversation import Conversation
+from proxy.conversation import Conversation, thaw
 from proxy.dialects.base import DialectBase
 from proxy.errors import (
     BadRequest,
@@ -39,6 +39,7 @@ from proxy.rewrite.engine import Plan
 from proxy.rewrite.identity import identify
 from proxy.slots import Lease, SlotManager, miss_cause
 from proxy.streaming import (
+    NDJSONSplitter,
     SSESplitter,
     UsageObserver,
     decode_event,
@@ -211,16 +212,22 @@ def keep_ollama_cache(settings: Any, pool: Any, body: dict[str, Any],
     return kept.body
 
 
+NATIVE, OLLAMA_ON_LLAMA, OPENAI_ON_OLLAMA = "native", "ollama-on-llama", "openai-on-ollama"
+
+
 def upstream_call(
     dialect: DialectBase, conv: Conversation, upstream: Upstream, raw_path: str
-) -> tuple[str, dict[str, Any], bool]:
-    """(path, body, bridged): an ollama request to llama-server is translated; everything
+) -> tuple[str, dict[str, Any], str]:
+    """(path, body, how): an ollama request to llama-server is translated, and an OpenAI
+    chat request to ollama goes to its ``/api/chat`` (proxy/openai_bridge.py); everything
     else goes to the same path in its own dialect."""
     if upstream.kind == "llama" and dialect.family == "ollama":
         endpoint = "chat" if conv.kind == "chat" else "generate"
         path, body = ollama_bridge.upstream_request(conv, endpoint)
-        return path, body, True
-    return raw_path, dialect.render(conv), False
+        return path, body, OLLAMA_ON_LLAMA
+    if upstream.kind == "ollama" and dialect.name == "openai_chat":
+        return "/api/chat", openai_bridge.chat_request(conv), OPENAI_ON_OLLAMA
+    return raw_path, dialect.render(conv), NATIVE
 
 
 @dataclass
@@ -331,6 +338,60 @@ async def relay_ollama_bridge(call: Relay) -> web.StreamResponse:
         return out
 
 
+async def relay_openai_on_ollama(call: Relay) -> web.StreamResponse:
+    """An OpenAI chat request answered by ollama's /api/chat: translate there and back."""
+    request, conv, dialect, path, body = call.request, call.conv, call.dialect, call.path, call.body
+    upstream, rec, observer = call.upstream, call.rec, call.observer
+    rec.upstream_path, rec.translated = path, True
+    options = thaw(conv.params).get("stream_options") or {}
+    responder = openai_bridge.OpenAIResponder(
+        model=conv.model or "", include_usage=bool(options.get("include_usage"))
+    )
+    async with upstream.request(
+        "POST", path, json_body=body, headers=client_headers(request)
+    ) as resp:
+        rec.status = resp.status
+        if resp.status != 200:
+            message = upstream_error_message(await resp.read())
+            error = {"error": {"message": message, "type": "upstream_error",
+                               "code": resp.status}}  # fmt: skip
+            return web.json_response(error, status=resp.status, headers=call.extra_headers)
+        if not conv.stream:
+            whole = await resp.json(content_type=None)
+            observer.observe(whole)
+            rec.first_byte()
+            answer = responder.whole(whole)
+            rec.absorb(observer.counters())
+            return web.json_response(answer, headers=call.extra_headers)
+        splitter = NDJSONSplitter()
+
+        def translate(chunk: bytes) -> list[bytes]:
+            out = []
+            for payload in splitter.feed(chunk):
+                obj = decode_event(payload)
+                if obj is None:
+                    continue
+                if "error" in obj:
+                    out.append({"error": {"message": upstream_error_message(payload)}})
+                    continue
+                observer.observe(obj)
+                out.extend(responder.on_object(obj))
+            return [b"data: " + json.dumps(o, separators=(",", ":")).encode() + b"\n\n"
+                    for o in out]  # fmt: skip
+
+        sse = await relay_stream(
+            request, resp, upstream, dialect, rec, on_chunk=translate,
+            headers={"Content-Type": "text/event-stream", **call.extra_headers},
+            closing=lambda: [b"data: [DONE]\n\n"],
+        )  # fmt: skip
+        rec.absorb(observer.counters())
+        return sse
+
+
+RELAYS = {NATIVE: relay_native, OLLAMA_ON_LLAMA: relay_ollama_bridge,
+          OPENAI_ON_OLLAMA: relay_openai_on_ollama}  # fmt: skip
+
+
 def note_route(rec: RequestRecord, lease: Lease) -> None:
     rec.upstream = lease.pool.upstream.name
     rec.slot = lease.slot_label
@@ -376,7 +437,7 @@ def finish_lease(
     )
 
 
-Calls = dict[int, tuple[str, dict[str, Any], bool]]
+Calls = dict[int, tuple[str, dict[str, Any], str]]
 
 
 def calls_for(slots: SlotManager, dialect: DialectBase, conv: Conversation, raw_path: str) -> Calls:
@@ -495,8 +556,9 @@ def dialect_handler(dialect: DialectBase) -> Handler:
             note_rewrite(rec, plan, original_cached)
             if request.app[SETTINGS].log_content:
                 rec.snippets = snippets(plan)
-            path, upstream_body, bridged = calls[lease.route.upstream]
-            if lease.pool.upstream.kind == "ollama" and dialect.family == "ollama":
+            path, upstream_body, how = calls[lease.route.upstream]
+            if lease.pool.upstream.kind == "ollama" and (dialect.family == "ollama"
+                                                         or how == OPENAI_ON_OLLAMA):  # fmt: skip
                 upstream_body = keep_ollama_cache(settings, lease.pool, upstream_body, rec)
             if lease.pool.pins:
                 upstream_body = {**upstream_body, "id_slot": lease.route.slot, "cache_prompt": True}
@@ -505,7 +567,7 @@ def dialect_handler(dialect: DialectBase) -> Handler:
                        REQUEST_ID_HEADER: rec.request_id}  # fmt: skip
             call = Relay(request, dialect, plan.conv, path, upstream_body, upstream, rec,
                          observer, headers)  # fmt: skip
-            relay = relay_ollama_bridge if bridged else relay_native
+            relay = RELAYS[how]
             rec.overhead_ms = round((time.perf_counter() - rec.t0) * 1000 - waited_ms, 2)
             out = await relay(call)
             note_outcome(rec, lease)

@@ -95,8 +95,10 @@ class FakeOllama:
         return web.json_response({"models": [{"name": m, "model": m, "context_length": c}
                                              for m, c in self.loaded.items()]})  # fmt: skip
 
-    async def chat(self, request: web.Request) -> web.Response:
-        body = await request.json()
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self.chat_with(await request.json())
+
+    async def chat_with(self, body: dict[str, Any]) -> web.Response:
         ctx = (body.get("options") or {}).get("num_ctx") or self.default_ctx
         if self.loaded.get(body["model"]) != ctx:
             self.loaded[body["model"]] = ctx

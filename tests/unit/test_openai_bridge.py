@@ -1,0 +1,154 @@
+"""OpenAI chat requests sent to ollama's /api/chat and answered back in OpenAI's shape
+(proxy/openai_bridge.py), then through kvproxy with the real ``openai`` SDK against a fake
+ollama (docs/ollama.md: no ollama binary can be installed here)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import openai
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from proxy.app import create_app
+from proxy.dialects.openai_chat import OpenAIChat
+from proxy.errors import BadRequest
+from proxy.openai_bridge import OpenAIResponder, chat_request
+from proxy.settings import Settings
+from proxy.upstream import UpstreamSpec
+from tests.unit.test_ollama_keep import FakeOllama
+
+CALL = {"id": "c1", "type": "function",
+        "function": {"name": "read_file", "arguments": '{"path": "a.txt"}'}}  # fmt: skip
+
+
+def test_a_chat_request_in_ollamas_shape() -> None:
+    conv = OpenAIChat().parse({
+        "model": "qwen2.5:7b", "max_tokens": 64, "temperature": 0.2, "stream": True,
+        "stream_options": {"include_usage": True}, "user": "u1",
+        "tools": [{"type": "function", "function": {"name": "read_file", "parameters": {}}}],
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [
+                {"type": "text", "text": "Look:"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,QUJD"}}]},
+            {"role": "assistant", "content": None, "tool_calls": [CALL]},
+            {"role": "tool", "tool_call_id": "c1", "content": "hello"},
+        ]})  # fmt: skip
+    body = chat_request(conv)
+    assert body["model"] == "qwen2.5:7b" and body["stream"] is True
+    assert body["options"] == {"num_predict": 64, "temperature": 0.2}
+    assert "user" not in body and "stream_options" not in body
+    system, user, assistant, tool = body["messages"]
+    assert system == {"role": "system", "content": "Be brief."}
+    assert user == {"role": "user", "content": "Look:", "images": ["QUJD"]}
+    assert assistant["tool_calls"] == [{"function": {"name": "read_file",
+                                                     "arguments": {"path": "a.txt"}}}]  # fmt: skip
+    assert tool == {"role": "tool", "content": "hello", "tool_name": "read_file"}
+    assert body["tools"][0]["function"]["name"] == "read_file"
+
+
+def test_an_image_by_url_is_refused_for_ollama() -> None:
+    conv = OpenAIChat().parse({"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]})  # fmt: skip
+    with pytest.raises(BadRequest, match="base64"):
+        chat_request(conv)
+
+
+DONE = {"done": True, "done_reason": "stop", "prompt_eval_count": 30, "eval_count": 2,
+        "message": {"role": "assistant", "content": ""}}  # fmt: skip
+
+
+def test_streamed_objects_become_chunks_with_usage() -> None:
+    r = OpenAIResponder(model="m", include_usage=True)
+    first = r.on_object({"message": {"role": "assistant", "content": "Hi"}, "done": False})
+    assert first[0]["choices"][0]["delta"] == {"role": "assistant", "content": "Hi"}
+    calls = r.on_object({"message": {"role": "assistant", "content": "", "tool_calls": [
+        {"function": {"name": "run", "arguments": {"cmd": "ls"}}}]}, "done": False})  # fmt: skip
+    call = calls[0]["choices"][0]["delta"]["tool_calls"][0]
+    assert call["index"] == 0 and json.loads(call["function"]["arguments"]) == {"cmd": "ls"}
+    end = r.on_object(DONE)
+    assert end[0]["choices"][0]["finish_reason"] == "tool_calls"
+    assert end[1]["usage"] == {"prompt_tokens": 30, "completion_tokens": 2, "total_tokens": 32}
+
+
+def test_a_whole_answer_becomes_a_chat_completion() -> None:
+    hi = {"role": "assistant", "content": "Hi"}
+    out = OpenAIResponder(model="m").whole({**DONE, "done_reason": "length", "message": hi})
+    assert out["object"] == "chat.completion"
+    assert out["choices"][0] == {"index": 0, "finish_reason": "length",
+                                 "message": {"role": "assistant", "content": "Hi"}}  # fmt: skip
+    assert out["usage"]["prompt_tokens"] == 30
+
+
+class FakeOllamaWithV1(FakeOllama):
+    """ollama's /v1 runs a model at the server's default context (reloading it if the
+    loaded runner has another), and /api/chat streams NDJSON when asked."""
+
+    def app(self) -> web.Application:
+        app = super().app()
+        app.router.add_post("/v1/chat/completions", self.v1)
+        return app
+
+    async def v1(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if self.loaded.get(body["model"]) != self.default_ctx:
+            self.loaded[body["model"]] = self.default_ctx
+            self.loads += 1
+        return web.json_response({"id": "x", "object": "chat.completion", "created": 0,
+                                  "model": body["model"], "choices": [{"index": 0,
+                                  "message": {"role": "assistant", "content": "ok"},
+                                  "finish_reason": "stop"}]})  # fmt: skip
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if not body.get("stream", True):
+            return await super().chat_with(body)
+        await super().chat_with(body)  # the same loading and caching
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        for obj in ({"model": body["model"], "message": {"role": "assistant", "content": "o"},
+                     "done": False}, {"model": body["model"], **DONE}):  # fmt: skip
+            await resp.write(json.dumps(obj).encode() + b"\n")
+        return resp
+
+
+async def mixed_clients(base: str) -> list[Any]:
+    """An agent that sends /api/chat with num_ctx 8192 and /v1 without, alternating."""
+    import httpx
+
+    client = openai.AsyncOpenAI(base_url=base + "/v1", api_key="x", max_retries=0)
+    out = []
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "hi"}]
+    async with httpx.AsyncClient(timeout=30) as raw:
+        for i in range(2):
+            r = await raw.post(base + "/api/chat", json={"model": "m", "messages": messages,
+                               "stream": False, "options": {"num_ctx": 8192}})  # fmt: skip
+            out.append(r.status_code)
+            answer = await client.chat.completions.create(model="m", messages=messages)  # type: ignore[arg-type]
+            out.append(answer.choices[0].message.content)
+            stream = await client.chat.completions.create(
+                model="m", messages=messages, stream=True,  # type: ignore[arg-type]
+                stream_options={"include_usage": True})  # fmt: skip
+            out.append("".join([c.choices[0].delta.content or "" async for c in stream
+                                if c.choices]))  # fmt: skip
+            messages = [*messages, {"role": "assistant", "content": "ok"},
+                        {"role": "user", "content": f"turn {i}"}]  # fmt: skip
+    return out
+
+
+async def test_openai_and_ollama_clients_share_one_context(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    direct_fake, via_fake = FakeOllamaWithV1(), FakeOllamaWithV1()
+    async with TestServer(direct_fake.app()) as direct:
+        await mixed_clients(str(direct.make_url("")).rstrip("/"))
+    assert direct_fake.loads >= 4  # /api/chat at 8192, /v1 at the default: back and forth
+    async with TestServer(via_fake.app()) as upstream:
+        url = str(upstream.make_url("")).rstrip("/")
+        proxy_app = create_app(Settings(upstreams=(UpstreamSpec.parse(url),), data_dir=tmp_path))
+        async with TestServer(proxy_app) as proxy:
+            out = await mixed_clients(str(proxy.make_url("")).rstrip("/"))
+    assert out == [200, "ok", "o"] * 2
+    assert via_fake.loads == 1  # one context for the model, whatever the dialect
+    assert set(via_fake.keep_alive) == {"30m"}
