@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -31,11 +32,11 @@ from proxy.rewrite.engine import Rewriter
 from proxy.rewrite.tape import TapeStore
 from proxy.settings import Settings
 from proxy.slots import SlotManager, UpstreamSlots
-from proxy.store import RecordStore
+from proxy.store import RecordStore, read_records
 from proxy.tokens import tokenizer_for
 from proxy.tokens.gguf import AttentionKind, attention_kind
 from proxy.upstream import Upstream, UpstreamSpec, detect_kind, make_session
-from proxy.warm import Warmer
+from proxy.warm import AUTO_DAYS, AUTO_MAX, WarmBody, Warmer, auto_bodies, busiest
 
 log = get_logger("kvproxy.app")
 # llama-server's default --ubatch-size: how far back from the end of a sliding-window
@@ -62,7 +63,7 @@ def create_app(settings: Settings) -> web.Application:
         app.cleanup_ctx.append(embedded_ctx)
     app.cleanup_ctx.append(upstreams_ctx)
     app.cleanup_ctx.append(slots_ctx)
-    if settings.warm:
+    if settings.warm or settings.warm_auto:
         app.cleanup_ctx.append(warm_ctx)
     setup_routes(app, dict(REGISTRY))
     return app
@@ -75,8 +76,10 @@ async def warm_ctx(app: web.Application) -> AsyncIterator[None]:
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(settings.host,
                                                                       settings.host)  # fmt: skip
     base = f"http://[{host}]:{settings.port}" if ":" in host else f"http://{host}:{settings.port}"
-    warmer = Warmer(list(settings.warm), base, settings.exposure.api_key,
-                    list(app[POOL].upstreams))  # fmt: skip
+    bodies = list(settings.warm)
+    if settings.warm_auto:
+        bodies += await auto_warm(app, len(bodies))
+    warmer = Warmer(bodies, base, settings.exposure.api_key, list(app[POOL].upstreams))
     task = asyncio.create_task(warmer.run())
     try:
         yield
@@ -84,6 +87,26 @@ async def warm_ctx(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def auto_warm(app: web.Application, taken: int) -> list[WarmBody]:
+    """``--warm auto``: the busiest conversations' prefixes, in the slots that hold nothing
+    now (so no live conversation is evicted), at most ``AUTO_MAX``."""
+    settings = app[SETTINGS]
+    for pool in app[SLOTS].pools:  # what the servers hold now, not what the last run left
+        if pool.upstream.kind == "llama":
+            await app[SLOTS].sync(pool)
+    free = sum(1 for pool in app[SLOTS].pools if pool.upstream.kind == "llama"
+               for slot in range(pool.n_slots) if pool.table.held.get(slot) is None)  # fmt: skip
+    budget = min(AUTO_MAX, free - taken)
+    if budget <= 0:
+        log.info("warm_auto_skipped", free_slots=free, files=taken)
+        return []
+    since = time.time() - AUTO_DAYS * 86400
+    records = await asyncio.to_thread(lambda: list(read_records(settings.records_dir, since)))
+    bodies = auto_bodies(busiest(records, since), app[REWRITER].tapes.get, budget)
+    log.info("warm_auto", prefixes=len(bodies), free_slots=free, records=len(records))
+    return bodies
 
 
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -182,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--warm", action="append", default=None, metavar="FILE",
         help="a chat request body (system prompt, tools, first messages) to prefill at start, "
-        "after an upstream restart and after ollama unloads; repeatable "
+        "after an upstream restart and after ollama unloads; repeatable; 'auto': the system "
+        "prompts and tools of the busiest conversations of the last 7 days, in free slots "
         "[KVPROXY_WARM, comma-separated]",
     )  # fmt: skip
     serve.add_argument(
@@ -271,8 +272,9 @@ def ollama_policy(num_ctx: int, keep_alive: str) -> KeepPolicy:
 
 
 def warm_bodies(paths: list[str]) -> tuple[WarmBody, ...]:
+    """The ``--warm`` files (``auto`` is not a file: ``Settings.warm_auto``)."""
     try:
-        return tuple(load_bodies([Path(p).expanduser() for p in paths]))
+        return tuple(load_bodies([Path(p).expanduser() for p in paths if p != "auto"]))
     except ValueError as exc:
         build_parser().error(str(exc))
         raise
@@ -317,12 +319,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
     upstreams = args.upstream if args.upstream is not None else env_list("UPSTREAM")
     server_tokens = str(args.tokenizer) == "server"
     model, llama_args = embedded_model(args.model, args.llama_args)
+    warm = args.warm if args.warm is not None else env_list("WARM")
     return Settings(
         exposure=exposure_from(args),
         host=args.host,
         port=args.port,
         upstreams=tuple(UpstreamSpec.parse(u) for u in upstreams),
-        warm=warm_bodies(args.warm if args.warm is not None else env_list("WARM")),
+        warm=warm_bodies(warm),
+        warm_auto="auto" in warm,
         ollama_keep=ollama_policy(args.ollama_num_ctx, args.ollama_keep_alive),
         data_dir=args.data_dir.expanduser(),
         max_body_bytes=args.max_body_bytes,

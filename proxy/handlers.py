@@ -572,7 +572,8 @@ def dialect_handler(dialect: DialectBase) -> Handler:
             out = await relay(call)
             note_outcome(rec, lease)
             finish_lease(slots, lease, observer, rec)
-            if rec.status == 200 and rec.error is None:
+            if rec.status == 200 and rec.error is None and rec.warm is None:
+                # a warm-up is no conversation: no tape (its text may come from another's)
                 request.app[REWRITER].commit(plan, reply=observer.text)
             return out
         except ProxyError as err:

@@ -72,6 +72,7 @@ class Settings:
     upstream_swa_full: bool = False
     # Request bodies prefilled at start and whenever an upstream lost them (proxy/warm.py).
     warm: tuple[WarmBody, ...] = ()
+    warm_auto: bool = False  # --warm auto: also the busiest conversations' prefixes
     # In front of ollama: a stable num_ctx per model and a minimum keep_alive.
     ollama_keep: KeepPolicy = field(default_factory=KeepPolicy)
 

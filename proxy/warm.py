@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +26,15 @@ import httpx
 
 from proxy.errors import ProxyError
 from proxy.log import get_logger
+from proxy.rewrite.tape import Tape
 from proxy.upstream import Upstream
 
 log = get_logger("kvproxy.warm")
 
 WARM_HEADER = "x-kvproxy-warm"
 CHECK_INTERVAL = 5.0  # seconds between checks that the warmed prefixes are still there
+AUTO_DAYS = 7  # --warm auto looks at the records of the last days
+AUTO_MAX = 4  # and warms at most this many prefixes (and never more than free slots)
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,45 @@ def load_bodies(paths: list[Path]) -> list[WarmBody]:
         if not isinstance(messages, list) or not messages:
             raise ValueError(f"--warm {path}: not a chat body (an object with messages)")
         out.append(WarmBody(path.name, body))
+    return out
+
+
+def busiest(records: Iterable[Mapping[str, Any]], since: float) -> list[str]:
+    """Conversation lineages by how many answered client requests they had since ``since``
+    (warm-ups not counted), busiest first."""
+    counts = Counter(
+        r["lineage"] for r in records
+        if r.get("lineage") and r.get("status") == 200 and not r.get("warm")
+        and (r.get("time") or 0) >= since
+    )  # fmt: skip
+    return [lineage for lineage, _ in counts.most_common()]
+
+
+def auto_bodies(lineages: list[str], tape_of: Callable[[str], Tape | None],
+                budget: int) -> list[WarmBody]:  # fmt: skip
+    """``--warm auto``: the system prompt and tools of the busiest conversations, as their
+    tapes hold them (the form last sent upstream, so the form the next request will have),
+    one body per distinct prefix, at most ``budget``."""
+    out: list[WarmBody] = []
+    seen: set[str] = set()
+    for lineage in lineages:
+        if len(out) >= budget:
+            break
+        tape = tape_of(lineage)
+        system = tape.sent_system if tape is not None else None
+        if tape is None or system is None:
+            continue
+        body: dict[str, Any] = {"messages": [{"role": "system", "content": system}]}
+        try:
+            tools = [json.loads(t) for t in tape.tools]
+        except ValueError:
+            continue
+        if tools:
+            body["tools"] = tools
+        key = json.dumps(body, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append(WarmBody(f"auto:{lineage}", body))
     return out
 
 

@@ -77,3 +77,27 @@ def test_a_bad_warm_file_is_a_usage_error(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 2 and "not a chat body" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_warm_auto_prefills_the_busiest_conversations_prefix(tmp_path: Path) -> None:
+    """A conversation runs; kvproxy and the server restart (empty slots); with --warm auto
+    the first request of a new conversation with the same system prompt is a hit."""
+    settings = EmbeddedSettings(parallel=2, ctx_per_slot=4096, extra_args=("--cache-ram", "0"))
+    llama = EmbeddedServer.start(settings, tmp_path / "llama")
+    proxy = start_proxy(tmp_path / "p", "--upstream", llama.url)
+    try:
+        for question in ("One?", "Two?"):
+            ask(proxy.url, question)
+    finally:
+        stop_proxy(proxy)
+        llama.stop()
+    llama = EmbeddedServer.start(settings, tmp_path / "llama2")  # a fresh server: nothing held
+    proxy = start_proxy(tmp_path / "p", "--upstream", llama.url, "--warm", "auto")
+    try:
+        wait_for(lambda: warmed(proxy.log_lines(), "start") == 1)
+        assert any('"warm_auto"' in ln and '"prefixes": 1' in ln for ln in proxy.log_lines())
+        predicted, cached, prompt = ask(proxy.url, "A new conversation?")
+        assert predicted == cached > 1000 and prompt - cached < 40
+    finally:
+        stop_proxy(proxy)
+        llama.stop()

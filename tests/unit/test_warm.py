@@ -50,3 +50,40 @@ def test_the_reply_is_one_token_unstreamed() -> None:
     sent = warm_request(WarmBody("w", body))
     assert sent["max_tokens"] == 1 and sent["stream"] is False and sent["tools"] == []
     assert sent["messages"] == body["messages"]
+
+
+def test_busiest_counts_answered_client_requests_since() -> None:
+    from proxy.warm import busiest
+
+    now = 1000.0
+    records = [
+        {"lineage": "a", "status": 200, "time": now},
+        {"lineage": "b", "status": 200, "time": now},
+        {"lineage": "b", "status": 200, "time": now},
+        {"lineage": "c", "status": 200, "time": now - 10},  # too old
+        {"lineage": "a", "status": 500, "time": now},  # failed
+        {"lineage": "d", "status": 200, "time": now, "warm": "agent.json"},  # a warm-up
+        {"lineage": "d", "status": 200, "time": now, "warm": "agent.json"},
+        {"lineage": None, "status": 200, "time": now},
+    ]
+    assert busiest(records, since=now - 5) == ["b", "a"]
+
+
+def test_auto_bodies_are_distinct_prefixes_within_the_budget() -> None:
+    from proxy.conversation import Message
+    from proxy.rewrite.tape import Tape
+    from proxy.warm import auto_bodies
+
+    tool = json.dumps({"type": "function", "function": {"name": "run"}})
+
+    def tape(lineage: str, system: str | None) -> Tape:
+        sent = [Message("system", system)] if system else []
+        return Tape(lineage, [], [], [*sent, Message("user", "hi")], tools=[tool])
+
+    tapes = {"a": tape("a", "Agent A."), "b": tape("b", "Agent A."), "c": tape("c", None),
+             "d": tape("d", "Agent D."), "e": tape("e", "Agent E.")}  # fmt: skip
+    bodies = auto_bodies(["a", "b", "c", "x", "d", "e"], tapes.get, budget=2)
+    assert [b.name for b in bodies] == ["auto:a", "auto:d"]  # b repeats a; c has no system
+    assert bodies[0].body == {"messages": [{"role": "system", "content": "Agent A."}],
+                              "tools": [json.loads(tool)]}  # fmt: skip
+    assert auto_bodies(["a"], tapes.get, budget=0) == []
