@@ -3,8 +3,9 @@
 An agent's system prompt and tool definitions (~1,500 tokens; the seeds had ~2,000) and 10
 identical requests after a fresh start of the embedded llama-server (bundled SmolLM2, 2
 slots): direct, through kvproxy without warm-up, and through kvproxy with ``--warm`` on a
-file holding that prefix; then the upstream is restarted (same port, slots empty) and one
-more request is sent, direct and through the warmed kvproxy. TTFT (first streamed content)
+file holding that prefix, and with ``--warm`` on the whole first request (the seeds' case:
+the requests are identical); then the upstream is restarted (same port, slots empty) and
+one more request is sent on each side. TTFT (first streamed content)
 of each request. Target: the first request after a start or a restart is a hit (its TTFT
 within 2x of a warm request's).
 """
@@ -58,19 +59,20 @@ def side(tmp: Path, mode: str, client: httpx.Client) -> dict[str, Any]:
         base = llama.url
         if mode != "direct":
             args = ["--upstream", llama.url]
-            if mode == "warm":
-                warm = tmp / "agent.json"
-                warm.write_text(json.dumps({"messages": [SYSTEM], "tools": TOOLS}))
+            if mode in ("warm", "warm-request"):
+                warm = tmp / f"{mode}.json"
+                messages = [SYSTEM, ASK] if mode == "warm-request" else [SYSTEM]
+                warm.write_text(json.dumps({"messages": messages, "tools": TOOLS}))
                 args += ["--warm", str(warm)]
             proxy = spawn_proxy(tmp / f"{mode}-proxy", *args)
             base = proxy.url
-            if mode == "warm":
+            if mode != "kvproxy":
                 wait_warmed(proxy, "start", 1)
         first10 = [ask(client, base) for _ in range(10)]
         port = llama.port
         llama.stop()
         llama = EmbeddedServer.start(SETTINGS, tmp / f"{mode}-llama", port)
-        if proxy is not None and mode == "warm":
+        if proxy is not None and mode != "kvproxy":
             wait_warmed(proxy, "upstream lost its cache", 1)
         after = ask(client, base)
         return {"first10": first10, "after_restart": after}
@@ -87,8 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="kvp-warm-"))
     # no keep-alive: a pooled connection to the server before its restart would be dead
     with httpx.Client(timeout=600, limits=httpx.Limits(max_keepalive_connections=0)) as client:
-        runs = {mode: side(tmp, mode, client) for mode in ("direct", "kvproxy", "warm")}
-    names = {"direct": "direct", "kvproxy": "kvproxy, no warm-up", "warm": "kvproxy --warm"}
+        runs = {mode: side(tmp, mode, client)
+                for mode in ("direct", "kvproxy", "warm", "warm-request")}  # fmt: skip
+    names = {"direct": "direct", "kvproxy": "kvproxy, no warm-up",
+             "warm": "kvproxy --warm (system + tools)",
+             "warm-request": "kvproxy --warm (the whole first request)"}  # fmt: skip
     rows = ["| side | request 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 | 10 | first after a restart "
             "| warm median (2-10) | first / warm |", "|---" * 14 + "|"]  # fmt: skip
     for mode, run in runs.items():

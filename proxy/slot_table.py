@@ -33,6 +33,10 @@ class SlotState:
     last_used: float = 0.0
     saved_len: int = 0  # leading tokens of what it holds that a saved file covers
     checkpoints: list[int] = field(default_factory=list)  # sliding window: see reusable
+    # sliding window: the furthest the slot's memory has been filled since it was last
+    # restored or reset; positions more than window + n_ubatch before it are gone, even
+    # after a request cut the slot back (see ``swa_end_after``)
+    swa_end: int = 0
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,7 @@ N_BATCH = 2048  # --batch-size
 
 
 def reusable(shared: int, held: int, tail: int | None, checkpoints: Iterable[int] = (),
-             window: int | None = None) -> int:  # fmt: skip
+             window: int | None = None, filled: int = 0) -> int:  # fmt: skip
     """Tokens the server reuses of a slot holding ``held`` tokens when the new prompt shares
     ``shared`` with it. Dense attention: all of them. Sliding-window attention keeps only
     the last window plus one micro-batch of positions (``tail`` = n_ubatch), so the server
@@ -97,18 +101,33 @@ def reusable(shared: int, held: int, tail: int | None, checkpoints: Iterable[int
     2,000 nothing).
 
     Precisely, the server looks for a checkpoint when the oldest position the slot still
-    holds in its window layers (``held - window - tail``, at least 0) is not below
-    ``shared - window`` (at least 0): so also whenever the shared part is within the first
-    window, however short the prompt (measured: a 350-token prompt, appended to, resumed
-    from its checkpoint 4 before its end, not where it diverged)."""
+    holds in its window layers (``end - window - tail``, at least 0, where ``end`` is the
+    furthest the slot was ever filled since its last reset, ``filled``, or what it holds) is
+    not below ``shared - window`` (at least 0): so also whenever the shared part is within
+    the first window, however short the prompt (measured: a 350-token prompt, appended to,
+    resumed from its checkpoint 4 before its end, not where it diverged), and after a
+    request cut a longer slot back (measured in `make bench MODEL=gemma3-270m`: a slot
+    filled to ~4,700, cut back by a request, then asked to continue at 4,003, resumed from
+    its checkpoint at 3,538)."""
     if tail is None:
         return shared
     window = tail if window is None else window
-    if max(0, held - window - tail) < max(0, shared - window):
+    if max(0, max(held, filled) - window - tail) < max(0, shared - window):
         return shared
     if shared < 1:
         return 0
     return max((max(1, c - 1) for c in checkpoints if 0 < c <= shared + 1), default=0)
+
+
+def swa_end_after(filled: int, held_before: int, reused: int, held_after: int,
+                  tail: int) -> int:  # fmt: skip
+    """``SlotState.swa_end`` after a request that reused ``reused`` tokens: the server
+    continued where the prompt diverged only if that lay past the oldest position it still
+    had (``reusable``), and then its memory keeps what it had pruned; after a restored
+    checkpoint or a reset it starts over from what it now holds."""
+    end = max(filled, held_before)
+    continued = reused > end - tail
+    return max(end, held_after) if continued else held_after
 
 
 def user_starts(tokens: Sequence[int], marker: Sequence[int]) -> list[int]:
@@ -184,7 +203,7 @@ class SlotTable:
                     upstream=self.upstream,
                     slot=slot,
                     cached=reusable(self.held.match(slot, prompt), len(held), self.swa_tail,
-                                    state.checkpoints, self.swa_window)
+                                    state.checkpoints, self.swa_window, state.swa_end)
                     if prompt is not None and held is not None else 0,
                     held=len(held) if held is not None else 0,
                     busy=state.busy,
@@ -212,12 +231,15 @@ class SlotTable:
         state.last_used = now
         if self.swa_tail is not None:
             if processed is None or holds is None:
-                state.checkpoints = []
+                state.checkpoints, state.swa_end = [], 0
             else:
                 prompt, reused = processed
                 starts = user_starts(prompt.tokens, self.user_marker)
                 state.checkpoints = checkpoints_after(state.checkpoints, len(prompt), reused,
                                                       self.swa_tail, starts)  # fmt: skip
+                before = self.held.get(slot)
+                state.swa_end = swa_end_after(state.swa_end, len(before) if before else 0,
+                                              reused, len(holds), self.swa_tail)  # fmt: skip
         self.put(slot, holds)
 
     def put(self, slot: int, holds: Prompt | None) -> None:
@@ -225,7 +247,7 @@ class SlotTable:
         previous = self.held.get(slot)
         if holds is None or not holds.tokens:
             self.held.remove(slot)
-            state.saved_len = 0
+            state.saved_len = state.swa_end = 0
             return
         if previous is None or common_prefix(previous.tokens, holds.tokens) < state.saved_len:
             state.saved_len = 0
@@ -270,7 +292,7 @@ class SlotTable:
                 continue
             cuts.append(CutBack(slot, len(held), max(0, has)))
             state = self.states[slot]
-            state.checkpoints = []
+            state.checkpoints, state.swa_end = [], 0
             if has > 0:
                 self.held.put(slot, Prompt.of(held.tokens[:has]))
             else:

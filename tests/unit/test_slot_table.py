@@ -342,3 +342,32 @@ def test_a_reply_learned_later_extends_only_the_same_prompt(
     table.put(0, now_holds)
     assert table.extend(0, P, outcome) is extended
     assert len(table.held.get(0) or ()) == holds
+
+
+@pytest.mark.parametrize(
+    ("filled", "before", "reused", "after", "end"),
+    [
+        (0, 4700, 4300, 4420, 4700),  # continued at 4,300: what was pruned stays pruned
+        (4700, 4420, 4410, 4500, 4700),
+        (0, 4700, 3537, 4100, 4100),  # restored a checkpoint: starts over
+        (0, 4700, 0, 900, 900),  # prefilled from scratch
+        (0, 300, 290, 340, 340),  # short: within the window, nothing pruned either way
+    ],
+)
+def test_how_far_a_sliding_window_slot_was_filled(filled: int, before: int, reused: int,
+                                                  after: int, end: int) -> None:  # fmt: skip
+    from proxy.slot_table import swa_end_after
+
+    assert swa_end_after(filled, before, reused, after, 512) == end
+
+
+def test_a_slot_cut_back_still_misses_what_its_window_pruned() -> None:
+    """The case `make bench MODEL=gemma3-270m` showed: a slot filled to 4,700, then cut
+    back to 4,420 by a request that continued at 4,300; a prompt sharing 4,003 with it
+    cannot continue there (positions before 3,676 are gone) and resumes from a
+    checkpoint."""
+    from proxy.slot_table import reusable
+
+    checkpoints = [3538, 4416]
+    assert reusable(4003, 4420, 512, checkpoints, 512) == 4003  # what round one predicted
+    assert reusable(4003, 4420, 512, checkpoints, 512, filled=4700) == 3537
