@@ -106,9 +106,7 @@ def reusable(shared: int, held: int, tail: int | None, checkpoints: Iterable[int
     not below ``shared - window`` (at least 0): so also whenever the shared part is within
     the first window, however short the prompt (measured: a 350-token prompt, appended to,
     resumed from its checkpoint 4 before its end, not where it diverged), and after a
-    request cut a longer slot back (measured in `make bench MODEL=gemma3-270m`: a slot
-    filled to ~4,700, cut back by a request, then asked to continue at 4,003, resumed from
-    its checkpoint at 3,538)."""
+    request cut a longer slot back (what the window pruned does not come back)."""
     if tail is None:
         return shared
     window = tail if window is None else window

@@ -362,10 +362,9 @@ def test_how_far_a_sliding_window_slot_was_filled(filled: int, before: int, reus
 
 
 def test_a_slot_cut_back_still_misses_what_its_window_pruned() -> None:
-    """The case `make bench MODEL=gemma3-270m` showed: a slot filled to 4,700, then cut
-    back to 4,420 by a request that continued at 4,300; a prompt sharing 4,003 with it
-    cannot continue there (positions before 3,676 are gone) and resumes from a
-    checkpoint."""
+    """A slot filled to 4,700, then cut back to 4,420 by a request that continued at 4,300:
+    the positions its window had pruned (before ~3,676) do not come back, so a prompt
+    sharing 4,003 cannot continue there and resumes from a checkpoint."""
     from proxy.slot_table import reusable
 
     checkpoints = [3538, 4416]
