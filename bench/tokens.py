@@ -144,7 +144,8 @@ def ttft(server: EmbeddedServer, proxy_url: str, size: int, turns: int
     bodies: dict[str, dict[str, Any]] = {}
     sides = {"direct": server.url, "kvproxy": proxy_url}
     out: dict[str, list[float]] = {"direct": [], "kvproxy": []}
-    with httpx.Client(timeout=1800) as client:
+    # no keep-alive: llama-server drops an idle connection after 5 s, and prefills take longer
+    with httpx.Client(timeout=1800, limits=httpx.Limits(max_keepalive_connections=0)) as client:
         counted = client.post(server.url + "/apply-template", json={
             "messages": [{"role": "user", "content": "x"}]}).status_code  # fmt: skip
         assert counted == 200
