@@ -285,107 +285,91 @@ def ndjson(objects: list[dict[str, Any]]) -> list[bytes]:
     return [json.dumps(o, separators=(",", ":")).encode() + b"\n" for o in objects]
 
 
-async def relay_ollama_bridge(call: Relay) -> web.StreamResponse:
-    """An ollama request answered by llama-server: translate there and back."""
-    request, conv, dialect, path, body = call.request, call.conv, call.dialect, call.path, call.body
-    upstream, rec, observer, extra_headers = (
-        call.upstream,
-        call.rec,
-        call.observer,
-        call.extra_headers,
-    )
-    endpoint = "chat" if conv.kind == "chat" else "generate"
-    rec.upstream_path, rec.translated = path, True
-    responder = ollama_bridge.OllamaResponder(endpoint=endpoint, model=conv.model or "")
-    async with upstream.request(
-        "POST", path, json_body=body, headers=client_headers(request)
+@dataclass
+class Translation:
+    """How a translated relay reads the upstream's dialect and writes the client's."""
+
+    splitter: SSESplitter | NDJSONSplitter  # the upstream's stream framing
+    events: Callable[[dict[str, Any]], list[dict[str, Any]]]  # objects for one event
+    frame: Callable[[list[dict[str, Any]]], list[bytes]]  # the client's stream framing
+    closing: Callable[[], list[bytes]]  # what ends the client's stream
+    content_type: str
+    whole: Callable[[dict[str, Any]], dict[str, Any]]  # a non-streamed answer
+    error: Callable[[str, int | None], dict[str, Any]]  # an error in the client's shape
+    counters: Callable[[], dict[str, Any]]  # what the record takes from the answer
+
+
+async def relay_translated(call: Relay, t: Translation) -> web.StreamResponse:
+    """Relay with translation both ways (the request body is already translated)."""
+    request, conv, rec, observer = call.request, call.conv, call.rec, call.observer
+    rec.upstream_path, rec.translated = call.path, True
+    async with call.upstream.request(
+        "POST", call.path, json_body=call.body, headers=client_headers(request)
     ) as resp:
         rec.status = resp.status
         if resp.status != 200:
             message = upstream_error_message(await resp.read())
-            return web.json_response({"error": message}, status=resp.status, headers=extra_headers)
+            return web.json_response(t.error(message, resp.status), status=resp.status,
+                                     headers=call.extra_headers)  # fmt: skip
         if not conv.stream:
             whole = await resp.json(content_type=None)
             observer.observe(whole)
-            answer = responder.whole(whole)
             rec.first_byte()
-            rec.absorb(server_counters(responder.timings, responder.usage))
-            return web.json_response(answer, headers=extra_headers)
-        splitter = SSESplitter()
+            answer = t.whole(whole)
+            rec.absorb(t.counters())
+            return web.json_response(answer, headers=call.extra_headers)
 
         def translate(chunk: bytes) -> list[bytes]:
             objects: list[dict[str, Any]] = []
-            for payload in splitter.feed(chunk):
+            for payload in t.splitter.feed(chunk):
                 event = decode_event(payload)
                 if event is not None and "error" in event:
-                    objects.append({"error": upstream_error_message(payload)})
+                    objects.append(t.error(upstream_error_message(payload), None))
                 elif event is not None:
                     observer.observe(event)
-                    objects.extend(responder.on_event(event))
-            return ndjson(objects)
+                    objects.extend(t.events(event))
+            return t.frame(objects)
 
         out = await relay_stream(
-            request,
-            resp,
-            upstream,
-            dialect,
-            rec,
-            on_chunk=translate,
-            headers={"Content-Type": "application/x-ndjson", **extra_headers},
-            closing=lambda: ndjson(responder.finish()),
-        )
-        rec.absorb(server_counters(responder.timings, responder.usage))
+            request, resp, call.upstream, call.dialect, rec,
+            on_chunk=translate, headers={"Content-Type": t.content_type, **call.extra_headers},
+            closing=t.closing,
+        )  # fmt: skip
+        rec.absorb(t.counters())
         return out
+
+
+def sse(objects: list[dict[str, Any]]) -> list[bytes]:
+    return [b"data: " + json.dumps(o, separators=(",", ":")).encode() + b"\n\n" for o in objects]
+
+
+async def relay_ollama_bridge(call: Relay) -> web.StreamResponse:
+    """An ollama request answered by llama-server: translate there and back."""
+    endpoint = "chat" if call.conv.kind == "chat" else "generate"
+    responder = ollama_bridge.OllamaResponder(endpoint=endpoint, model=call.conv.model or "")
+    return await relay_translated(call, Translation(
+        splitter=SSESplitter(), events=responder.on_event, frame=ndjson,
+        closing=lambda: ndjson(responder.finish()), content_type="application/x-ndjson",
+        whole=responder.whole, error=lambda message, _status: {"error": message},
+        counters=lambda: server_counters(responder.timings, responder.usage),
+    ))  # fmt: skip
 
 
 async def relay_openai_on_ollama(call: Relay) -> web.StreamResponse:
     """An OpenAI chat request answered by ollama's /api/chat: translate there and back."""
-    request, conv, dialect, path, body = call.request, call.conv, call.dialect, call.path, call.body
-    upstream, rec, observer = call.upstream, call.rec, call.observer
-    rec.upstream_path, rec.translated = path, True
-    options = thaw(conv.params).get("stream_options") or {}
+    options = thaw(call.conv.params).get("stream_options") or {}
     responder = openai_bridge.OpenAIResponder(
-        model=conv.model or "", include_usage=bool(options.get("include_usage"))
+        model=call.conv.model or "", include_usage=bool(options.get("include_usage"))
     )
-    async with upstream.request(
-        "POST", path, json_body=body, headers=client_headers(request)
-    ) as resp:
-        rec.status = resp.status
-        if resp.status != 200:
-            message = upstream_error_message(await resp.read())
-            error = {"error": {"message": message, "type": "upstream_error",
-                               "code": resp.status}}  # fmt: skip
-            return web.json_response(error, status=resp.status, headers=call.extra_headers)
-        if not conv.stream:
-            whole = await resp.json(content_type=None)
-            observer.observe(whole)
-            rec.first_byte()
-            answer = responder.whole(whole)
-            rec.absorb(observer.counters())
-            return web.json_response(answer, headers=call.extra_headers)
-        splitter = NDJSONSplitter()
 
-        def translate(chunk: bytes) -> list[bytes]:
-            out = []
-            for payload in splitter.feed(chunk):
-                obj = decode_event(payload)
-                if obj is None:
-                    continue
-                if "error" in obj:
-                    out.append({"error": {"message": upstream_error_message(payload)}})
-                    continue
-                observer.observe(obj)
-                out.extend(responder.on_object(obj))
-            return [b"data: " + json.dumps(o, separators=(",", ":")).encode() + b"\n\n"
-                    for o in out]  # fmt: skip
+    def error(message: str, status: int | None) -> dict[str, Any]:
+        return {"error": {"message": message, "type": "upstream_error", "code": status}}
 
-        sse = await relay_stream(
-            request, resp, upstream, dialect, rec, on_chunk=translate,
-            headers={"Content-Type": "text/event-stream", **call.extra_headers},
-            closing=lambda: [b"data: [DONE]\n\n"],
-        )  # fmt: skip
-        rec.absorb(observer.counters())
-        return sse
+    return await relay_translated(call, Translation(
+        splitter=NDJSONSplitter(), events=responder.on_object, frame=sse,
+        closing=lambda: [b"data: [DONE]\n\n"], content_type="text/event-stream",
+        whole=responder.whole, error=error, counters=call.observer.counters,
+    ))  # fmt: skip
 
 
 RELAYS = {NATIVE: relay_native, OLLAMA_ON_LLAMA: relay_ollama_bridge,
