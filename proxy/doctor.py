@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,7 @@ class Facts:
     swa_full: bool = False
     loaded: list[dict[str, Any]] = field(default_factory=list)  # ollama /api/ps models
     keep_alive_s: int | None = None  # kvproxy's --ollama-keep-alive, when known
+    now: float = 0.0  # for ollama's expires_at
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,12 @@ def ollama_findings(f: Facts) -> list[Finding]:
                                "the model and drops its cache"))  # fmt: skip
         else:
             out.append(Finding("ok", text))
+        left = seconds_until(model.get("expires_at"), f.now)
+        if left is not None and 0 <= left < 600:
+            out.append(Finding("warn", f"{name} unloads in {left / 60:.0f} min (keep_alive): "
+                               "the next turn after that prefills everything",
+                               "send requests through kvproxy (it raises keep_alive to "
+                               "--ollama-keep-alive), or set OLLAMA_KEEP_ALIVE"))  # fmt: skip
     keep = f.keep_alive_s
     if keep is not None and keep <= OLLAMA_DEFAULT_KEEP_ALIVE_S:
         out.append(Finding("warn", f"keep_alive of {keep} s: ollama unloads the model between "
@@ -172,6 +181,20 @@ def ollama_findings(f: Facts) -> list[Finding]:
                        "knowing them", "for exact routing and slot files, front "
                        "llama-server"))  # fmt: skip
     return out
+
+
+def seconds_until(stamp: Any, now: float) -> float | None:
+    """Seconds from ``now`` to an RFC 3339 time as ollama writes them (nanoseconds and a
+    zone offset included); None when it cannot be read."""
+    if not isinstance(stamp, str):
+        return None
+    from datetime import datetime
+
+    text = re.sub(r"(\.\d{6})\d+", r"\1", stamp.replace("Z", "+00:00"))
+    try:
+        return datetime.fromisoformat(text).timestamp() - now
+    except ValueError:
+        return None
 
 
 def model_shape(path: Path) -> ModelShape | None:
@@ -219,7 +242,8 @@ async def gather(url: str, client_context: int, swa_full: bool) -> Facts:
         kind = spec.kind or await detect_kind(session, spec.url)
         up = Upstream(url=spec.url, kind=kind, session=session)
         facts = Facts(url=spec.url, kind=kind, ram_bytes=physical_ram(),
-                      client_context=client_context, swa_full=swa_full)  # fmt: skip
+                      client_context=client_context, swa_full=swa_full,
+                      now=time.time())  # fmt: skip
         if kind == "llama":
             props = await up.get_json("/props")
             facts.slots = int(props.get("total_slots") or 1)

@@ -66,3 +66,17 @@ def test_ollama_findings(loaded: list, keep_alive: int | None, word: str,
                          expect: list[str]) -> None:  # fmt: skip
     facts = Facts(url="http://o", kind="ollama", loaded=loaded, keep_alive_s=keep_alive)
     assert levels(diagnose(facts), word) == expect
+
+
+@pytest.mark.parametrize(
+    ("expires_at", "expect"),
+    [("2026-11-23T10:05:00.123456789+00:00", ["warn"]),  # 5 minutes left
+     ("2026-11-23T11:00:00Z", []), ("soon", []), (None, [])],
+)  # fmt: skip
+def test_ollama_unloading_soon(expires_at: str | None, expect: list[str]) -> None:
+    from datetime import UTC, datetime
+
+    now = datetime(2026, 11, 23, 10, 0, tzinfo=UTC).timestamp()
+    facts = Facts(url="http://o", kind="ollama", now=now,
+                  loaded=[{"name": "m", "expires_at": expires_at}])  # fmt: skip
+    assert levels(diagnose(facts), "unloads in") == expect
