@@ -151,8 +151,11 @@ def play(
     turns: int,
     max_tokens: int = 8,
     first_turn: int = 0,
+    reply: str | None = None,
 ) -> list[Call]:
-    """Interleave the conversations turn by turn (A1 B1 C1 ... A2 B2 ...)."""
+    """Interleave the conversations turn by turn (A1 B1 C1 ... A2 B2 ...). ``reply`` is
+    sent back as each assistant message instead of the model's (a model whose weights are
+    noise: tests/synthetic_gguf.py)."""
     calls: list[Call] = []
     # llama-server closes a connection after a chunked stream: one connection per call.
     with httpx.Client(timeout=600, limits=httpx.Limits(max_keepalive_connections=0)) as client:
@@ -161,7 +164,7 @@ def play(
                 if turn > 0 and conv.messages[-1]["role"] == "assistant":
                     conv.follow_up(turn)
                 text, timings, headers, ttft = chat(client, base, conv.messages, max_tokens)
-                conv.messages.append({"role": "assistant", "content": text})
+                conv.messages.append({"role": "assistant", "content": reply or text})
                 predicted, slot = parse_cache_header(headers.get("x-kvproxy-cache"))
                 calls.append(
                     Call(

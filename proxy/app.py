@@ -40,7 +40,8 @@ from proxy.warm import AUTO_DAYS, AUTO_MAX, WarmBody, Warmer, auto_bodies, busie
 
 log = get_logger("kvproxy.app")
 # llama-server's default --ubatch-size: how far back from the end of a sliding-window
-# model's slot a prompt may diverge and still be reused (slot_table.reusable).
+# model's slot a prompt may diverge and still be reused, and where the server takes
+# checkpoints near a prompt's end (sliding-window and recurrent models; slot_table).
 SWA_TAIL_TOKENS = 512
 
 EMBEDDED = web.AppKey("embedded", EmbeddedServer)
@@ -154,15 +155,17 @@ async def slots_ctx(app: web.Application) -> AsyncIterator[None]:
                 tokenizer=await tokenizer_for(upstream, settings.tokenizer, settings.server_tokens),
                 n_slots=int(props.get("total_slots") or 1) if llama else 1,
                 n_ctx=generation.get("n_ctx"),
-                # Slot files only where the server resumes from them (dense attention).
+                # Slot files only where the server resumes from them (not sliding window).
                 can_save=llama and bool(props.get("endpoint_slots", True))
                 and kind.resumes_from_file,
                 slot_dir=settings.slot_dir if EMBEDDED in app else settings.shared_slot_dir,
                 max_inflight=settings.upstream_max_inflight,
                 swa_window=kind.window,
                 swa_tail=SWA_TAIL_TOKENS
-                if kind.kind == "sliding-window" and not settings.upstream_swa_full
+                if kind.kind == "recurrent"
+                or (kind.kind == "sliding-window" and not settings.upstream_swa_full)
                 else None,
+                recurrent=kind.kind == "recurrent",
             )
         )
     for pool in pools:

@@ -117,6 +117,13 @@ class PrefixIndex:
         held = self._entries.get(key)
         return 0 if held is None else match_length(held, prompt)
 
+    def prefixes_of(self, prompt: Prompt) -> list[tuple[Hashable, Prompt]]:
+        """The entries that are whole prefixes of ``prompt`` (a scan: for the few saved
+        files of a recurrent model, which resume only a file the prompt extends)."""
+        n = len(prompt)
+        return [(key, entry) for key, entry in self._entries.items()
+                if len(entry) <= n and match_length(entry, prompt) == len(entry)]  # fmt: skip
+
     def longest(self, prompt: Prompt) -> tuple[Hashable | None, int]:
         """The stored entry sharing the longest token prefix with ``prompt``, and its length.
 

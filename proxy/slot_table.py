@@ -16,7 +16,7 @@ from typing import Any
 
 import xxhash
 
-from proxy.prefix_index import PrefixIndex, Prompt, common_prefix
+from proxy.prefix_index import PrefixIndex, Prompt, common_prefix, match_length
 from proxy.routing import SavedView, SlotView
 
 # Evicted prefixes remembered, oldest out, so that a later miss can say "evicted" (a few
@@ -89,7 +89,8 @@ N_BATCH = 2048  # --batch-size
 
 
 def reusable(shared: int, held: int, tail: int | None, checkpoints: Iterable[int] = (),
-             window: int | None = None, filled: int = 0) -> int:  # fmt: skip
+             window: int | None = None, filled: int = 0, *, recurrent: bool = False,
+             new_tokens: bool = True) -> int:  # fmt: skip
     """Tokens the server reuses of a slot holding ``held`` tokens when the new prompt shares
     ``shared`` with it. Dense attention: all of them. Sliding-window attention keeps only
     the last window plus one micro-batch of positions (``tail`` = n_ubatch), so the server
@@ -106,11 +107,24 @@ def reusable(shared: int, held: int, tail: int | None, checkpoints: Iterable[int
     not below ``shared - window`` (at least 0): so also whenever the shared part is within
     the first window, however short the prompt (measured: a 350-token prompt, appended to,
     resumed from its checkpoint 4 before its end, not where it diverged), and after a
-    request cut a longer slot back (what the window pruned does not come back)."""
+    request cut a longer slot back (what the window pruned does not come back).
+
+    A recurrent or hybrid model (Mamba, Jamba, Granite 4, Qwen3.5, LFM2) keeps one state,
+    at the last position it processed: the server continues only when the prompt extends
+    all the slot holds; otherwise it restores the newest checkpoint taken after ``c``
+    tokens with ``c`` at or before the divergence, resuming at ``c`` (measured on Mamba and
+    Jamba models, tests/synthetic_gguf.py). A prompt with no new token (``new_tokens``
+    false: the same prompt again) lowers the server's threshold by one."""
     if tail is None:
         return shared
+    lower = 0 if new_tokens else 1
+    if recurrent:
+        if held - 1 < shared - lower:
+            return shared
+        fits = [min(shared, c) for c in checkpoints if c == 1 or 0 < c <= shared - lower]
+        return max(fits, default=0)
     window = tail if window is None else window
-    if max(0, max(held, filled) - window - tail) < max(0, shared - window):
+    if max(0, max(held, filled) - window - tail) < max(0, shared - window - lower):
         return shared
     if shared < 1:
         return 0
@@ -183,14 +197,15 @@ class SlotTable:
     """The slots of one upstream: what each holds and who is using it."""
 
     def __init__(self, upstream: int, n_slots: int, swa_tail: int | None = None,
-                 user_marker: Sequence[int] = (),
-                 swa_window: int | None = None) -> None:  # fmt: skip
+                 user_marker: Sequence[int] = (), swa_window: int | None = None,
+                 recurrent: bool = False) -> None:  # fmt: skip
         self.upstream = upstream
         self.held = PrefixIndex()
         self.states = [SlotState() for _ in range(n_slots)]
         self.swa_tail = swa_tail  # None: dense attention, any common prefix is reused
         self.user_marker = tuple(user_marker)  # the template's user-start tokens
         self.swa_window = swa_window  # the model's sliding window (None: as swa_tail)
+        self.recurrent = recurrent  # one recurrent state per slot (swa_tail: n_ubatch)
 
     def views(self, prompt: Prompt | None) -> list[SlotView]:
         out = []
@@ -200,8 +215,7 @@ class SlotTable:
                 SlotView(
                     upstream=self.upstream,
                     slot=slot,
-                    cached=reusable(self.held.match(slot, prompt), len(held), self.swa_tail,
-                                    state.checkpoints, self.swa_window, state.swa_end)
+                    cached=self._reusable(state, held, prompt)
                     if prompt is not None and held is not None else 0,
                     held=len(held) if held is not None else 0,
                     busy=state.busy,
@@ -210,6 +224,12 @@ class SlotTable:
                 )
             )
         return out
+
+    def _reusable(self, state: SlotState, held: Prompt, prompt: Prompt) -> int:
+        shared = match_length(held, prompt)
+        return reusable(shared, len(held), self.swa_tail, state.checkpoints, self.swa_window,
+                        state.swa_end, recurrent=self.recurrent,
+                        new_tokens=shared < len(prompt))  # fmt: skip
 
     def reserve(self, slot: int, now: float) -> None:
         state = self.states[slot]
@@ -367,10 +387,22 @@ class SavedCatalog:
     def get(self, name: str) -> Prompt | None:
         return self.index.get(name)
 
-    def best(self, prompt: Prompt | None) -> SavedView | None:
+    def best(self, prompt: Prompt | None, whole: frozenset[int] = frozenset()
+             ) -> SavedView | None:  # fmt: skip
+        """The file offering ``prompt`` the most cached tokens. Upstreams in ``whole``
+        (recurrent models) resume a file only when the prompt extends all of it."""
         if prompt is None or not self.files:
             return None
         name, n = self.index.longest(prompt)
+        if name is not None and self.files[str(name)].upstream in whole:
+            entry = self.index.get(name)
+            if entry is None or n != len(entry) or n >= len(prompt):
+                name, n = None, 0
+        if whole and (name is None or n <= 0):
+            fits = [(len(entry), key) for key, entry in self.index.prefixes_of(prompt)
+                    if len(entry) < len(prompt)]  # fmt: skip
+            if fits:
+                n, name = max(fits)
         if name is None or n <= 0:
             return None
         return SavedView(name=str(name), cached=n, upstream=self.files[str(name)].upstream)

@@ -67,6 +67,7 @@ class UpstreamSlots:
     max_inflight: int = 0  # requests sent to it at once; 0: 4 per slot
     swa_tail: int | None = None  # sliding-window model: see slot_table.reusable
     swa_window: int | None = None
+    recurrent: bool = False  # recurrent or hybrid model: see slot_table.reusable
     # ollama: the context each model runs at (proxy/ollama_keep.py)
     ollama_ctx: ContextMemory = field(default_factory=ContextMemory)
     table: SlotTable = field(init=False)
@@ -75,7 +76,8 @@ class UpstreamSlots:
 
     def __post_init__(self) -> None:
         self.table = SlotTable(self.index, self.n_slots, self.swa_tail,
-                               self.tokenizer.user_marker, self.swa_window)  # fmt: skip
+                               self.tokenizer.user_marker, self.swa_window,
+                               self.recurrent)  # fmt: skip
         self.gate = asyncio.Semaphore(self.max_inflight or 4 * max(1, self.n_slots))
         self.prep = [asyncio.Lock() for _ in range(self.n_slots)]
 
@@ -207,6 +209,11 @@ class SlotManager:
         the request extends) before the request is sent."""
         return await self.acquire_prompts(await self.tokens_for(conv, bodies))
 
+    @property
+    def whole_files(self) -> frozenset[int]:
+        """Upstreams that resume a saved file only when a prompt extends all of it."""
+        return frozenset(pool.index for pool in self.pools if pool.recurrent)
+
     def best_predicted(self, prompts: dict[int, Prompt | None]) -> int | None:
         """The most cached tokens any live slot or saved file offers these prompts."""
         best: int | None = None
@@ -215,7 +222,8 @@ class SlotManager:
             if prompt is None:
                 continue
             live = max((v.cached for v in pool.table.views(prompt)), default=0)
-            _, saved = self.catalog.index.longest(prompt)
+            file = self.catalog.best(prompt, self.whole_files)
+            saved = file.cached if file is not None else 0
             best = max(best or 0, min(max(live, saved), max(0, len(prompt) - 1)))
         return best
 
@@ -297,7 +305,8 @@ class SlotManager:
             views = [v for pool in self.pools for v in pool.table.views(prompts[pool.index])]
             any_prompt = next((p for p in prompts.values() if p is not None), None)
             length = len(any_prompt) if any_prompt is not None else 0
-            route = choose(length, views, self.catalog.best(any_prompt), self.policy, now)
+            saved = self.catalog.best(any_prompt, self.whole_files)
+            route = choose(length, views, saved, self.policy, now)
             if route.reason == "all-busy-least-queued" and len(views) > 1:
                 chosen = next(v for v in views if v.key == (route.upstream, route.slot))
                 if chosen.busy > self.policy.server_queue:

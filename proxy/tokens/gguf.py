@@ -6,9 +6,10 @@ cache keeps every position, so any common prefix is reused and a saved slot file
 where it stopped. A sliding-window model (Gemma 2/3/4, gpt-oss) keeps only the last
 ``window`` positions of its SWA layers and a recurrent or hybrid one (Mamba, RWKV, Jamba,
 Granite 4, LFM2, Qwen3-Next) keeps one state: the server can then go back only to a
-context checkpoint, and a restored slot file was measured to resume nothing (issue 11:
-Gemma 3 270M, 8 restores, 0 tokens reused each time), so kvproxy neither saves nor
-restores slot files for them.
+context checkpoint. A restored slot file was measured to resume nothing on the sliding
+window (issue 11: Gemma 3 270M, 8 restores, 0 tokens reused each time), so kvproxy neither
+saves nor restores slot files there; on recurrent and hybrid models it resumes the whole
+file when the prompt extends it (measured on Mamba and Jamba, tests/synthetic_gguf.py).
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ class AttentionKind:
 
     @property
     def resumes_from_file(self) -> bool:
-        """A saved slot file brings the whole prefix back (dense models only)."""
-        return self.kind == "dense"
+        """A restored slot file brings its prefix back: dense models, and recurrent ones
+        when the prompt extends the whole file (``SavedCatalog.best``)."""
+        return self.kind in ("dense", "recurrent")
 
 
 def attention_kind(path: Path) -> AttentionKind:

@@ -370,3 +370,66 @@ def test_a_slot_cut_back_still_misses_what_its_window_pruned() -> None:
     checkpoints = [3538, 4416]
     assert reusable(4003, 4420, 512, checkpoints, 512) == 4003  # what round one predicted
     assert reusable(4003, 4420, 512, checkpoints, 512, filled=4700) == 3537
+
+
+@pytest.mark.parametrize(
+    ("shared", "held", "checkpoints", "new_tokens", "reused"),
+    [
+        # measured on a Mamba and a Jamba model (tests/synthetic_gguf.py) holding 3,002
+        # tokens (a 3,001-token prompt, one reply token fed back; checkpoints after 2,485
+        # and 2,997 tokens): the recurrent state is one position, the last one, so only a
+        # prompt extending all the slot holds continues there ...
+        (3002, 3002, [2485, 2997], True, 3002),
+        # ... any other resumes from the newest checkpoint it shares, at that checkpoint
+        (3001, 3002, [2485, 2997], True, 2997),
+        (2990, 3002, [2485, 2997], True, 2485),
+        (2000, 3002, [2485, 2997], True, 0),
+        # the same prompt again (no new token): the checkpoint 4 before its end
+        (3051, 3052, [2485, 2997, 3047], False, 3047),
+        # the checkpoint after the BOS alone resumes at 1
+        (40, 3002, [1, 2485], True, 1),
+        (0, 3002, [1, 2485], True, 0),
+    ],
+)
+def test_reuse_on_recurrent_and_hybrid_models(shared: int, held: int, checkpoints: list[int],
+                                              new_tokens: bool, reused: int) -> None:  # fmt: skip
+    from proxy.slot_table import reusable
+
+    assert reusable(shared, held, 512, checkpoints, recurrent=True,
+                    new_tokens=new_tokens) == reused  # fmt: skip
+
+
+def test_a_recurrent_slot_predicts_from_its_checkpoints() -> None:
+    table = SlotTable(0, 1, swa_tail=512, recurrent=True)
+    table.reserve(0, 1.0)
+    table.settle(0, Prompt.of(range(3002)), 2.0, processed=(Prompt.of(range(3001)), 0))
+    assert table.states[0].checkpoints == [2485, 2997]
+    assert table.views(Prompt.of(range(3100)))[0].cached == 3002
+    assert table.views(Prompt.of([*range(2990), *range(90_000, 90_050)]))[0].cached == 2485
+    assert table.views(Prompt.of(range(3002)))[0].cached == 2997  # no new token
+
+
+@pytest.mark.parametrize(
+    ("files", "prompt", "whole", "expected"),
+    [
+        # dense: the longest common prefix of any file
+        ({"b": [*range(2000), *range(9000, 9500)], "a": range(1000)}, range(2400), False,
+         ("b", 2000)),
+        # recurrent: only a file the prompt extends whole (measured: a restored file
+        # resumes all of it when the prompt extends it, nothing when it diverges)
+        ({"b": [*range(2000), *range(9000, 9500)], "a": range(1000)}, range(2400), True,
+         ("a", 1000)),
+        ({"a": range(1000)}, range(1000), True, None),  # no new token: nothing to resume
+        ({"b": [*range(2000), *range(9000, 9500)]}, range(2400), True, None),
+    ],
+)
+def test_the_best_saved_file_by_attention_kind(
+    files: dict[str, Any], prompt: Any, whole: bool, expected: tuple[str, int] | None
+) -> None:
+    from proxy.slot_table import SavedCatalog, SavedFile
+
+    catalog = SavedCatalog(1 << 30)
+    for name, tokens in files.items():
+        catalog.add(SavedFile(name, 0, 10), Prompt.of(tokens))
+    best = catalog.best(Prompt.of(prompt), whole=frozenset({0}) if whole else frozenset())
+    assert (None if best is None else (best.name, best.cached)) == expected
