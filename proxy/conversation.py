@@ -71,9 +71,15 @@ class Conversation:
 
 
 def thaw(value: Any) -> Any:
-    """Plain JSON-serialisable copies of the read-only mappings kept in the canonical type."""
-    if isinstance(value, Mapping):
+    """Plain JSON-serialisable copies of the read-only mappings kept in the canonical type.
+    Scalars first, and the concrete mapping types before the (slow) ``Mapping`` ABC check:
+    every request thaws every message of its conversation."""
+    if value is None or isinstance(value, str | int | float):
+        return value
+    if isinstance(value, dict | MappingProxyType):
         return {k: thaw(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [thaw(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
     return value

@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Any, Literal
 
 import xxhash
@@ -37,9 +38,29 @@ def message_hash(message: Message) -> str:
     if isinstance(message.content, str) and not message.extra:
         raw = f"{message.role}\x00{message.content}"
         return xxhash.xxh3_64_hexdigest(raw.encode("utf-8", "surrogatepass"))
-    data = {"role": message.role, "content": thaw(message.content), "extra": thaw(message.extra)}
-    raw = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    extra = message.extra
+    if isinstance(message.content, str) and all(isinstance(v, str) for v in extra.values()):
+        # a tool result ({"tool_call_id": ...}): the same canonical JSON, written directly
+        fields = ",".join(f"{STRING(k)}:{STRING(v)}" for k, v in sorted(extra.items()))
+        content, role = STRING(message.content), STRING(message.role)
+        raw = f'{{"content":{content},"extra":{{{fields}}},"role":{role}}}'
+    else:
+        raw = CANONICAL.encode({"role": message.role, "content": message.content, "extra": extra})
     return xxhash.xxh3_64_hexdigest(raw.encode("utf-8", "surrogatepass"))
+
+
+def _plain(value: Any) -> Any:
+    """The read-only mappings of the canonical type, for the JSON encoder (no deep copy)."""
+    if isinstance(value, MappingProxyType | Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+# A JSON string as the encoder below writes it (text as is).
+STRING = json.encoder.encode_basestring
+# Sorted keys, no spaces, text as is: one encoder for every message hash.
+CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                             default=_plain)  # fmt: skip
 
 
 def text_hash(text: str) -> str:

@@ -24,6 +24,11 @@ from proxy.errors import ProxyError
 # Whole texts tokenized recently, by content hash: a request is often tokenized twice (the
 # rewritten and the client's form), and retries repeat. Bounded by tokens held.
 TEXT_CACHE_TOKENS = 2_000_000
+# Recent prompts' leading chunks (all but the last) with their tokens: the next turn of a
+# conversation starts with them, so only its new chunks are looked at. At most this many
+# prompts, and tokens in all (a tuple of int objects: ~36 bytes a token).
+PREFIXES = 32
+PREFIX_TOKENS = 1_000_000
 
 
 class VocabUnavailable(ProxyError):
@@ -129,6 +134,12 @@ def overlaps(a: str, b: str) -> bool:
     return any(b.endswith(a[:k]) or b.startswith(a[-k:]) for k in range(1, len(a)))
 
 
+def bordered(text: str) -> bool:
+    """Whether a proper prefix of ``text`` is also its suffix (two occurrences could
+    overlap)."""
+    return any(text[:k] == text[-k:] for k in range(1, len(text)))
+
+
 class LlamaVocab:
     """One GGUF's vocabulary in llama.cpp, tokenizing exactly as llama-server does."""
 
@@ -152,6 +163,8 @@ class LlamaVocab:
         self._cache: OrderedDict[int, array[int]] = OrderedDict()
         self._cached = 0
         self._cache_lock = threading.Lock()
+        # (add_special, text, tokens), newest last: see ``encode``
+        self._prefixes: list[tuple[bool, str, tuple[int, ...]]] = []
 
     @classmethod
     def load(cls, path: Path) -> LlamaVocab:
@@ -204,9 +217,11 @@ class LlamaVocab:
         strips = ATTR_LSTRIP | ATTR_RSTRIP
         used = [t for t, attr in specials.items()
                 if t in template and t.strip() and not attr & strips]  # fmt: skip
-        safe = [t for t in used if not any(o != t and overlaps(t, o) for o in specials)]
+        safe = [t for t in used if not any(o != t and overlaps(t, o) for o in specials)
+                and not bordered(t)]  # fmt: skip
         if safe:
             self.boundary = max(safe, key=lambda t: (template.count(t), len(t)))
+        self._prefixes = []
 
     def special_strings(self) -> dict[str, str]:
         """``bos_token`` and ``eos_token`` for the chat template."""
@@ -249,12 +264,55 @@ class LlamaVocab:
 
     # The PieceTokenizer interface that LocalTokenizer uses.
     def encode(self, text: str, add_special: bool = True) -> list[int]:
-        """A prompt's tokens, chunk by chunk where ``prepare`` chose a chunk boundary."""
+        """A prompt's tokens, chunk by chunk where ``prepare`` chose a chunk boundary.
+
+        A recent prompt's leading chunks that this text starts with, up to a boundary, are
+        not split or looked up again: their tokens are reused whole. The boundary has no
+        border (no proper prefix equal to a suffix), so no occurrence can straddle that
+        point and the split of the rest is the same."""
         boundary = self.boundary
         if boundary is None or boundary not in text:
             return self.tokenize(text, add_special, parse_special=True)
-        head, *rest = text.split(boundary)
-        out = self.tokenize(head, add_special, parse_special=True)
-        for part in rest:
+        known, tokens = self._known_prefix(text, add_special)
+        if known:
+            out = list(tokens)
+            parts = text[known + len(boundary):].split(boundary)
+        else:
+            head, *parts = text.split(boundary)
+            out = self.tokenize(head, add_special, parse_special=True)
+        end = len(out)  # tokens before the last chunk
+        for part in parts:
+            end = len(out)
             out += self.tokenize(boundary + part, False, parse_special=True)
+        self._remember(add_special, text, out, text.rfind(boundary), end)
         return out
+
+    def _known_prefix(self, text: str, add_special: bool) -> tuple[int, tuple[int, ...]]:
+        """The longest remembered leading chunks ``text`` starts with (0 if none)."""
+        best: int = 0
+        tokens: tuple[int, ...] = ()
+        boundary = self.boundary or ""
+        with self._cache_lock:
+            for special, prefix, ids in reversed(self._prefixes):
+                n = len(prefix)
+                if (special == add_special and n > best and text.startswith(prefix)
+                        and text.startswith(boundary, n)):  # fmt: skip
+                    best, tokens = n, ids
+        return best, tokens
+
+    def _remember(self, add_special: bool, text: str, out: list[int], cut: int,
+                  tokens: int) -> None:  # fmt: skip
+        """Keep ``text`` up to its last boundary (``cut``) with its ``tokens`` tokens."""
+        if cut <= 0 or tokens <= 0:
+            return
+        entry = (add_special, text[:cut], tuple(out[:tokens]))
+        with self._cache_lock:
+            kept = [e for e in self._prefixes
+                    if e[0] != add_special or not entry[1].startswith(e[1])]  # fmt: skip
+            total = len(entry[2])
+            for i in range(len(kept) - 1, -1, -1):
+                total += len(kept[i][2])
+                if total > PREFIX_TOKENS or len(kept) - i >= PREFIXES:
+                    kept = kept[i + 1 :]
+                    break
+            self._prefixes = [*kept, entry]

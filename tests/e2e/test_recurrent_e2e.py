@@ -19,9 +19,8 @@ import pytest
 from bench.workload import Conversation, chat, parse_cache_header, play
 from proxy.embedded import EmbeddedServer
 from proxy.settings import EmbeddedSettings
-from proxy.store import read_records
 from tests.conftest import Proxy, start_proxy, stop_proxy
-from tests.e2e.test_rewrite_e2e import wait_for
+from tests.e2e.test_gemma_e2e import exact_records
 from tests.synthetic_gguf import write
 
 pytestmark = pytest.mark.e2e
@@ -42,13 +41,6 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     server.stop()
 
 
-def records(proxy: Proxy, count: int) -> list[dict]:
-    found = wait_for(lambda: (r := list(read_records(proxy.data_dir / "records")))[count - 1:]
-                     and r)  # fmt: skip
-    assert len(found) == count
-    return found
-
-
 def test_recurrent_reuse_is_predicted_exactly(served: tuple[EmbeddedServer, Proxy]) -> None:
     _, proxy = served
     assert any("model_attention" in line and "recurrent" in line for line in proxy.log_lines())
@@ -59,8 +51,8 @@ def test_recurrent_reuse_is_predicted_exactly(served: tuple[EmbeddedServer, Prox
     assert [c.predicted for c in calls] == [c.cache_n for c in calls]
     later = [c for c in calls if c.turn > 0]
     assert all(c.cache_n > 700 for c in later), [(c.turn, c.cache_n) for c in later]
-    found = records(proxy, len(calls))
-    assert any(r["restored"] for r in found)  # recurrent models resume saved files
+    # recurrent models resume saved files
+    assert any(r["restored"] for r in exact_records(proxy, len(calls)))
 
     # an earlier message edited: the server goes back to the checkpoint it took where that
     # user message starts, not to where the prompts diverge
@@ -81,9 +73,7 @@ def test_recurrent_reuse_is_predicted_exactly(served: tuple[EmbeddedServer, Prox
     seen.append((predicted, timings.get("cache_n")))
     assert all(p == actual for p, actual in seen), seen
     assert 700 < seen[-1][1] < seen[-2][1]  # a checkpoint before the edit, not the edit
-    wrong = [(r["predicted_cached"], r["cached_tokens"]) for r in records(proxy, len(calls) + 4)
-             if r["predicted_cached"] != r["cached_tokens"]]  # fmt: skip
-    assert not wrong, wrong
+    exact_records(proxy, len(calls) + 4)
 
 
 def test_synthetic_models_are_deterministic(tmp_path: Path) -> None:

@@ -268,3 +268,35 @@ def test_second_turn_of_another_conversation_is_not_a_splice() -> None:
                  m("user", "y"))
     )  # fmt: skip
     assert applied == [] and sent[1].content == "Task B\nline\nline\n"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Message.make("user", "plain"),
+        Message.make("tool", 'x"\\\n\u2028é\ud800', tool_call_id='c"1', name="zz"),
+        Message.make("tool", "", tool_call_id=""),
+        Message.make("assistant", None, tool_calls=[{"id": "1", "type": "function",
+                     "function": {"name": "f", "arguments": '{"a": 1}'}}]),
+        Message.make("user", [{"type": "text", "text": "a"}, {"type": "image_url",
+                     "image_url": {"url": "data:x"}}]),
+        Message.make("user", "x", weird=3, nested={"b": [1, {"c": None}]}),
+    ],
+)  # fmt: skip
+def test_a_message_hash_is_that_of_its_canonical_json(message: Message) -> None:
+    """Tapes persist these hashes: the fast paths must give what the definition gives (the
+    sorted, compact JSON of role, content and extra; a plain message: role NUL content)."""
+    import json
+
+    import xxhash
+
+    from proxy.conversation import thaw
+    from proxy.rewrite.tape import message_hash
+
+    if isinstance(message.content, str) and not message.extra:
+        raw = f"{message.role}\x00{message.content}"
+    else:
+        data = {"role": message.role, "content": thaw(message.content),
+                "extra": thaw(message.extra)}  # fmt: skip
+        raw = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert message_hash(message) == xxhash.xxh3_64_hexdigest(raw.encode("utf-8", "surrogatepass"))

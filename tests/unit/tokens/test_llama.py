@@ -117,3 +117,46 @@ def test_appending_a_message_tokenizes_only_what_is_new(vocabs: dict[str, LlamaV
     assert second[: len(first) - 3] == first[: len(first) - 3] and len(first) > 8000
     assert vocab.tokenized - before <= 2  # the new message; the generation prompt is cached
     vocab.boundary = None
+
+
+def test_a_known_prefix_is_reused_only_where_the_split_is_the_same(
+    vocabs: dict[str, LlamaVocab],
+) -> None:
+    """``encode`` reuses the leading chunks of recent prompts that a text starts with: on
+    every chunked vocabulary, texts that extend, cut into or diverge from earlier ones give
+    exactly the tokens of the whole text."""
+    checked = 0
+    for vocab in vocabs.values():
+        specials = [t for t in vocab.specials if t.strip()]
+        vocab.prepare(vocab.chat_template or "".join(specials[:40]))
+        b = vocab.boundary
+        if b is None:
+            continue
+        first = f"{b}user\nHello there{b}model\nHi{b}user\n"
+        texts = [
+            first,
+            first + f"more{b}model\n",  # extends: the prefix up to the last boundary reused
+            first + f"more{b}model\nsure{b}user\nagain",
+            first[:-3] + f"X{b}model\n",  # cuts into the last known chunk
+            f"{b}user\nHello thereX{b}model\n",  # diverges inside the first chunk
+            first + b[:-1] + f"{b}tail",  # a partial boundary right at the known end
+            "plain" + first,  # no leading boundary: the head chunk
+        ]
+        for add_special in (True, False):
+            for text in texts:
+                whole = vocab.tokenize(text, add_special, parse_special=True)
+                assert vocab.encode(text, add_special) == whole, (vocab.path.name, text)
+                checked += 1
+        vocab.boundary = None
+    assert checked > 100
+
+
+@pytest.mark.parametrize(
+    ("text", "bordered"),
+    [("<start_of_turn>", False), ("<|im_start|>", False), ("<s>", False), ("abab", True),
+     ("<x<", True), ("aa", True)],
+)  # fmt: skip
+def test_boundaries_whose_occurrences_could_overlap_are_refused(text: str, bordered: bool) -> None:
+    from proxy.tokens.llama import bordered as check
+
+    assert check(text) is bordered
