@@ -100,14 +100,10 @@ async def tokenizing(server: EmbeddedServer) -> tuple[list[str], float, LocalTok
     local = await tokenizer_for(upstream, None)
     assert isinstance(local, LocalTokenizer), "the bundled GGUF must tokenize here"
     remote = ServerTokenizer(upstream)
-    vocab: Any = local.pieces
-
     def count(body: dict[str, Any]) -> int:
         return len(local.pieces.encode(local.render(body)))
 
-    def cold() -> None:
-        vocab._cache.clear()
-        vocab._cached = 0
+    cold = local.pieces.forget
 
     rows = []
     try:

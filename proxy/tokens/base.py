@@ -49,6 +49,10 @@ class Encoder(Protocol):
         """Get ready for prompts of this chat template (``LlamaVocab``: chunk boundaries)."""
         ...
 
+    def forget(self) -> None:
+        """Drop every cached tokenization (``make bench-tokens``: cold figures)."""
+        ...
+
 
 def completion_prompt(body: dict[str, Any]) -> str | list[int] | None:
     """The single prompt of a completion body, as text or tokens; None when it is several."""

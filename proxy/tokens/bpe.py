@@ -73,6 +73,10 @@ class PieceTokenizer:
         self.cached_tokens = 0
         self.pieces_tokenized = 0
 
+    def forget(self) -> None:
+        self._cache.clear()
+        self.cached_tokens = 0
+
     def _piece(self, text: str) -> tuple[int, ...]:
         key = xxhash.xxh3_64_intdigest(text.encode("utf-8", "surrogatepass"))
         hit = self._cache.get(key)

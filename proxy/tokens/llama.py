@@ -223,6 +223,12 @@ class LlamaVocab:
             self.boundary = max(safe, key=lambda t: (template.count(t), len(t)))
         self._prefixes = []
 
+    def forget(self) -> None:
+        with self._cache_lock:
+            self._cache.clear()
+            self._cached = 0
+            self._prefixes = []
+
     def special_strings(self) -> dict[str, str]:
         """``bos_token`` and ``eos_token`` for the chat template."""
         names = {}
