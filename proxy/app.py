@@ -13,6 +13,7 @@ from aiohttp import web
 from proxy import security
 from proxy.components import (
     BODIES,
+    MESSAGES,
     METRICS,
     POOL,
     REWRITER,
@@ -21,6 +22,7 @@ from proxy.components import (
     STORE,
     UpstreamPool,
 )
+from proxy.conversation import MessageMemo
 from proxy.dialects import REGISTRY
 from proxy.embedded import EmbeddedServer
 from proxy.errors import ProxyError
@@ -58,6 +60,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[BODIES] = BodyBudget(settings.max_inflight_body_bytes)
+    app[MESSAGES] = MessageMemo()
     app[METRICS].watch_bodies(app[BODIES])
     app.cleanup_ctx.append(store_ctx)
     if not settings.upstreams:

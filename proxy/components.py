@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from proxy.conversation import MessageMemo
 from proxy.limits import BodyBudget
 from proxy.metrics import Metrics
 from proxy.rewrite.engine import Rewriter
@@ -33,3 +34,4 @@ STORE = web.AppKey("store", RecordStore)
 REWRITER = web.AppKey("rewriter", Rewriter)
 METRICS = web.AppKey("metrics", Metrics)
 BODIES = web.AppKey("bodies", BodyBudget)
+MESSAGES = web.AppKey("messages", MessageMemo)

@@ -7,6 +7,7 @@ Everything a dialect does not understand is kept verbatim (``Message.extra``,
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -29,6 +30,11 @@ class Message:
     role: str
     content: Any = None
     extra: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+    # Values computed from the message alone (its tape hash), kept with it: a message
+    # parsed again from an identical object is the same object (``MessageMemo``). Not
+    # copied by ``dataclasses.replace`` (not an init field), not compared.
+    derived: dict[str, Any] = field(default_factory=dict, init=False, repr=False,
+                                    compare=False)  # fmt: skip
 
     @classmethod
     def make(cls, role: str, content: Any = None, **extra: Any) -> Message:
@@ -83,3 +89,55 @@ def thaw(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: thaw(v) for k, v in value.items()}
     return value
+
+
+MemoKey = tuple[tuple[str, str], ...] | str
+
+
+def memo_key(item: dict[str, Any]) -> MemoKey:
+    """A JSON object's memo key: its items when every value is a string (most messages),
+    else its ``repr``. Either is equal only for an equal JSON value (strings compare
+    exactly; ``repr`` tells 1, 1.0 and true apart)."""
+    for value in item.values():
+        if type(value) is not str:
+            return repr(item)
+    return tuple(item.items())
+
+
+def key_size(key: MemoKey) -> int:
+    if isinstance(key, str):
+        return len(key)
+    return sum(len(k) + len(v) for k, v in key)
+
+
+class MessageMemo:
+    """Messages parsed before, by the JSON object they came from (``memo_key``): an agent
+    sends its whole conversation every turn, so all but the newest messages were parsed,
+    checked and hashed on an earlier turn, and a hit is a message equal to what parsing
+    would give. Bounded by the characters of the keys held, oldest out; one event-loop
+    thread uses it."""
+
+    def __init__(self, max_chars: int = 32 << 20) -> None:
+        self.max_chars = max_chars
+        self._items: OrderedDict[MemoKey, tuple[Message, int]] = OrderedDict()
+        self._chars = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: MemoKey) -> Message | None:
+        found = self._items.get(key)
+        if found is None:
+            return None
+        self._items.move_to_end(key)
+        return found[0]
+
+    def put(self, key: MemoKey, message: Message) -> None:
+        size = key_size(key)
+        if size > self.max_chars // 16 or key in self._items:
+            return
+        self._items[key] = (message, size)
+        self._chars += size
+        while self._chars > self.max_chars:
+            _, (_, old) = self._items.popitem(last=False)
+            self._chars -= old

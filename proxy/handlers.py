@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from proxy import ollama_bridge, ollama_keep, openai_bridge
-from proxy.components import BODIES, METRICS, POOL, REWRITER, SETTINGS, SLOTS, STORE
+from proxy.components import BODIES, MESSAGES, METRICS, POOL, REWRITER, SETTINGS, SLOTS, STORE
 from proxy.conversation import Conversation, thaw
 from proxy.dialects.base import DialectBase
 from proxy.errors import (
@@ -525,7 +525,7 @@ def dialect_handler(dialect: DialectBase) -> Handler:
             settings = request.app[SETTINGS]
             body = await read_json(request, settings.max_body_bytes, settings.body_timeout, hold)
             try:
-                conv = dialect.parse(body)
+                conv = dialect.parse(body, request.app[MESSAGES])
                 rec.model, rec.stream = conv.model, conv.stream
                 plan, calls, prompts, original_cached = await plan_request(request, dialect, conv)
             except MALFORMED as exc:

@@ -16,7 +16,7 @@ from typing import Any
 
 import xxhash
 
-from proxy.prefix_index import PrefixIndex, Prompt, common_prefix, match_length
+from proxy.prefix_index import PrefixIndex, Prompt, match_length
 from proxy.routing import SavedView, SlotView
 
 # Evicted prefixes remembered, oldest out, so that a later miss can say "evicted" (a few
@@ -267,7 +267,7 @@ class SlotTable:
             self.held.remove(slot)
             state.saved_len = state.swa_end = 0
             return
-        if previous is None or common_prefix(previous.tokens, holds.tokens) < state.saved_len:
+        if previous is None or match_length(previous, holds) < state.saved_len:
             state.saved_len = 0
         self.held.put(slot, holds)
 
@@ -284,7 +284,7 @@ class SlotTable:
         """A save of ``prompt`` from the slot completed: the part the slot still shares with
         it is on disk (a request may have changed the slot while the save was under way)."""
         held = self.held.get(slot)
-        covered = common_prefix(held.tokens, prompt.tokens) if held is not None else 0
+        covered = match_length(held, prompt) if held is not None else 0
         self.states[slot].saved_len = covered
 
     def restored(self, slot: int, prompt: Prompt) -> None:

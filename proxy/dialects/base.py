@@ -7,7 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from proxy.conversation import Conversation, Message, frozen_map, thaw
+from proxy.conversation import (
+    Conversation,
+    Message,
+    MessageMemo,
+    frozen_map,
+    memo_key,
+    thaw,
+)
 from proxy.errors import BadRequest, ProxyError
 
 Framing = Literal["sse", "ndjson"]
@@ -22,7 +29,7 @@ class Dialect(Protocol):
     framing: Framing
     path: str
 
-    def parse(self, body: Any) -> Conversation: ...
+    def parse(self, body: Any, memo: MessageMemo | None = None) -> Conversation: ...
 
     def render(self, conv: Conversation) -> dict[str, Any]: ...
 
@@ -80,7 +87,9 @@ def parse_tools(body: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...] | None
     return tuple(frozen_map(t) for t in tools)
 
 
-def parse_messages(body: Mapping[str, Any]) -> tuple[Message, ...]:
+def parse_messages(body: Mapping[str, Any], memo: MessageMemo | None = None
+                   ) -> tuple[Message, ...]:  # fmt: skip
+    """The checked, canonical messages; one parsed before (``memo``) is taken as it was."""
     if "messages" not in body:
         raise BadRequest("'messages' is required")
     raw = body["messages"]
@@ -90,6 +99,10 @@ def parse_messages(body: Mapping[str, Any]) -> tuple[Message, ...]:
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
             raise BadRequest(f"messages[{i}] must be an object")
+        key = memo_key(item) if memo is not None else ""
+        if memo is not None and (known := memo.get(key)) is not None:
+            out.append(known)
+            continue
         role = item.get("role")
         if not isinstance(role, str):
             raise BadRequest(f"messages[{i}].role must be a string")
@@ -100,7 +113,10 @@ def parse_messages(body: Mapping[str, Any]) -> tuple[Message, ...]:
             check_parts(content, f"messages[{i}].content")
         check_message_fields(item, f"messages[{i}]")
         extra = {k: v for k, v in item.items() if k not in ("role", "content")}
-        out.append(Message(role=role, content=content, extra=frozen_map(extra)))
+        message = Message(role=role, content=content, extra=frozen_map(extra))
+        if memo is not None:
+            memo.put(key, message)
+        out.append(message)
     return tuple(out)
 
 
@@ -165,8 +181,10 @@ def check_prompt_item(item: Any, where: str, depth: int = 0) -> None:
 
 
 def render_message(msg: Message) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": msg.role, "content": thaw(msg.content)}
-    out.update(thaw(msg.extra))
+    content = msg.content if type(msg.content) is str else thaw(msg.content)
+    out: dict[str, Any] = {"role": msg.role, "content": content}
+    if msg.extra:
+        out.update(thaw(msg.extra))
     return out
 
 

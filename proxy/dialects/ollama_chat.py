@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.conversation import Conversation, frozen_map
+from proxy.conversation import Conversation, MessageMemo, frozen_map
 from proxy.dialects.base import (
     DialectBase,
     optional_bool,
@@ -29,13 +29,13 @@ class OllamaChat(DialectBase):
     framing: str = "ndjson"
     path: str = "/api/chat"
 
-    def parse(self, body: Any) -> Conversation:
+    def parse(self, body: Any, memo: MessageMemo | None = None) -> Conversation:
         body = require_object(body)
         params, extra = ollama_fields(body, STRUCTURAL)
         return Conversation(
             kind="chat",
             model=optional_str(body, "model"),
-            messages=parse_messages(body),
+            messages=parse_messages(body, memo),
             tools=parse_tools(body),
             stream=optional_bool(body, "stream", True),
             params=frozen_map(params),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.conversation import Conversation, frozen_map
+from proxy.conversation import Conversation, MessageMemo, frozen_map
 from proxy.dialects.base import (
     check_images,
     optional_bool,
@@ -25,7 +25,7 @@ class OllamaGenerate(OllamaChat):
     name: str = "ollama_generate"
     path: str = "/api/generate"
 
-    def parse(self, body: Any) -> Conversation:
+    def parse(self, body: Any, memo: MessageMemo | None = None) -> Conversation:
         body = require_object(body)
         if "prompt" not in body:
             raise BadRequest("'prompt' is required")

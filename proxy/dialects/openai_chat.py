@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.conversation import Conversation, frozen_map, thaw
+from proxy.conversation import Conversation, MessageMemo, frozen_map, thaw
 from proxy.dialects.base import (
     DialectBase,
     optional_bool,
@@ -28,12 +28,12 @@ class OpenAIChat(DialectBase):
     framing: str = "sse"
     path: str = "/v1/chat/completions"
 
-    def parse(self, body: Any) -> Conversation:
+    def parse(self, body: Any, memo: MessageMemo | None = None) -> Conversation:
         body = require_object(body)
         return Conversation(
             kind="chat",
             model=optional_str(body, "model"),
-            messages=parse_messages(body),
+            messages=parse_messages(body, memo),
             tools=parse_tools(body),
             stream=optional_bool(body, "stream", False),
             params=frozen_map(unknown_fields(body, STRUCTURAL)),

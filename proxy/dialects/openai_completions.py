@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.conversation import Conversation, frozen_map, thaw
+from proxy.conversation import Conversation, MessageMemo, frozen_map, thaw
 from proxy.dialects.base import (
     DialectBase,
     optional_bool,
@@ -26,7 +26,7 @@ class OpenAICompletions(DialectBase):
     framing: str = "sse"
     path: str = "/v1/completions"
 
-    def parse(self, body: Any) -> Conversation:
+    def parse(self, body: Any, memo: MessageMemo | None = None) -> Conversation:
         body = require_object(body)
         return Conversation(
             kind="completion",

@@ -32,6 +32,14 @@ MAX_TAPE_BYTES = 256 * 1024 * 1024
 
 
 def message_hash(message: Message) -> str:
+    """A message's identity (see ``hash_of``), computed once per message object."""
+    known = message.derived.get("hash")
+    if known is None:
+        known = message.derived["hash"] = hash_of(message)
+    return known
+
+
+def hash_of(message: Message) -> str:
     """A message's identity. Most messages are a role and a string: those are hashed as such
     (no JSON round trip; a long conversation hashes hundreds per request); any other is
     hashed as its canonical JSON, which starts with ``{`` and so never equals the former."""

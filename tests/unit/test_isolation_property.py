@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.conversation import Conversation, Message
+from proxy.conversation import Conversation, Message, MessageMemo
+from proxy.dialects.openai_chat import DIALECT
 from proxy.rewrite import contract
 from proxy.rewrite.compaction import SHAPES
 from proxy.rewrite.engine import RULES, RewriteConfig, Rewriter
@@ -123,11 +124,14 @@ def test_interleaved_clients_never_see_each_other(
     replies: list[str],
 ) -> None:
     rw = Rewriter(RewriteConfig(frozenset(rules)), TapeStore())
+    # every request parsed as kvproxy parses it: through one message memo for all clients
+    memo = MessageMemo()
     clients = [Client(i, f"SECRET-{i}-{i * 7919}", credentials[i], named[i]) for i in range(n)]
     for step, (who, action, word) in enumerate(plays):
         client = clients[who % n]
         act(client, action, word, step)
-        conv = request(client, [2, 0, 1] if step % 2 else [0, 1, 2])
+        conv = DIALECT.parse(DIALECT.render(request(client, [2, 0, 1] if step % 2 else [0, 1, 2])),
+                             memo)  # fmt: skip
         identity = identify(client.headers(), conv)
         plan = rw.plan(conv, identity)
         assert plan.refused is None, plan.refused
