@@ -21,12 +21,14 @@ BLOCK = 64
 REFINE_CANDIDATES = 8
 
 
-def chain_hashes(tokens: Sequence[int], block: int = BLOCK) -> list[int]:
-    """The chained hash of every full block of ``tokens``."""
+def chain_hashes(tokens: Sequence[int], block: int = BLOCK, start: int = 0,
+                 seed: int = 0) -> list[int]:  # fmt: skip
+    """The chained hash of every full block of ``tokens`` from block ``start`` on, the
+    first chained to ``seed`` (the hash of the block before it)."""
     out: list[int] = []
-    prev = 0
+    prev = seed
     full = len(tokens) - len(tokens) % block
-    data = array("i", tokens[:full]).tobytes()
+    data = array("i", tokens[start * block : full]).tobytes()
     step = block * 4
     for start in range(0, len(data), step):
         prev = xxhash.xxh3_64_intdigest(data[start : start + step], seed=prev)
@@ -51,12 +53,34 @@ class Prompt:
     hashes: tuple[int, ...] = field(default=())
 
     @classmethod
-    def of(cls, tokens: Iterable[int]) -> Prompt:
+    def of(cls, tokens: Iterable[int], like: Iterable[Prompt] = ()) -> Prompt:
+        """``tokens`` with their chain hashes; the leading blocks they share whole with one
+        of ``like`` (the previous prompt of the same slot, say) keep that one's hashes, so
+        an appended turn hashes only its new blocks."""
         toks = tuple(tokens)
-        return cls(toks, tuple(chain_hashes(toks)))
+        shared, base = 0, ()
+        for other in like:
+            n = leading_blocks(toks, other)
+            if n > shared:
+                shared, base = n, other.hashes
+        seed = base[shared - 1] if shared else 0
+        return cls(toks, (*base[:shared], *chain_hashes(toks, start=shared, seed=seed)))
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+
+def leading_blocks(tokens: tuple[int, ...], other: Prompt, tries: int = 3) -> int:
+    """How many of ``other``'s hashed blocks ``tokens`` begins with, when that is all of
+    them or all but the last one or two (the usual case: a prompt extending another, or
+    diverging where the other's reply ends; one comparison each); else 0 (hashed afresh)."""
+    top = min(len(other.hashes), len(tokens) // BLOCK)
+    for n in range(top, max(0, top - tries), -1):
+        end = n * BLOCK
+        if tokens[end - BLOCK : end] == other.tokens[end - BLOCK : end] and (
+                tokens[:end] == other.tokens[:end]):  # fmt: skip
+            return n
+    return 0
 
 
 def shared_blocks(a: Sequence[int], b: Sequence[int]) -> int:

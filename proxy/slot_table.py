@@ -59,7 +59,7 @@ def held_after(prompt: Prompt, outcome: Outcome, predicted: int) -> Prompt:
         tail = list(outcome.generated or ())
         if outcome.finish_reason not in ("stop", "eos") and tail:
             tail = tail[:-1]
-        return Prompt.of(prompt.tokens + tuple(tail))
+        return Prompt.of(prompt.tokens + tuple(tail), like=(prompt,))
     if outcome.prompt_done:
         return prompt
     keep = outcome.cached_actual if outcome.cached_actual is not None else predicted

@@ -200,7 +200,9 @@ class SlotManager:
                 except ProxyError as err:
                     log.warning("tokenize_failed", upstream=pool.upstream.url, error=err.message)
                     toks = None
-                done[key] = None if toks is None else Prompt.of(toks)
+                held = pool.table.held  # an appended turn: its slot's prompt is a prefix
+                like = [p for p in map(held.get, held.keys()) if p is not None]
+                done[key] = None if toks is None else Prompt.of(toks, like)
             out[pool.index] = done[key]
         return out
 

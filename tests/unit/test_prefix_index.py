@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -81,3 +82,21 @@ def test_remove_and_replace_forget_the_old_prefix() -> None:
     index.remove("a")
     assert len(index) == 0
     assert index.longest(Prompt.of(toks((2, 256)))) == (None, 0)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "like"),
+    [
+        ([*range(1000), *range(5000, 5100)], [range(1000)]),  # an append
+        (list(range(1000)), [range(1000)]),  # the same
+        ([*range(950), *range(7000, 7200)], [range(1000)]),  # diverges in the last blocks
+        ([*range(300), *range(7000, 7700)], [range(1000)]),  # diverges far back
+        (list(range(500)), [range(1000)]),  # shorter than the other
+        (list(range(1000)), [range(64, 1000), [], range(640)]),  # several, one a prefix
+        (list(range(10)), [range(1000)]),  # no full block
+    ],
+)
+def test_hashes_reused_from_a_similar_prompt_equal_fresh_ones(tokens: list[int],
+                                                              like: list[Any]) -> None:  # fmt: skip
+    others = [Prompt.of(list(t)) for t in like]
+    assert Prompt.of(tokens, others) == Prompt.of(tokens)
