@@ -30,8 +30,8 @@ def chain_hashes(tokens: Sequence[int], block: int = BLOCK, start: int = 0,
     full = len(tokens) - len(tokens) % block
     data = array("i", tokens[start * block : full]).tobytes()
     step = block * 4
-    for start in range(0, len(data), step):
-        prev = xxhash.xxh3_64_intdigest(data[start : start + step], seed=prev)
+    for at in range(0, len(data), step):
+        prev = xxhash.xxh3_64_intdigest(data[at : at + step], seed=prev)
         out.append(prev)
     return out
 
