@@ -15,7 +15,7 @@ STAMP := $(VENV)/.kvproxy-installed
 SOAK_SECONDS ?= 1800
 
 .PHONY: run test lint bench bench-overhead bench-routing bench-rewrite bench-index bench-clients \
-	bench-load bench-soak bench-tokens bench-warm clean
+	bench-load bench-soak bench-tokens bench-warm bench-recurrent clean
 
 # MODEL=PATH.gguf (or a packaged name: smollm2-135m, gemma3-270m) serves another model.
 run: $(STAMP)
@@ -61,6 +61,11 @@ bench-tokens: $(STAMP)
 
 # The seeds' warm-up acceptance: 10 identical requests after a fresh start, and one after
 # an upstream restart, direct / kvproxy / kvproxy --warm.
+# What llama-server reuses on recurrent and hybrid models (synthetic Mamba and Jamba) vs
+# kvproxy's prediction.
+bench-recurrent: $(STAMP)
+	$(BIN)/python -m bench.recurrent
+
 bench-warm: $(STAMP)
 	$(BIN)/python -m bench.warm
 
