@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.logging_upstream import LoggingUpstream
-from bench.report import write_section
+from bench.report import publish
 from proxy.embedded import EmbeddedServer
 from proxy.process import spawn_proxy
 from proxy.settings import EmbeddedSettings
@@ -469,8 +469,7 @@ def main() -> int:
     proxied = Side("kvproxy", clients, work, through_proxy=True)
     proxied.run()
     out = table(direct, proxied)
-    print(out)
-    write_section("clients", out)
+    publish("clients", out)
     return 0 if all(not s.violations for s in proxied.steps) else 1
 
 

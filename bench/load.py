@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from bench.report import write_section
+from bench.report import publish
 from bench.workload import document
 from proxy.embedded import EmbeddedServer
 from proxy.process import ProxyProcess, spawn_proxy
@@ -251,9 +251,7 @@ def load(ns: list[int], turns: int, words: int, max_tokens: int, write: bool) ->
             if side.errors:
                 print(f"    errors: {sorted(set(side.errors))}", flush=True)
     table = "\n".join([HEADER, *rows])
-    print(table)
-    if write:
-        write_section("load", table)
+    publish("load", table, write)
 
 
 def soak(seconds: float, n: int, words: int, max_tokens: int, write: bool) -> None:
@@ -316,9 +314,7 @@ def soak(seconds: float, n: int, words: int, max_tokens: int, write: bool) -> No
         f"{rss[-1]:.0f} at the end; open fds {fds[0]} at start, max {max(fds)}, {fds[-1]} at "
         f"the end.\n\n![kvproxy RSS and fds over the soak](bench-soak.png)"
     )
-    print(text)
-    if write:
-        write_section("soak", text)
+    publish("soak", text, write)
 
 
 def main(argv: list[str] | None = None) -> None:

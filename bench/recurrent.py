@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from bench.report import write_section
+from bench.report import publish
 from proxy.embedded import EmbeddedServer
 from proxy.prefix_index import Prompt
 from proxy.settings import EmbeddedSettings
@@ -117,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     exact = sum(p == r for a in ARCHES for _, p, r in results[a])
     total = sum(len(results[a]) for a in ARCHES)
     table = "\n".join(lines) + f"\n\nPredicted == reused on {exact} of {total}."
-    print(table)
-    if not args.no_write:
-        write_section("recurrent", table)
+    publish("recurrent", table, not args.no_write)
     return 0
 
 

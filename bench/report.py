@@ -22,3 +22,10 @@ def write_section(name: str, table: str, doc: Path = DOC, command: str | None = 
     by = command or f"make bench-{name}"
     doc.write_text(f"{head}{begin}\nMeasured {stamp} by `{by}`:\n\n{table}\n{end}{tail}")
     return True
+
+
+def publish(name: str, table: str, write: bool = True) -> None:
+    """Print a benchmark's table and, unless told not to, write it into its section."""
+    print(table)
+    if write:
+        write_section(name, table)

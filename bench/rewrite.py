@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from bench.report import write_section
+from bench.report import publish
 from bench.scenarios import SCENARIOS, Scenario
 from bench.workload import chat
 from proxy.embedded import EmbeddedServer
@@ -171,9 +171,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             print(notes[-1], flush=True)
     table = "\n".join(rows) + ("\n\n" + "\n".join(notes) if notes else "")
-    print(table)
-    if not args.no_write and not args.only:
-        write_section("rewrite", table)
+    publish("rewrite", table, not args.no_write and not args.only)
 
 
 if __name__ == "__main__":

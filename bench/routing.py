@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.report import write_section
+from bench.report import publish
 from bench.workload import Call, Conversation, ideal_prefill, play
 from proxy.embedded import EmbeddedServer
 from proxy.process import spawn_proxy
@@ -135,9 +135,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             print(restart_line, flush=True)
     table = "\n".join([HEADER, *rows]) + "\n\n" + restart_line
-    print(table)
-    if not args.no_write:
-        write_section("routing", table)
+    publish("routing", table, not args.no_write)
 
 
 if __name__ == "__main__":

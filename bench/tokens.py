@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from bench.report import write_section
+from bench.report import publish
 from bench.workload import chat, document
 from proxy.conversation import Conversation
 from proxy.embedded import EmbeddedServer, resolve_model
@@ -214,9 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(the record's `overhead_ms`: reading, rewriting, tokenizing, routing) p50 "
         f"{statistics.median(overhead):.1f} ms, max {max(overhead):.1f} ms.",
     ])  # fmt: skip
-    print(table)
-    if not args.no_write:
-        write_section("tokens", table)
+    publish("tokens", table, not args.no_write)
     return 0
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from bench.report import write_section
+from bench.report import publish
 from bench.workload import chat, document
 from proxy.embedded import EmbeddedServer
 from proxy.process import ProxyProcess, spawn_proxy
@@ -108,9 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                        "tools) is ~1,500 tokens; each request adds a short question (~15 "
                        "tokens), which the "
                        "first request after a warm-up still prefills."])  # fmt: skip
-    print(table)
-    if not args.no_write:
-        write_section("warm", table)
+    publish("warm", table, not args.no_write)
     return 0
 
 
