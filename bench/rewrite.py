@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,9 @@ class Session:
     reply: str | None = None
     previous: dict | None = None
     started: bool = False
+    # Agents name their sessions: the rules that continue a changed system message or a
+    # compaction apply only inside a named session (docs/rules.md).
+    name: str = field(default_factory=lambda: f"bench-{uuid.uuid4()}")
 
 
 def run(
@@ -102,7 +106,8 @@ def run(
                     body, session.started = next(session.scenario), True
             except StopIteration:
                 break
-            text, timings, headers, ttft = chat(client, base, body["messages"], 8, body)
+            text, timings, headers, ttft = chat(client, base, body["messages"], 8, body,
+                                                {"x-session-id": session.name})  # fmt: skip
             results.append(
                 CallResult(
                     prompt_n=int(timings.get("prompt_n", 0)),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+import uuid
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,6 +216,9 @@ def play(side: Side, number: int, scenario: Scenario) -> list[CallResult]:
     results: list[CallResult] = []
     previous: Body | None = None
     reply: str | None = None
+    # Agents name their sessions (a UUID): the rules that continue a changed system
+    # message or a compaction apply only inside a named session (docs/rules.md).
+    session = f"scenario-{number}-{uuid.uuid4()}"
     limits = httpx.Limits(max_keepalive_connections=0)
     with httpx.Client(timeout=900, limits=limits) as client:
         while True:
@@ -226,7 +230,8 @@ def play(side: Side, number: int, scenario: Scenario) -> list[CallResult]:
                 side.restart_proxy()
                 reply = ""
                 continue
-            text, timings, headers, ttft = chat(client, side.base, body["messages"], 8, body)
+            text, timings, headers, ttft = chat(client, side.base, body["messages"], 8, body,
+                                                {"x-session-id": session})  # fmt: skip
             results.append(
                 CallResult(
                     prompt_n=int(timings.get("prompt_n", 0)),

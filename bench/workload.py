@@ -113,8 +113,10 @@ def chat(
     messages: list[dict[str, Any]],
     max_tokens: int,
     extra: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[str, dict[str, Any], httpx.Headers, float]:
-    """One streamed chat completion: (text, timings, headers, ms to the first content)."""
+    """One streamed chat completion: (text, timings, headers, ms to the first content);
+    ``headers``: the client's own (a session name, as agents send one)."""
     body = {
         "max_tokens": max_tokens,
         **{k: v for k, v in (extra or {}).items() if k != "messages"},
@@ -127,7 +129,8 @@ def chat(
     ttft = None
     text: list[str] = []
     timings: dict[str, Any] = {}
-    with client.stream("POST", base + "/v1/chat/completions", json=body) as resp:
+    with client.stream("POST", base + "/v1/chat/completions", json=body,
+                       headers=headers) as resp:  # fmt: skip
         resp.raise_for_status()
         for line in resp.iter_lines():
             if not line.startswith("data:") or line.endswith("[DONE]"):

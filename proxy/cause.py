@@ -11,6 +11,7 @@ CauseKind = Literal[
     "diverged",
     "edited-history",
     "system-mutation",
+    "needs-session",
     "over-budget",
     "rewrite-skipped",
     "rewrite-refused",

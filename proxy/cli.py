@@ -91,7 +91,9 @@ SERVE_OPTIONS: tuple[tuple[str, type, str, str], ...] = (
      "the files its checkpoints supersede, and only then takes idle checkpoints"),
     ("--api-key", str, None,
      "require this key from clients (Authorization: Bearer KEY); see docs/security.md"),
-    ("--api-key-file", Path, None, "read the API key from this file"),
+    ("--api-key-file", Path, None,
+     "read API keys from this file, one per line: each key is its own principal (clients "
+     "with different keys never share a conversation or a cached prefix)"),
     ("--rewrite", str, "all",
      "rewrite rules: all, off (a pure router), a list (tape,volatile,compaction,tools) or "
      "removals (-volatile)"),
@@ -178,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--cors-origin", action="append", default=None, metavar="ORIGIN",
         help="an origin (https://app.example) whose browser pages may call kvproxy; "
         "repeatable; none by default [KVPROXY_CORS_ORIGIN, comma-separated]",
+    )  # fmt: skip
+    serve.add_argument(
+        "--allowed-host", action="append", default=None, metavar="NAME",
+        help="a host name clients may use to reach kvproxy (IP addresses and localhost "
+        "always work; any other Host is refused, against DNS rebinding); repeatable "
+        "[KVPROXY_ALLOWED_HOST, comma-separated]",
     )  # fmt: skip
     serve.add_argument(
         "--warm", action="append", default=None, metavar="FILE",
@@ -286,17 +294,24 @@ def keep_tapes(value: str) -> str:
     return value
 
 
+def api_keys(text: str) -> frozenset[str]:
+    """One key per line; blank lines and ``#`` comments skipped."""
+    lines = (line.strip() for line in text.splitlines())
+    return frozenset(line for line in lines if line and not line.startswith("#"))
+
+
 def exposure_from(args: argparse.Namespace) -> Exposure:
-    key = args.api_key
+    keys = frozenset({args.api_key}) if args.api_key else frozenset()
     if args.api_key_file is not None:
         try:
-            key = Path(args.api_key_file).expanduser().read_text().strip()
-        except OSError as exc:
+            keys |= api_keys(Path(args.api_key_file).expanduser().read_text())
+        except (OSError, UnicodeError) as exc:
             build_parser().error(f"--api-key-file: {exc}")
     origins = args.cors_origin if args.cors_origin is not None else env_list("CORS_ORIGIN")
-    return Exposure(api_key=key or None, cors_origins=frozenset(origins),
-                    allow_slot_actions=args.allow_slot_actions,
-                    allow_admin=args.allow_admin)  # fmt: skip
+    hosts = args.allowed_host if args.allowed_host is not None else env_list("ALLOWED_HOST")
+    return Exposure(api_keys=keys, cors_origins=frozenset(origins),
+                    allow_slot_actions=args.allow_slot_actions, allow_admin=args.allow_admin,
+                    allowed_hosts=frozenset(h.lower().rstrip(".") for h in hosts))  # fmt: skip
 
 
 def embedded_model(value: str | None, llama_args: str) -> tuple[Path | None, tuple[str, ...]]:

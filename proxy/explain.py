@@ -14,6 +14,9 @@ ADVICE = {
     "keeps a changed history (a new tape started)",
     "system-mutation": "the system prompt changed by more than half: not a volatile part "
     "(a new tape started); --volatile-pattern can mark such text volatile",
+    "needs-session": "the system prompt, first message or history changed in a way only a "
+    "named session may continue (another client sharing these credentials could forge it): "
+    "send x-session-id, or echo the x-kvproxy-session key kvproxy returned",
     "rewrite-skipped": "a rewrite rule could not be applied in full (reason below), so "
     "the request went as the client sent it",
     "rewrite-refused": "the planned rewrite failed the contract check (reason below) and "

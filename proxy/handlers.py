@@ -37,6 +37,7 @@ from proxy.prefix_index import Prompt
 from proxy.record import RequestRecord, new_request_id
 from proxy.rewrite.engine import Plan
 from proxy.rewrite.identity import identify
+from proxy.slot_table import PUBLIC
 from proxy.slots import Lease, SlotManager, miss_cause
 from proxy.streaming import (
     NDJSONSplitter,
@@ -189,6 +190,8 @@ CACHE_HEADER = "x-kvproxy-cache"
 REWRITE_HEADER = "x-kvproxy-rewrite"
 # The record's request_id, on every dialect response: `kvproxy explain ID` finds it.
 REQUEST_ID_HEADER = "x-kvproxy-request-id"
+# A session key for a conversation the client did not name: echoed back, it names it.
+SESSION_HEADER = "x-kvproxy-session"
 
 
 def cache_header(lease: Lease) -> dict[str, str]:
@@ -457,7 +460,8 @@ async def plan_request(
             wanted.append(slots.tokens_for(plan.original, {i: c[1] for i, c in originals.items()}))
         prompts, *original = await asyncio.gather(*wanted)
         if plan.fallback is None or not over_budget(slots, prompts, rewriter.config.reserve_tokens):
-            return plan, calls, prompts, slots.best_predicted(original[0]) if original else None
+            best = slots.best_predicted(original[0], plan.identity.principal) if original else None
+            return plan, calls, prompts, best
         plan = plan.fallback
 
 
@@ -532,7 +536,8 @@ def dialect_handler(dialect: DialectBase) -> Handler:
                 log.warning("request_malformed", request_id=rec.request_id,
                             error=f"{type(exc).__name__}: {str(exc)[:200]}")  # fmt: skip
                 raise BadRequest(f"malformed request: {type(exc).__name__}") from exc
-            lease = await slots.acquire_prompts(prompts)
+            owner = PUBLIC if rec.warm is not None else plan.identity.principal
+            lease = await slots.acquire_prompts(prompts, owner)
             note_route(rec, lease)
             gate_started = time.perf_counter()
             gate = await enter_gate(lease.pool.gate, settings.queue_timeout)
@@ -545,10 +550,13 @@ def dialect_handler(dialect: DialectBase) -> Handler:
                                                          or how == OPENAI_ON_OLLAMA):  # fmt: skip
                 upstream_body = keep_ollama_cache(settings, lease.pool, upstream_body, rec)
             if lease.pool.pins:
-                upstream_body = {**upstream_body, "id_slot": lease.route.slot, "cache_prompt": True}
+                upstream_body = {**upstream_body, "id_slot": lease.route.slot,
+                                 "cache_prompt": not lease.isolated}  # fmt: skip
             upstream = lease.pool.upstream
             headers = {**cache_header(lease), REWRITE_HEADER: plan.header,
                        REQUEST_ID_HEADER: rec.request_id}  # fmt: skip
+            if plan.session_key is not None:
+                headers[SESSION_HEADER] = plan.session_key
             call = Relay(request, dialect, plan.conv, path, upstream_body, upstream, rec,
                          observer, headers)  # fmt: skip
             relay = RELAYS[how]

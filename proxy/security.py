@@ -1,8 +1,12 @@
 """What clients may reach: one aiohttp middleware in front of every route.
 
 - an absolute-form request target (``GET http://host/path``) is a 400;
-- with ``--api-key``, every path but ``/health`` needs it (``Authorization: Bearer``,
-  ``x-api-key`` or ``api-key``), else a 401;
+- with ``--api-key`` (or ``--api-key-file``, one key per line, each its own principal),
+  every path but ``/health`` needs one (``Authorization: Bearer``, ``x-api-key`` or
+  ``api-key``), else a 401; a credential header sent twice is a 400 (the check and the
+  identity must read the same one);
+- a ``Host`` that is neither an IP address, ``localhost`` nor an ``--allowed-host`` is a 421
+  (a page whose name was rebound to this address reads nothing);
 - cross-origin requests (an ``Origin`` header) are refused unless ``--cors-origin`` lists
   the origin; an allowed one gets CORS headers (and its preflight an answer) from kvproxy,
   and must send ``application/json`` (no form or text body can skip the preflight);
@@ -15,12 +19,14 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from proxy.log import get_logger
+from proxy.rewrite.identity import CREDENTIAL_HEADERS
 
 log = get_logger("kvproxy.security")
 
@@ -34,17 +40,27 @@ ADMIN_PATHS = (
     ("POST", "/api/blobs"),
 )  # fmt: skip
 CORS_METHODS = "GET, POST, OPTIONS"
-CORS_HEADERS = "Authorization, Content-Type, X-Api-Key, X-Session-Id"
+CORS_HEADERS = "Authorization, Content-Type, X-Api-Key, X-Session-Id, X-Kvproxy-Session"
 
 
 @dataclass(frozen=True)
 class Exposure:
     """The security settings the middleware enforces (from the CLI's configuration)."""
 
-    api_key: str | None = None
+    api_keys: frozenset[str] = frozenset()
     cors_origins: frozenset[str] = frozenset()
     allow_slot_actions: bool = False
     allow_admin: bool = False
+    allowed_hosts: frozenset[str] = frozenset()  # names beyond IP addresses and localhost
+
+    @property
+    def api_key(self) -> str | None:
+        """One of the keys, for kvproxy's own requests to itself (the warmer)."""
+        return min(self.api_keys) if self.api_keys else None
+
+    def accepts(self, key: str) -> bool:
+        """Whether ``key`` is one of the keys, compared in constant time per key."""
+        return any(hmac.compare_digest(key.encode(), k.encode()) for k in self.api_keys)
 
 
 def refuse(status: int, message: str) -> web.Response:
@@ -58,20 +74,44 @@ def presented_key(request: web.Request) -> str:
     return request.headers.get("x-api-key") or request.headers.get("api-key") or ""
 
 
+def host_allowed(host: str | None, allowed: frozenset[str]) -> bool:
+    """An IP address, ``localhost`` or a name the operator allowed: a name that an attacker's
+    DNS can point at this address (rebinding) is not among them."""
+    if not host:
+        return True  # HTTP/1.0 without Host: no browser sends that
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    if host.startswith("[") and "]" in host:
+        name = host[1 : host.index("]")]
+    name = name.lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost") or name in allowed:
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def refusal(request: web.Request, exposure: Exposure) -> web.Response | None:
     """Why this request may not pass, as the response to send; None when it may."""
     if not request.raw_path.startswith("/"):
         return refuse(400, "absolute-form request targets are not accepted; send a path")
+    if len(request.headers.getall("Host", [])) > 1 or not host_allowed(
+        request.headers.get("Host"), exposure.allowed_hosts
+    ):
+        return refuse(421, "this Host is not served here; start kvproxy with --allowed-host "
+                      "NAME to accept a name other than an IP address or localhost")  # fmt: skip
+    if any(len(request.headers.getall(h, [])) > 1 for h in CREDENTIAL_HEADERS):
+        return refuse(400, "a credential header (Authorization, x-api-key, api-key) was sent "
+                      "more than once")  # fmt: skip
     origin = request.headers.get("Origin")
     if origin is not None and origin not in exposure.cors_origins:
         return refuse(403, f"cross-origin requests from {origin[:100]!r} are refused; "
                       "allow an origin with --cors-origin")  # fmt: skip
     if request.method == "OPTIONS" and origin is not None:
         return None  # a preflight from an allowed origin: answered below
-    needs_key = exposure.api_key and request.path not in OPEN_PATHS
-    if needs_key and not hmac.compare_digest(
-        presented_key(request).encode(), str(exposure.api_key).encode()
-    ):
+    needs_key = exposure.api_keys and request.path not in OPEN_PATHS
+    if needs_key and not exposure.accepts(presented_key(request)):
         return refuse(401, "a valid API key is required (Authorization: Bearer <key>)")
     writes = origin is not None and request.method not in ("GET", "HEAD")
     if writes and request.content_type.lower() != "application/json":

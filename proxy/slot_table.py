@@ -22,6 +22,17 @@ from proxy.routing import SavedView, SlotView
 # Evicted prefixes remembered, oldest out, so that a later miss can say "evicted" (a few
 # hundred: each holds its tokens).
 GHOST_LIMIT = 256
+# The owner of content every principal may reuse: a warm-up prefix, shared on purpose.
+PUBLIC = "*public*"
+
+
+def visible(owner: str | None, principal: str | None) -> bool:
+    """May ``principal`` reuse content ``owner``'s requests wrote? (None: anybody's view,
+    for kvproxy's own bookkeeping.) Reuse of another principal's content would tell the
+    client how far its prompt matches that content (docs/security.md)."""
+    return principal is None or owner in (principal, PUBLIC)
+
+
 # The generated tail of a slot is predicted from re-tokenized text, so a prompt that stops
 # this close to the end of what a slot held still counts as extending it.
 DIVERGE_SLACK = 2
@@ -37,6 +48,7 @@ class SlotState:
     # restored or reset; positions more than window + n_ubatch before it are gone, even
     # after a request cut the slot back (see ``swa_end_after``)
     swa_end: int = 0
+    owner: str | None = None  # the principal whose request wrote what it holds (PUBLIC)
 
 
 @dataclass(frozen=True)
@@ -207,16 +219,19 @@ class SlotTable:
         self.swa_window = swa_window  # the model's sliding window (None: as swa_tail)
         self.recurrent = recurrent  # one recurrent state per slot (swa_tail: n_ubatch)
 
-    def views(self, prompt: Prompt | None) -> list[SlotView]:
+    def views(self, prompt: Prompt | None, principal: str | None = None) -> list[SlotView]:
+        """Every slot as the router sees it for ``prompt``; what ``principal`` may not
+        reuse (``visible``) counts as nothing shared."""
         out = []
         for slot, state in enumerate(self.states):
             held = self.held.get(slot)
+            mine = visible(state.owner, principal)
             out.append(
                 SlotView(
                     upstream=self.upstream,
                     slot=slot,
                     cached=self._reusable(state, held, prompt)
-                    if prompt is not None and held is not None else 0,
+                    if prompt is not None and held is not None and mine else 0,
                     held=len(held) if held is not None else 0,
                     busy=state.busy,
                     last_used=state.last_used,
@@ -240,11 +255,21 @@ class SlotTable:
         """A reservation given up before the request was sent (cancelled, failed)."""
         self.states[slot].busy = max(0, self.states[slot].busy - 1)
 
+    def isolated(self, slot: int, principal: str | None) -> bool:
+        """The slot holds content ``principal`` may not reuse: the request must not let
+        the server reuse any of it (``cache_prompt: false``)."""
+        return self.held.get(slot) is not None and not visible(self.states[slot].owner,
+                                                                principal)  # fmt: skip
+
     def settle(self, slot: int, holds: Prompt | None, now: float,
-               processed: tuple[Prompt, int] | None = None) -> None:  # fmt: skip
+               processed: tuple[Prompt, int] | None = None,
+               owner: str | None = None) -> None:  # fmt: skip
         """A request on the slot is done and the slot holds ``holds`` (None: unknown);
-        ``processed`` is (the prompt, tokens reused) when the server prefilled it."""
+        ``processed`` is (the prompt, tokens reused) when the server prefilled it;
+        ``owner`` wrote it."""
         state = self.states[slot]
+        if holds is not None and holds.tokens:
+            state.owner = owner
         state.busy = max(0, state.busy - 1)
         state.last_used = now
         if self.swa_tail is not None:
@@ -287,8 +312,9 @@ class SlotTable:
         covered = match_length(held, prompt) if held is not None else 0
         self.states[slot].saved_len = covered
 
-    def restored(self, slot: int, prompt: Prompt) -> None:
+    def restored(self, slot: int, prompt: Prompt, owner: str | None = None) -> None:
         self.held.put(slot, prompt)
+        self.states[slot].owner = owner
         self.states[slot].saved_len = len(prompt)
         self.states[slot].checkpoints = []
 
@@ -377,6 +403,27 @@ class SavedCatalog:
         self.max_bytes = max_bytes
         self.files: OrderedDict[str, SavedFile] = OrderedDict()
         self.index = PrefixIndex()
+        # Who may restore each file: the principals whose requests wrote its content
+        # (PUBLIC: a warm-up prefix), each with its own index of the files it may use.
+        self.owners: dict[str, set[str]] = {}
+        self.owned: dict[str, PrefixIndex] = {}
+
+    def owners_of(self, name: str) -> frozenset[str]:
+        return frozenset(self.owners.get(name, ()))
+
+    def _own(self, name: str, owner: str | None, prompt: Prompt) -> None:
+        if owner is None:
+            return
+        self.owners.setdefault(name, set()).add(owner)
+        self.owned.setdefault(owner, PrefixIndex()).put(name, prompt)
+
+    def _disown(self, name: str) -> None:
+        for owner in self.owners.pop(name, ()):
+            index = self.owned.get(owner)
+            if index is not None:
+                index.remove(name)
+                if not len(index):
+                    del self.owned[owner]
 
     def __contains__(self, name: object) -> bool:
         return name in self.files
@@ -387,19 +434,28 @@ class SavedCatalog:
     def get(self, name: str) -> Prompt | None:
         return self.index.get(name)
 
-    def best(self, prompt: Prompt | None, whole: frozenset[int] = frozenset()
-             ) -> SavedView | None:  # fmt: skip
-        """The file offering ``prompt`` the most cached tokens. Upstreams in ``whole``
-        (recurrent models) resume a file only when the prompt extends all of it."""
+    def best(self, prompt: Prompt | None, whole: frozenset[int] = frozenset(),
+             principal: str | None = None) -> SavedView | None:  # fmt: skip
+        """The file offering ``prompt`` the most cached tokens, among those ``principal``
+        may restore (``visible``; None: any). Upstreams in ``whole`` (recurrent models)
+        resume a file only when the prompt extends all of it."""
         if prompt is None or not self.files:
             return None
-        name, n = self.index.longest(prompt)
+        if principal is None:
+            return self._best_in(self.index, prompt, whole)
+        found = [self._best_in(self.owned[o], prompt, whole) for o in (principal, PUBLIC)
+                 if o in self.owned]  # fmt: skip
+        return max((v for v in found if v is not None), key=lambda v: v.cached, default=None)
+
+    def _best_in(self, index: PrefixIndex, prompt: Prompt, whole: frozenset[int]
+                 ) -> SavedView | None:  # fmt: skip
+        name, n = index.longest(prompt)
         if name is not None and self.files[str(name)].upstream in whole:
-            entry = self.index.get(name)
+            entry = index.get(name)
             if entry is None or n != len(entry) or n >= len(prompt):
                 name, n = None, 0
         if whole and (name is None or n <= 0):
-            fits = [(len(entry), key) for key, entry in self.index.prefixes_of(prompt)
+            fits = [(len(entry), key) for key, entry in index.prefixes_of(prompt)
                     if len(entry) < len(prompt)]  # fmt: skip
             if fits:
                 n, name = max(fits)
@@ -422,7 +478,7 @@ class SavedCatalog:
         they fill the budget, no more are written there."""
         return deletable or self.stuck_bytes() < self.max_bytes
 
-    def add(self, file: SavedFile, prompt: Prompt) -> list[Drop]:
+    def add(self, file: SavedFile, prompt: Prompt, owner: str | None = None) -> list[Drop]:
         """Catalog a new file; returns the files to drop: one it supersedes (a deletable
         file holding a prefix of it), then the least recently used deletable ones while
         the total is over the budget."""
@@ -434,6 +490,7 @@ class SavedCatalog:
                 drops.append(self._pop(old.name, evicted=False))
         self.files[file.name] = file
         self.index.put(file.name, prompt)
+        self._own(file.name, owner, prompt)
         drops.extend(self.bound())
         return drops
 
@@ -448,11 +505,20 @@ class SavedCatalog:
                 drops.append(self._pop(name, evicted=True))
         return drops
 
-    def load(self, file: SavedFile, prompt: Prompt) -> None:
+    def load(self, file: SavedFile, prompt: Prompt, owners: Iterable[str] = ()) -> None:
         self.files[file.name] = file
         self.index.put(file.name, prompt)
+        for owner in owners:
+            self._own(file.name, owner, prompt)
+
+    def share(self, name: str, owner: str | None) -> None:
+        """The same content, saved again for another principal: it may restore it too."""
+        prompt = self.index.get(name)
+        if prompt is not None:
+            self._own(name, owner, prompt)
 
     def _pop(self, name: str, evicted: bool) -> Drop:
+        self._disown(name)
         file = self.files.pop(name)
         return Drop(file=file, prompt=self.index.remove(name), evicted=evicted)
 

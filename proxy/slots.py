@@ -31,6 +31,7 @@ from proxy.prefix_index import BLOCK, Prompt
 from proxy.routing import Route, RoutePolicy, choose
 from proxy.slot_table import (
     DIVERGE_SLACK,
+    PUBLIC,
     Drop,
     Ghosts,
     Outcome,
@@ -100,6 +101,11 @@ class Lease:
     restored: bool = False
     released: bool = False
     queued_ms: float = 0.0  # time spent in kvproxy's queue waiting for a free slot
+    owner: str | None = None  # the principal sending it (PUBLIC: a warm-up)
+    # The slot holds another principal's content: the server must reuse none of it
+    # (``cache_prompt: false``), or its cached-token figures would reveal how far this
+    # prompt matches that content.
+    isolated: bool = False
 
     @property
     def slot_label(self) -> str:
@@ -142,8 +148,8 @@ class SlotManager:
         if held is None:
             self.persist(key, None)
             return
-        saved_len = pool.table.states[slot].saved_len
-        self.persist(key, lambda: encode_state(held, saved_len=saved_len))
+        saved_len, owner = pool.table.states[slot].saved_len, pool.table.states[slot].owner
+        self.persist(key, lambda: encode_state(held, saved_len=saved_len, owner=owner))
 
     def _mirror_file(self, name: str) -> None:
         if self.persist is None:
@@ -153,7 +159,9 @@ class SlotManager:
             self.persist(f"file|{name}", None)
             return
         url, size = self.pools[info.upstream].upstream.url, info.size
-        self.persist(f"file|{name}", lambda: encode_state(prompt, upstream=url, size=size))
+        owners = sorted(self.catalog.owners_of(name))
+        self.persist(f"file|{name}", lambda: encode_state(prompt, upstream=url, size=size,
+                                                          owners=owners))  # fmt: skip
 
     def load_state(self, items: list[tuple[str, bytes]]) -> int:
         """Slot contents and saved files from a previous run, for the upstreams that are
@@ -174,6 +182,8 @@ class SlotManager:
                     continue
                 pool.table.held.put(int(slot_text), prompt)
                 pool.table.states[int(slot_text)].saved_len = int(meta.get("saved_len", 0))
+                owner = meta.get("owner")
+                pool.table.states[int(slot_text)].owner = owner if isinstance(owner, str) else None
             elif kind == "file":
                 pool = by_url.get(meta.get("upstream", ""))
                 if pool is None:
@@ -181,8 +191,9 @@ class SlotManager:
                 if pool.slot_dir is not None and not (pool.slot_dir / rest).exists():
                     continue
                 size = int(meta.get("size", 0))
+                owners = [o for o in meta.get("owners") or () if isinstance(o, str)]
                 self.catalog.load(SavedFile(rest, pool.index, size, pool.slot_dir is not None),
-                                  prompt)  # fmt: skip
+                                  prompt, owners)  # fmt: skip
             loaded += 1
         return loaded
 
@@ -216,25 +227,29 @@ class SlotManager:
         """Upstreams that resume a saved file only when a prompt extends all of it."""
         return frozenset(pool.index for pool in self.pools if pool.recurrent)
 
-    def best_predicted(self, prompts: dict[int, Prompt | None]) -> int | None:
-        """The most cached tokens any live slot or saved file offers these prompts."""
+    def best_predicted(self, prompts: dict[int, Prompt | None],
+                       owner: str | None = None) -> int | None:  # fmt: skip
+        """The most cached tokens any live slot or saved file ``owner`` may reuse offers
+        these prompts."""
         best: int | None = None
         for pool in self.pools:
             prompt = prompts.get(pool.index)
             if prompt is None:
                 continue
-            live = max((v.cached for v in pool.table.views(prompt)), default=0)
-            file = self.catalog.best(prompt, self.whole_files)
+            live = max((v.cached for v in pool.table.views(prompt, owner)), default=0)
+            file = self.catalog.best(prompt, self.whole_files, owner)
             saved = file.cached if file is not None else 0
             best = max(best or 0, min(max(live, saved), max(0, len(prompt) - 1)))
         return best
 
-    async def acquire_prompts(self, prompts: dict[int, Prompt | None]) -> Lease:
+    async def acquire_prompts(self, prompts: dict[int, Prompt | None],
+                              owner: str | None = None) -> Lease:  # fmt: skip
         """Route and reserve a slot. When every slot is busy and no busy slot is worth
         waiting for (``routing.choose`` says ``all-busy-least-queued``), the request waits
         in kvproxy's own queue, first come first served, and is routed afresh as soon as
         a slot frees, so that no slot sits idle while requests are pinned elsewhere; after
-        ``queue_timeout`` seconds it gets a 503."""
+        ``queue_timeout`` seconds it gets a 503. ``owner``: the principal sending it
+        (``slot_table.visible``: it reuses only its own content and what is PUBLIC)."""
         started = time.monotonic()
         deadline = started + self.queue_timeout
         woken = False
@@ -244,7 +259,7 @@ class SlotManager:
                 await self._sync_before_routing()
             # Nobody overtakes the queue: a new request routes only when none is waiting.
             if woken or not any(not w.done() for w in self._waiters):
-                lease = await self._route(prompts)
+                lease = await self._route(prompts, owner)
                 if lease is not None:
                     lease.queued_ms = (time.monotonic() - started) * 1000
                     return lease
@@ -301,13 +316,15 @@ class SlotManager:
                 waiter.set_result(None)
                 return
 
-    async def _route(self, prompts: dict[int, Prompt | None]) -> Lease | None:
+    async def _route(self, prompts: dict[int, Prompt | None], owner: str | None = None
+                     ) -> Lease | None:  # fmt: skip
         async with self._lock:
             now = self.clock()
-            views = [v for pool in self.pools for v in pool.table.views(prompts[pool.index])]
+            views = [v for pool in self.pools
+                     for v in pool.table.views(prompts[pool.index], owner)]  # fmt: skip
             any_prompt = next((p for p in prompts.values() if p is not None), None)
             length = len(any_prompt) if any_prompt is not None else 0
-            saved = self.catalog.best(any_prompt, self.whole_files)
+            saved = self.catalog.best(any_prompt, self.whole_files, owner)
             route = choose(length, views, saved, self.policy, now)
             if route.reason == "all-busy-least-queued" and len(views) > 1:
                 chosen = next(v for v in views if v.key == (route.upstream, route.slot))
@@ -318,7 +335,8 @@ class SlotManager:
             pool = self.pools[route.upstream]
             prompt = prompts[route.upstream]
             pool.table.reserve(route.slot, now)
-            lease = Lease(pool=pool, route=route, prompt=prompt, estimated=not pool.tokenizer.exact)
+            lease = Lease(pool=pool, route=route, prompt=prompt, estimated=not pool.tokenizer.exact,
+                          owner=owner)  # fmt: skip
             if prompt is not None:
                 known = known_best(prompt, views, self.catalog, self.ghosts)
                 lease.known_best, lease.known_from, lease.known_held = (
@@ -333,6 +351,8 @@ class SlotManager:
         except BaseException:
             self.unreserve(lease)
             raise
+        lease.isolated = pool.pins and owner is not None and pool.table.isolated(route.slot,
+                                                                                 owner)  # fmt: skip
         return lease
 
     def unreserve(self, lease: Lease) -> None:
@@ -353,7 +373,8 @@ class SlotManager:
             if route.lost:
                 self._ghost_unsaved(pool, route.slot)
             if route.restore is not None:
-                lease.restored = await self._restore(pool, route.slot, route.restore)
+                lease.restored = await self._restore(pool, route.slot, route.restore,
+                                                     lease.owner)  # fmt: skip
                 if not lease.restored:
                     lease.route = Route(
                         upstream=route.upstream,
@@ -438,9 +459,12 @@ class SlotManager:
         name = save_name(held) if held is not None else None
         if held is None or name is None:
             return 0
+        owner = pool.table.states[slot].owner
         if name in self.catalog:
             self.catalog.touch(name)
+            self.catalog.share(name, owner)
             pool.table.saved(slot, held)
+            self._mirror_file(name)
             return 0
         deletable = pool.slot_dir is not None
         if not self.catalog.has_room(deletable):
@@ -451,7 +475,7 @@ class SlotManager:
         if data is None:
             return 0
         size = int(data.get("n_written") or 0)
-        drops = self.catalog.add(SavedFile(name, pool.index, size, deletable), held)
+        drops = self.catalog.add(SavedFile(name, pool.index, size, deletable), held, owner)
         pool.table.saved(slot, held)
         self._mirror_file(name)
         self._mirror_slot(pool, slot)
@@ -459,7 +483,10 @@ class SlotManager:
         self._perform(drops)
         return 1
 
-    async def _restore(self, pool: UpstreamSlots, slot: int, name: str) -> bool:
+    async def _restore(self, pool: UpstreamSlots, slot: int, name: str,
+                       owner: str | None = None) -> bool:  # fmt: skip
+        """Load a saved file into the slot; it then belongs to ``owner`` (or stays
+        PUBLIC, a warm-up prefix anybody may reuse)."""
         prompt = self.catalog.get(name)
         if prompt is None:
             return False
@@ -467,7 +494,8 @@ class SlotManager:
         if data is None:
             return False
         self.catalog.touch(name)
-        pool.table.restored(slot, prompt)
+        public = PUBLIC in self.catalog.owners_of(name)
+        pool.table.restored(slot, prompt, PUBLIC if public else owner)
         self._mirror_slot(pool, slot)
         log.info("slot_restored", slot=slot, tokens=len(prompt), file=name)
         return True
@@ -513,7 +541,7 @@ class SlotManager:
             if completed or prompt_done:
                 reused = cached_actual if cached_actual is not None else lease.route.predicted
                 processed = (lease.prompt, reused)
-        pool.table.settle(slot, holds, self.clock(), processed)
+        pool.table.settle(slot, holds, self.clock(), processed, lease.owner)
         self._mirror_slot(pool, slot)
         self._wake()
         if completed and generated is None and reply_text and holds is not None:

@@ -73,8 +73,7 @@ def check(
     identity: Identity,
 ) -> str | None:
     """None when the plan keeps the contract, else the first reason it does not."""
-    if tape is not None and (tape.principal, tape.session) != (identity.principal,
-                                                              identity.session):  # fmt: skip
+    if tape is not None and not tape.belongs_to(identity):
         return "continued a tape of another client or session"
     if (planned.kind, planned.model, planned.stream) != (client.kind, client.model, client.stream):
         return "changed the request's kind, model or stream flag"

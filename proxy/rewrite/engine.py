@@ -10,6 +10,7 @@ it, or a rule that could not be applied in full, sends the client's request as i
 from __future__ import annotations
 
 import re
+import secrets
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -18,7 +19,7 @@ from proxy.cause import MissCause
 from proxy.conversation import Conversation, Message
 from proxy.log import get_logger
 from proxy.rewrite import compaction, contract, tools, volatile
-from proxy.rewrite.identity import Identity
+from proxy.rewrite.identity import Identity, digest
 from proxy.rewrite.tape import (
     Lineage,
     Request,
@@ -123,6 +124,9 @@ def continue_tape(state: State, ctx: Context) -> Decision:
         cause = None
         if lineage.shared > 1 and lineage.reason is None:
             cause = MissCause("edited-history", message=lineage.shared)
+        elif lineage.reason == "needs-session":
+            cause = MissCause("needs-session", message=lineage.shared,
+                              reason="name the session (x-session-id) to keep its cache")
         return Decision("tape", False, lineage.reason or "new conversation",
                         replace(state, lineage=lineage, cause=cause))  # fmt: skip
     if lineage.kind == "compaction":
@@ -257,6 +261,7 @@ class Plan:
     decisions: list[Decision] = field(default_factory=list)
     refused: str | None = None  # the contract check failed: why
     learned: tuple[str, tuple[str, ...] | None] | None = None
+    session_key: str | None = None  # issued to an unnamed new conversation, to echo back
 
     @property
     def header(self) -> str:
@@ -322,10 +327,10 @@ class Rewriter:
                                 decisions)  # fmt: skip
             plan.refused = refused
             return plan
-        return Plan(conv=planned, original=conv, identity=identity, applied=list(state.applied),
-                    cause=state.cause, continued=state.tape, decisions=decisions,
-                    learned=state.learned,
-                    tape=self.new_tape(state, conv, identity))  # fmt: skip
+        plan = Plan(conv=planned, original=conv, identity=identity,
+                    applied=list(state.applied), cause=state.cause, continued=state.tape,
+                    decisions=decisions, learned=state.learned)  # fmt: skip
+        return self.with_tape(plan, state)
 
     def as_sent(self, conv: Conversation, identity: Identity, cause: MissCause,
                 decisions: list[Decision]) -> Plan:  # fmt: skip
@@ -334,8 +339,21 @@ class Rewriter:
         state = State(conv, request, system_text(conv), Lineage("fresh"), conv.messages,
                       tools=conv.tools,
                       tool_keys=tuple(tools.canonical(t) for t in conv.tools or ()))  # fmt: skip
-        return Plan(conv=conv, original=conv, identity=identity, cause=cause,
-                    decisions=decisions, tape=self.new_tape(state, conv, identity))  # fmt: skip
+        plan = Plan(conv=conv, original=conv, identity=identity, cause=cause,
+                    decisions=decisions)  # fmt: skip
+        return self.with_tape(plan, state)
+
+    def with_tape(self, plan: Plan, state: State) -> Plan:
+        """The plan with the tape to record; a new conversation the client did not name
+        gets a session key (``x-kvproxy-session``): echoed back, it names the session,
+        and the rules that need one apply."""
+        plan.tape = self.new_tape(state, plan.original, plan.identity)
+        if state.tape is not None:
+            plan.tape.issued = state.tape.issued
+        elif plan.identity.session is None:
+            plan.session_key = secrets.token_urlsafe(18)
+            plan.tape.issued = digest(plan.session_key)
+        return plan
 
     def new_tape(self, state: State, conv: Conversation, identity: Identity) -> Tape:
         tape = state.tape

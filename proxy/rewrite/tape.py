@@ -100,6 +100,7 @@ class Tape:
     tools: list[str] = field(default_factory=list)  # canonical tools, in the order sent
     first_user: str = ""  # the client's first user message text last time
     reply: str = ""  # hash of the reply relayed for the last request
+    issued: str = ""  # hash of the session key kvproxy issued for it (x-kvproxy-session)
     updated: float = field(default_factory=time.time)
 
     def dump(self) -> bytes:
@@ -114,6 +115,15 @@ class Tape:
         data = json.loads(raw.decode("utf-8", "surrogatepass"))
         data["sent"] = [from_json(m) for m in data["sent"]]
         return cls(**data)
+
+    def belongs_to(self, identity: Identity) -> bool:
+        """Same principal, and the same session: the one the client named, or the key
+        kvproxy issued for this tape, echoed by the client."""
+        if self.principal != identity.principal:
+            return False
+        if self.session == identity.session:
+            return True
+        return self.session is None and bool(self.issued) and self.issued == identity.session
 
     @property
     def size(self) -> int:
@@ -246,11 +256,14 @@ def find_lineage(
        and that message is new to this client;
     6. (compaction) a compacted request tied to exactly one tape by its session or by
        kept messages no other candidate holds.
+
+    Rules 4-6 send the tape's text in place of what the request changed, so they apply
+    only inside a named session: without one, anybody sharing the principal could forge
+    the rest of the history and read a conversation's system prompt (``needs-session``).
     """
     if req.first_turn:
         return Lineage("fresh", reason="first-turn")
-    own = [t for t in tapes if t.principal == req.identity.principal
-           and t.session == req.identity.session]  # fmt: skip
+    own = [t for t in tapes if t.belongs_to(req.identity)]
     exact = []
     for tape in own:
         found = alignment(tape.client, tape.client_roles, req)
@@ -264,6 +277,7 @@ def find_lineage(
             return Lineage(kind, tape, best)  # type: ignore[arg-type]
         return Lineage("fresh", reason="ambiguous")
     shared = max((common_prefix(t.client, req.hashes) for t in own), default=0)
+    named = req.identity.session is not None
     if volatile and req.has_system and not any(t.client[:1] == list(req.hashes[:1]) for t in own):
         matches = []
         for tape in own:
@@ -272,6 +286,8 @@ def find_lineage(
             found = alignment(tape.client, tape.client_roles, req, start=1)
             if found is not None:
                 matches.append((found, tape))
+        if len(matches) == 1 and not named:
+            return Lineage("fresh", shared=shared, reason="needs-session")
         if len(matches) == 1:
             (kind, common), tape = matches[0]
             return Lineage("system", tape, common, reason=kind)
@@ -284,6 +300,8 @@ def find_lineage(
             and t.client[g] == req.hashes[f] for t in own
         )  # fmt: skip
         matches_s = [t for t in own if splice_aligned(t, req)] if fresh_first else []
+        if len(matches_s) == 1 and not named:
+            return Lineage("fresh", shared=shared, reason="needs-session")
         if len(matches_s) == 1:
             tape = matches_s[0]
             return Lineage("splice", tape, len(tape.client))
@@ -291,6 +309,8 @@ def find_lineage(
             return Lineage("fresh", shared=shared, reason="ambiguous")
     if compacting:
         found_c = find_compaction(own, req)
+        if found_c is not None and found_c.tape is not None and not named:
+            return Lineage("fresh", shared=shared, reason="needs-session")
         if found_c is not None:
             return found_c
     return Lineage("fresh", shared=shared)

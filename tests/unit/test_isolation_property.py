@@ -33,6 +33,7 @@ ACTIONS = [
     "restart",
     "splice",
     "mode",
+    "forge",
 ]
 
 
@@ -68,6 +69,18 @@ def request(client: Client, tools_order: list[int]) -> Conversation:
         messages.append(Message.make("user", [{"type": "text", "text": ctx}]))
     tools = tuple(TOOLS[i] for i in tools_order)
     return Conversation(kind="chat", messages=tuple(messages), tools=tools)
+
+
+def forged(attacker: Client, victim: Client, word: str) -> Conversation:
+    """The attacker shares the victim's principal, names no session, and sends the
+    victim's history (which it guessed) under its own system prompt, or with the victim's
+    system prompt's public lines only."""
+    system = attacker.system() if len(victim.history) % 2 else BASE + TAIL
+    history = [*victim.history]
+    if history and history[-1].role == "user":
+        history.append(Message.make("assistant", "Hello!"))
+    messages = [Message.make("system", system), *history, Message.make("user", word)]
+    return Conversation(kind="chat", messages=tuple(messages))
 
 
 def act(client: Client, action: str, word: str, step: int) -> None:
@@ -129,6 +142,14 @@ def test_interleaved_clients_never_see_each_other(
     clients = [Client(i, f"SECRET-{i}-{i * 7919}", credentials[i], named[i]) for i in range(n)]
     for step, (who, action, word) in enumerate(plays):
         client = clients[who % n]
+        victim = clients[(who + 1) % n]
+        if action == "forge" and not victim.session_named:
+            conv = DIALECT.parse(DIALECT.render(forged(client, victim, word)), memo)
+            identity = identify(victim.headers(), conv)
+            plan = rw.plan(conv, identity)
+            text = "\n".join(m.text() for m in plan.conv.messages)
+            assert victim.secret not in text, f"a forged history read {victim.secret}"
+            continue
         act(client, action, word, step)
         conv = DIALECT.parse(DIALECT.render(request(client, [2, 0, 1] if step % 2 else [0, 1, 2])),
                              memo)  # fmt: skip

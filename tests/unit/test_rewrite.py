@@ -8,6 +8,7 @@ import pytest
 
 from proxy.conversation import Conversation, Message
 from proxy.rewrite.engine import RewriteConfig, Rewriter
+from proxy.rewrite.identity import Identity
 from proxy.rewrite.tape import Tape, TapeStore
 from proxy.rewrite.volatile import BLOCK_OPEN, changed_lines
 
@@ -29,6 +30,10 @@ def chat(*messages: Message, tools: list[dict] | None = None) -> Conversation:
     )
 
 
+# The rules that continue a changed conversation apply inside a named session.
+NAMED = Identity(session="session-under-test")
+
+
 def rewriter(spec: str = "all", patterns: tuple[str, ...] = ()) -> Rewriter:
     return Rewriter(RewriteConfig.parse(spec, patterns), TapeStore())
 
@@ -36,7 +41,7 @@ def rewriter(spec: str = "all", patterns: tuple[str, ...] = ()) -> Rewriter:
 def send(
     rw: Rewriter, conv: Conversation, reply: str | None = None
 ) -> tuple[list[Message], list[str], str | None]:
-    plan = rw.plan(conv)
+    plan = rw.plan(conv, NAMED)
     rw.commit(plan, reply=reply)
     return list(plan.conv.messages), plan.applied, plan.cause.kind if plan.cause else None
 
@@ -115,7 +120,7 @@ def test_openclaw_compaction_is_appended_to_the_tape() -> None:
     sent1, _, _ = send(rw, chat(*history), reply="fixed")  # the reply relayed ties the summary
     compacted = [m("system", SYSTEM), m("user", OPENCLAW_SUMMARY), m("assistant", "fixed"),
                  m("user", "now test it")]  # fmt: skip
-    plan = rw.plan(chat(*compacted))
+    plan = rw.plan(chat(*compacted), NAMED)
     sent2 = list(plan.conv.messages)
     assert plan.applied == ["compaction:openclaw"] and extends(sent1, sent2)
     assert sent2[len(sent1) :] == [m("assistant", "fixed"), m("user", OPENCLAW_SUMMARY),

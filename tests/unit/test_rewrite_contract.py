@@ -35,8 +35,12 @@ def chat(*messages: Message, tools: list[dict] | None = None, **params: object) 
     )
 
 
+# The rules that continue a changed conversation apply inside a named session.
+NAMED = Identity(session="session-under-test")
+
+
 def send(rw: Rewriter, conv: Conversation, identity: Identity | None = None) -> engine.Plan:
-    plan = rw.plan(conv, identity)
+    plan = rw.plan(conv, identity or NAMED)
     assert plan.refused is None
     rw.commit(plan)
     return plan
