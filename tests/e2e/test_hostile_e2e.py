@@ -249,13 +249,13 @@ def test_a_closed_stderr_never_fails_a_request(tmp_path: Path, llama: EmbeddedSe
 def test_partial_headers_and_a_stalled_body_do_not_hold_a_connection(guarded: Proxy) -> None:
     port = int(guarded.url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-")
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-")
         started = time.monotonic()
         assert sock.recv(4096) == b""  # closed by kvproxy, not by our timeout
         assert time.monotonic() - started < 15
     with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
         sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b"Authorization: Bearer s3cret-key\r\nContent-Type: application/json\r\n"
             b"Content-Length: 100\r\n\r\n{"
         )
