@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import secrets
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -281,12 +282,25 @@ def system_text(conv: Conversation) -> str | None:
     return None
 
 
+# Principals whose learned system-prompt templates are kept (least recently used out).
+MAX_TEMPLATE_OWNERS = 256
+
+
 class Rewriter:
-    def __init__(self, config: RewriteConfig, tapes: TapeStore,
-                 templates: volatile.Templates | None = None) -> None:  # fmt: skip
+    def __init__(self, config: RewriteConfig, tapes: TapeStore) -> None:
         self.config = config
         self.tapes = tapes
-        self.templates = templates or volatile.Templates()
+        # Learned per principal: a template learned from another client's system prompt
+        # would tell this client which of its lines differ from that prompt (its
+        # x-kvproxy-rewrite header, and what it reuses), and compare the two texts.
+        self._templates: OrderedDict[str, volatile.Templates] = OrderedDict()
+
+    def templates(self, principal: str) -> volatile.Templates:
+        found = self._templates.pop(principal, None) or volatile.Templates()
+        self._templates[principal] = found
+        while len(self._templates) > MAX_TEMPLATE_OWNERS:
+            self._templates.popitem(last=False)
+        return found
 
     def on(self, rule: str) -> bool:
         return rule in self.config.rules
@@ -302,7 +316,7 @@ class Rewriter:
 
     def run(self, conv: Conversation, identity: Identity, forced: MissCause | None) -> Plan:
         """The steps in order, then the contract; ``forced``: a new tape with this cause."""
-        ctx = Context(self.config, self.tapes.all(), self.templates)
+        ctx = Context(self.config, self.tapes.all(), self.templates(identity.principal))
         request = Request.of(conv.messages, identity)
         state = State(conv, request, system_text(conv), Lineage("fresh"), conv.messages)
         decisions = []
@@ -378,4 +392,4 @@ class Rewriter:
             plan.tape.reply = text_hash(reply)
         self.tapes.put(plan.tape)
         if plan.learned is not None:
-            self.templates.learn(*plan.learned)
+            self.templates(plan.identity.principal).learn(*plan.learned)
