@@ -43,9 +43,12 @@ bench-routing: $(STAMP)
 bench-rewrite: $(STAMP)
 	$(BIN)/python -m bench.rewrite
 
-# The real OpenClaw and Hermes (installed under CLIENTS as docs/benchmarks.md says).
+# The real OpenClaw and Hermes, installed at pinned versions into CLIENTS (default .clients,
+# ignored) by bench/install_clients.sh; docs/clients.md says how to drive them yourself.
+CLIENTS ?= .clients
 bench-clients: $(STAMP)
-	$(BIN)/python -m bench.clients $(if $(CLIENTS),--clients $(CLIENTS))
+	bench/install_clients.sh $(CLIENTS)
+	$(BIN)/python -m bench.clients --clients $(CLIENTS)
 
 # N concurrent agent conversations on a 2-slot server, direct and through kvproxy.
 bench-load: $(STAMP)

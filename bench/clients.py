@@ -1,15 +1,15 @@
 """`make bench-clients`: the real OpenClaw and Hermes Agent, direct and through kvproxy.
 
 Each side gets a fresh llama-server (bundled SmolLM2, 2 slots of 32768 tokens, the GGUF's
-context overridden as ../shared/real-clients.md says) behind a logging reverse proxy that
+context overridden as docs/clients.md says) behind a logging reverse proxy that
 keeps every upstream body and the server's own ``prompt_n``. The same script drives both
 sides: two OpenClaw sessions whose system prompts are byte-identical, a forced compaction,
 a switch from ``--local`` to the gateway mode, and a Hermes session with ``/compress``.
 Every upstream body is checked: a session's requests may hold its own user's name and
 session id, never another session's. Prefilled tokens per step, direct versus kvproxy,
 go into docs/benchmarks.md. The clients are installed under ``--clients`` (default
-``$KVPROXY_CLIENTS`` or ``.clients``) as ../shared/real-clients.md shows; a missing client
-is reported, not faked.
+``$KVPROXY_CLIENTS`` or ``.clients``) by ``bench/install_clients.sh``, which ``make
+bench-clients`` runs first; a missing client is reported, not faked.
 """
 
 from __future__ import annotations
@@ -459,7 +459,7 @@ def main() -> int:
     if missing:
         print(
             f"bench-clients: not installed under {clients}: {', '.join(missing)}; "
-            "see ../shared/real-clients.md (or docs/benchmarks.md) to install them",
+            "run bench/install_clients.sh (make bench-clients does) or see docs/clients.md",
             file=sys.stderr,
         )
         return 2

@@ -1,5 +1,5 @@
 """Agent request sequences that break the server's prefix cache, shaped as real clients do
-(../shared/client-shapes.md, ../shared/seeds/000): each scenario is a generator that yields
+(docs/clients.md): each scenario is a generator that yields
 a chat request body and receives the model's reply to build the next one."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`make bench`: the 13 scenarios of the design (../shared/design.md), direct versus kvproxy.
+"""`make bench`: the 13 scenarios (docs/benchmarks.md), direct versus kvproxy.
 
 One llama-server per side (bundled SmolLM2, 2 slots x 8192 tokens, default flags) plays
 every selected scenario in order; each scenario opens with the same base system prompt of

@@ -1,6 +1,6 @@
 """Compaction summaries: recognise a request whose history the client replaced by a summary.
 
-Built-in shapes for the clients people use (observed, ../shared/client-shapes.md), then a
+Built-in shapes for the clients people use (observed on the real clients: docs/clients.md), then a
 generic detector: the request is shorter than the previous one of its lineage and carries a
 new message before its newest user turn.
 """
