@@ -34,7 +34,7 @@ from proxy.rewrite.engine import Rewriter
 from proxy.rewrite.tape import TapeStore
 from proxy.settings import Settings
 from proxy.slots import SlotManager, UpstreamSlots
-from proxy.store import RecordStore, read_records
+from proxy.store import RecordStore
 from proxy.tokens import tokenizer_for
 from proxy.tokens.gguf import AttentionKind, attention_kind
 from proxy.upstream import Upstream, UpstreamSpec, detect_kind, make_session
@@ -96,7 +96,6 @@ async def warm_ctx(app: web.Application) -> AsyncIterator[None]:
 async def auto_warm(app: web.Application, taken: int) -> list[WarmBody]:
     """``--warm auto``: the busiest conversations' prefixes, in the slots that hold nothing
     now (so no live conversation is evicted), at most ``AUTO_MAX``."""
-    settings = app[SETTINGS]
     for pool in app[SLOTS].pools:  # what the servers hold now, not what the last run left
         if pool.upstream.kind == "llama":
             await app[SLOTS].sync(pool)
@@ -107,7 +106,8 @@ async def auto_warm(app: web.Application, taken: int) -> list[WarmBody]:
         log.info("warm_auto_skipped", free_slots=free, files=taken)
         return []
     since = time.time() - AUTO_DAYS * 86400
-    records = await asyncio.to_thread(lambda: list(read_records(settings.records_dir, since)))
+    # From the open store, which store_ctx checked (and a damaged one moved aside) at start.
+    records = await asyncio.to_thread(app[STORE].records, since)
     bodies = auto_bodies(busiest(records, since), app[REWRITER].tapes.get, budget)
     log.info("warm_auto", prefixes=len(bodies), free_slots=free, records=len(records))
     return bodies

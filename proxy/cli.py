@@ -30,7 +30,7 @@ from proxy.routing import RoutePolicy
 from proxy.security import Exposure
 from proxy.settings import KEEP_TAPES, EmbeddedSettings, Settings, default_data_dir
 from proxy.stats import parse_since, render, summarize
-from proxy.store import read_counters, read_records
+from proxy.store import guard_store, read_counters, read_records
 from proxy.tokens import command as tokenize_command
 from proxy.upstream import UpstreamSpec
 from proxy.warm import WarmBody, load_bodies
@@ -226,7 +226,11 @@ def run_tail(args: argparse.Namespace) -> int:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    records = list(read_records(Settings(data_dir=args.data_dir.expanduser()).records_dir))
+    records_dir = Settings(data_dir=args.data_dir.expanduser()).records_dir
+    damage = guard_store(records_dir, writer=False)  # a damaged file would crash the read
+    if damage is not None:
+        print(f"kvproxy explain: {damage.message()}", file=sys.stderr)
+    records = [] if damage else list(read_records(records_dir, guard=False))
     record = explain.find(records, args.request_id, args.last_miss)
     if record is None:
         what = args.request_id or ("miss" if args.last_miss else "request")
@@ -243,8 +247,11 @@ def run_stats(args: argparse.Namespace) -> int:
         print(f"kvproxy stats: {exc}", file=sys.stderr)
         return 2
     records_dir = Settings(data_dir=args.data_dir.expanduser()).records_dir
-    total, per_slot = summarize(read_records(records_dir, since))
-    losses = read_counters(records_dir)
+    damage = guard_store(records_dir, writer=False)  # a damaged file would crash the read
+    if damage is not None:
+        print(f"kvproxy stats: {damage.message()}", file=sys.stderr)
+    total, per_slot = summarize([] if damage else read_records(records_dir, since, guard=False))
+    losses = {} if damage else read_counters(records_dir, guard=False)
     if args.json:
         out = {k: v for k, v in vars(total).items() if k != "causes"}
         out["records_lost"] = losses
@@ -255,8 +262,11 @@ def run_stats(args: argparse.Namespace) -> int:
     else:
         print(render(total, per_slot))
         if any(losses.values()):
-            print(f"records lost        dropped {losses.get('dropped', 0)} (queue full), "
-                  f"skipped {losses.get('skipped', 0)} (unstorable)")  # fmt: skip
+            # Records alone where the writer counted them apart (state changes aside).
+            part = "records_" if "records_lost" in losses else ""
+            print(f"records lost        dropped {losses.get(part + 'dropped', 0)} (queue full), "
+                  f"skipped {losses.get(part + 'skipped', 0)} (unstorable), "
+                  f"lost {losses.get(part + 'lost', 0)} (disk full or failing)")  # fmt: skip
     return 0
 
 
