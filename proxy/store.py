@@ -61,11 +61,16 @@ Item = dict[str, Any] | StateOp
 
 
 class WriteRefused(Exception):
-    """The disk (or the map, even after growing and pruning) took no write: keep and retry."""
+    """The disk took no write (full, failing): keep what it refused and retry."""
 
 
-# Errors that belong to one item (a key too long): that item is skipped, not the batch.
-ITEM_ERRORS = (lmdb.BadValsizeError,)
+class MapStaysFull(Exception):
+    """The map is full at ``max_bytes`` even after pruning: an item too large for it."""
+
+
+# Errors that belong to one item (a key too long, a value larger than the map can hold):
+# the batch is written item by item and only those items are skipped.
+ITEM_ERRORS = (lmdb.BadValsizeError, MapStaysFull)
 
 # LMDB's meta pages (lmdb.h, 0.9): a 16-byte page header, then magic, version, address,
 # map size, two 48-byte database records (the first's leading field is the page size),
@@ -453,16 +458,25 @@ class RecordStore:
                 if isinstance(item, tuple):
                     db, key, value = item
                     raw = value() if callable(value) else value
+                    self._fits(raw)
                     self._held_state.pop((db, key), None)  # the newest change goes last
                     self._held_state[(db, key)] = raw
                 else:
                     self._seq += 1
                     key = record_key(float(item.get("time") or time.time()), self._seq)
-                    self._held_records[key] = json.dumps(item, separators=(",", ":")).encode()
+                    raw = json.dumps(item, separators=(",", ":")).encode()
+                    self._fits(raw)
+                    self._held_records[key] = raw
             except Exception as exc:  # any bad item: skip it, never the batch
                 self._count("skipped", not isinstance(item, tuple))
                 request_id = item.get("request_id") if isinstance(item, dict) else None
                 log.error("record_item_skipped", request_id=request_id, error=repr(exc)[:200])
+
+    def _fits(self, raw: bytes | None) -> None:
+        """An item past a quarter of the map's limit is refused before it is tried: making
+        room for it would prune most of the records."""
+        if raw is not None and len(raw) > self.max_bytes // 4:
+            raise MapStaysFull(f"{len(raw)} bytes, over a quarter of --records-max-bytes")
 
     def _write_held(self) -> bool:
         done = self._store(list(self._held_records.items()), self._put_records)
@@ -516,7 +530,7 @@ class RecordStore:
 
     def _write(self, fill: Callable[[Any], None]) -> None:
         """One write transaction; a full map grows (up to max_bytes) or prunes, then
-        retries. WriteRefused: the disk (or a map that stays full) took nothing."""
+        retries. WriteRefused: the disk took nothing; MapStaysFull: neither did the map."""
         for _ in range(8):
             try:
                 with self.env.begin(write=True, db=self.db) as txn:
@@ -532,7 +546,7 @@ class RecordStore:
                 raise WriteRefused(str(exc)) from exc
             except (lmdb.Error, OSError) as exc:  # ENOSPC (DiskError), EIO, EFBIG, ...
                 raise WriteRefused(str(exc)) from exc
-        raise WriteRefused("map full after growing and pruning")
+        raise MapStaysFull("map full after growing and pruning")
 
     def _reopen(self) -> None:
         map_size = self.env.info()["map_size"]
