@@ -391,6 +391,10 @@ class RecordStore:
         map_size = self.env.info()["map_size"]
         self.env.close()
         os.replace(tmp / "data.mdb", self.path / "data.mdb")
+        # The lock file remembers the old file's last transaction; a fresh one (another
+        # process that has the old file open keeps the old lock file with it) starts right.
+        with contextlib.suppress(FileNotFoundError):
+            (self.path / "lock.mdb").unlink()
         shutil.rmtree(tmp, ignore_errors=True)
         self.env = open_env(self.path, map_size)
         self._open_dbs()
