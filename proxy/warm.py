@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -48,7 +49,7 @@ def load_bodies(paths: list[Path]) -> list[WarmBody]:
     out = []
     for path in paths:
         try:
-            body = json.loads(path.read_text())
+            body = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ValueError(f"--warm {path}: {exc}") from exc
         messages = body.get("messages") if isinstance(body, dict) else None
@@ -95,6 +96,12 @@ def auto_bodies(lineages: list[str], tape_of: Callable[[str], Tape | None],
             seen.add(key)
             out.append(WarmBody(f"auto:{lineage}", body))
     return out
+
+
+def header_name(name: str) -> str:
+    """The warm body's name as a header value: percent-encoded UTF-8 (a header is ASCII;
+    a file name need not be, nor even valid UTF-8, which surrogateescape keeps)."""
+    return quote(name.encode("utf-8", "surrogateescape"), safe=" !#$&'()*+,./:;=?@[]^_`{|}~")
 
 
 def warm_request(warm: WarmBody) -> dict[str, Any]:
@@ -160,12 +167,12 @@ class Warmer:
     async def warm(self, client: httpx.AsyncClient, reason: str, upstream: str = "") -> None:
         for warm in self.bodies:
             try:
-                headers = {**self.headers, WARM_HEADER: warm.name}
+                headers = {**self.headers, WARM_HEADER: header_name(warm.name)}
                 resp = await client.post(self.base_url + "/v1/chat/completions",
                                          json=warm_request(warm), headers=headers)
                 cache = resp.headers.get("x-kvproxy-cache")
                 log.info("warmed", file=warm.name, reason=reason, upstream=upstream or None,
                          status=resp.status_code, cache=cache)  # fmt: skip
-            except httpx.HTTPError as exc:
-                log.warning("warm_failed", file=warm.name, reason=reason, error=str(exc))
+            except Exception as exc:  # one body that fails must not stop the others
+                log.warning("warm_failed", file=warm.name, reason=reason, error=repr(exc)[:300])
         self.rounds += 1
