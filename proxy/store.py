@@ -381,6 +381,7 @@ class RecordStore:
         try:
             tmp.mkdir(mode=0o700)
             self.env.copy(str(tmp), compact=True)
+            (tmp / "data.mdb").chmod(0o600)  # LMDB creates the copy 0666 less the umask
             with open(tmp / "data.mdb", "rb") as f:
                 os.fsync(f.fileno())
         except (lmdb.Error, OSError) as exc:

@@ -42,6 +42,7 @@ async def test_drop_state_leaves_no_tape_text_in_the_file(tmp_path: Path) -> Non
     want = [f"r{i}" for i in range(30)] + ["after"]
     assert [r["request_id"] for r in read_records(path)] == want
     assert not (path / "compacting").exists()
+    assert (path / "data.mdb").stat().st_mode & 0o777 == 0o600
 
 
 async def test_a_tape_written_again_is_scrubbed_again(tmp_path: Path) -> None:
