@@ -426,11 +426,17 @@ class RecordStore:
             self._task = None
         if self.held:  # one last try; what the disk still refuses is lost, and counted
             await asyncio.to_thread(self._commit, [])
-            with self._env_lock:
+        await asyncio.to_thread(self._close_env)
+
+    def _close_env(self) -> None:
+        """Close the environment once no commit runs (a cancelled writer's retry may still
+        be on its thread); what is held then is given up, counted and logged."""
+        with self._env_lock:
+            if self.held:
                 self._give_up(len(self._held_records), len(self._held_state))
-            log.error("records_lost_at_close", lost=self.lost,
-                      records_lost=self.records_lost)  # fmt: skip
-        self.env.close()
+                log.error("records_lost_at_close", lost=self.lost,
+                          records_lost=self.records_lost)  # fmt: skip
+            self.env.close()
 
     async def _writer(self) -> None:
         delay = RETRY_FIRST
