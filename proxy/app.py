@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client import Gauge
 
 from proxy import security
 from proxy.components import (
     BODIES,
+    LIFECYCLE,
     MESSAGES,
     METRICS,
     POOL,
@@ -20,6 +22,7 @@ from proxy.components import (
     SETTINGS,
     SLOTS,
     STORE,
+    WARM_TOKEN,
     UpstreamPool,
 )
 from proxy.conversation import MessageMemo
@@ -27,6 +30,7 @@ from proxy.dialects import REGISTRY
 from proxy.embedded import EmbeddedServer
 from proxy.errors import ProxyError
 from proxy.handlers import setup_routes
+from proxy.lifecycle import Lifecycle, WarmToken
 from proxy.limits import BodyBudget
 from proxy.log import get_logger
 from proxy.metrics import Metrics
@@ -62,6 +66,10 @@ def create_app(settings: Settings) -> web.Application:
     app[BODIES] = BodyBudget(settings.max_inflight_body_bytes)
     app[MESSAGES] = MessageMemo()
     app[METRICS].watch_bodies(app[BODIES])
+    app[LIFECYCLE] = Lifecycle(grace=max(0.0, settings.shutdown_grace))
+    app[WARM_TOKEN] = WarmToken()
+    Gauge("kvproxy_requests_inflight", "Requests being handled now (queued ones included)",
+          registry=app[METRICS].registry).set_function(lambda: app[LIFECYCLE].inflight)  # fmt: skip
     app.cleanup_ctx.append(store_ctx)
     if not settings.upstreams:
         app.cleanup_ctx.append(embedded_ctx)
@@ -83,7 +91,8 @@ async def warm_ctx(app: web.Application) -> AsyncIterator[None]:
     bodies = list(settings.warm)
     if settings.warm_auto:
         bodies += await auto_warm(app, len(bodies))
-    warmer = Warmer(bodies, base, settings.exposure.api_key, list(app[POOL].upstreams))
+    warmer = Warmer(bodies, base, settings.exposure.api_key, list(app[POOL].upstreams),
+                    token=app[WARM_TOKEN].value)  # fmt: skip
     task = asyncio.create_task(warmer.run())
     try:
         yield

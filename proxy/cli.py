@@ -20,8 +20,10 @@ from aiohttp import web
 
 from proxy import __version__, dashboard, doctor, explain
 from proxy.app import create_app
+from proxy.components import LIFECYCLE, STORE
 from proxy.embedded import EmbeddedError, resolve_model
 from proxy.errors import ProxyError
+from proxy.lifecycle import CUT_WAIT, shutdown
 from proxy.log import LOG_FILE, LOG_FORMATS, configure, get_logger
 from proxy.ollama_keep import KeepPolicy, parse_duration
 from proxy.private import UMASK, secure_data_dir
@@ -66,6 +68,9 @@ SERVE_OPTIONS: tuple[tuple[str, type, str, str], ...] = (
      "requests sent to one upstream at once (0: 4 per slot); more wait in kvproxy's queue"),
     ("--queue-timeout", float, "300",
      "seconds a request may wait in kvproxy's queue before a 503 with Retry-After"),
+    ("--shutdown-grace", float, "15",
+     "on SIGTERM/SIGINT: seconds the requests in flight may take to finish (new and queued "
+     "ones get a 503) before they are cut; keep it below the service manager's stop timeout"),
     ("--upstream-timeout", float, "600",
      "seconds of upstream silence (before the first byte or between chunks) before a 504"),
     ("--ollama-num-ctx", int, "0",
@@ -359,6 +364,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         connect_timeout=args.connect_timeout,
         idle_timeout=args.idle_timeout,
         body_timeout=args.body_timeout,
+        shutdown_grace=args.shutdown_grace,
         upstream_max_inflight=args.upstream_max_inflight,
         queue_timeout=args.queue_timeout,
         upstream_timeout=args.upstream_timeout,
@@ -391,10 +397,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 async def serve(settings: Settings) -> None:
-    """Run until SIGINT/SIGTERM; cleanup contexts stop the embedded server on the way out."""
+    """Run until SIGINT/SIGTERM, then shut down in bounded time without losing a record:
+    stop accepting, refuse what has not started (503), let what is in flight finish within
+    --shutdown-grace, cut the rest, flush the records; cleanup contexts then stop the
+    embedded server. A second signal ends the grace period at once."""
     app = create_app(settings)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
-                           keepalive_timeout=settings.idle_timeout)  # fmt: skip
+                           keepalive_timeout=settings.idle_timeout,
+                           shutdown_timeout=CUT_WAIT)  # fmt: skip
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port)
@@ -408,11 +418,18 @@ async def serve(settings: Settings) -> None:
             '-d \'{"messages":[{"role":"user","content":"Say hi"}],"max_tokens":16}\''
         )
         stop = asyncio.Event()
+        lifecycle = app[LIFECYCLE]
+
+        def on_signal() -> None:
+            if stop.is_set():
+                lifecycle.hurry()
+            stop.set()
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         await stop.wait()
-        log.info("shutting_down")
+        await shutdown(lifecycle, runner, app[STORE])
     finally:
         await runner.cleanup()
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from proxy.conversation import MessageMemo
+from proxy.lifecycle import Lifecycle, WarmToken
 from proxy.limits import BodyBudget
 from proxy.metrics import Metrics
 from proxy.rewrite.engine import Rewriter
@@ -35,3 +36,5 @@ REWRITER = web.AppKey("rewriter", Rewriter)
 METRICS = web.AppKey("metrics", Metrics)
 BODIES = web.AppKey("bodies", BodyBudget)
 MESSAGES = web.AppKey("messages", MessageMemo)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+WARM_TOKEN = web.AppKey("warm_token", WarmToken)

@@ -17,9 +17,21 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from proxy import ollama_bridge, ollama_keep, openai_bridge
-from proxy.components import BODIES, MESSAGES, METRICS, POOL, REWRITER, SETTINGS, SLOTS, STORE
+from proxy.components import (
+    BODIES,
+    LIFECYCLE,
+    MESSAGES,
+    METRICS,
+    POOL,
+    REWRITER,
+    SETTINGS,
+    SLOTS,
+    STORE,
+    WARM_TOKEN,
+)
 from proxy.conversation import Conversation, thaw
 from proxy.dialects.base import DialectBase
 from proxy.errors import (
@@ -30,6 +42,7 @@ from proxy.errors import (
     RequestTimeout,
     UnsupportedMedia,
 )
+from proxy.lifecycle import CLIENT_CLOSED, RETRY_AFTER, end_stream
 from proxy.limits import BodyHold
 from proxy.log import get_logger
 from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -508,24 +521,49 @@ async def enter_gate(gate: asyncio.Semaphore, timeout: float) -> asyncio.Semapho
     return gate
 
 
+def client_gone(request: web.Request, err: ProxyError) -> bool:
+    """Whether ``err`` is the client's own disconnect: a failed write to it passes through
+    the upstream's response block, which maps every aiohttp error to a 502."""
+    transport = request.transport
+    gone = transport is None or transport.is_closing()
+    return gone and isinstance(err.__cause__, ConnectionResetError)
+
+
+def without_warm_header(request: web.Request) -> web.Request:
+    """The request without ``x-kvproxy-warm``: it is kvproxy's own, and its value may hold
+    the warm token, so it never goes upstream."""
+    headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() != WARM_HEADER)
+    return request.clone(headers=headers)
+
+
 def dialect_handler(dialect: DialectBase) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         store, metrics = request.app[STORE], request.app[METRICS]
+        lifecycle, task = request.app[LIFECYCLE], asyncio.current_task()
 
         def sink(fields: dict[str, Any]) -> None:
             store.put(fields)
             metrics.observe(fields)
 
+        # Only kvproxy's own warmer (it knows the per-process token) marks a warm-up.
+        warm = request.app[WARM_TOKEN].name_of(request.headers.get(WARM_HEADER))
+        if WARM_HEADER in request.headers:
+            request = without_warm_header(request)
         rec = RequestRecord(
-            request_id=new_request_id(), path=request.path, dialect=dialect.name, sink=sink,
-            warm=request.headers.get(WARM_HEADER),
+            request_id=new_request_id(),
+            path=request.path,
+            dialect=dialect.name,
+            sink=sink,
+            warm=warm,
         )
         lease: Lease | None = None
         gate: asyncio.Semaphore | None = None
         slots = request.app[SLOTS]
         observer = UsageObserver()
         hold = request.app[BODIES].hold()
+        lifecycle.enter()
         try:
+            lifecycle.check()  # after SIGTERM: a 503, recorded
             settings = request.app[SETTINGS]
             body = await read_json(request, settings.max_body_bytes, settings.body_timeout, hold)
             try:
@@ -537,10 +575,12 @@ def dialect_handler(dialect: DialectBase) -> Handler:
                             error=f"{type(exc).__name__}: {str(exc)[:200]}")  # fmt: skip
                 raise BadRequest(f"malformed request: {type(exc).__name__}") from exc
             owner = PUBLIC if rec.warm is not None else plan.identity.principal
-            lease = await slots.acquire_prompts(prompts, owner)
+            with lifecycle.queue():  # a drain ends the wait with a 503
+                lease = await slots.acquire_prompts(prompts, owner)
             note_route(rec, lease)
             gate_started = time.perf_counter()
-            gate = await enter_gate(lease.pool.gate, settings.queue_timeout)
+            with lifecycle.queue():
+                gate = await enter_gate(lease.pool.gate, settings.queue_timeout)
             waited_ms = (time.perf_counter() - gate_started) * 1000 + lease.queued_ms
             note_rewrite(rec, plan, original_cached)
             if request.app[SETTINGS].log_content:
@@ -561,6 +601,7 @@ def dialect_handler(dialect: DialectBase) -> Handler:
                          observer, headers)  # fmt: skip
             relay = RELAYS[how]
             rec.overhead_ms = round((time.perf_counter() - rec.t0) * 1000 - waited_ms, 2)
+            lifecycle.check()  # nothing starts once draining began, however long it queued
             out = await relay(call)
             note_outcome(rec, lease)
             finish_lease(slots, lease, observer, rec)
@@ -569,6 +610,11 @@ def dialect_handler(dialect: DialectBase) -> Handler:
                 request.app[REWRITER].commit(plan, reply=observer.text)
             return out
         except ProxyError as err:
+            if client_gone(request, err):
+                rec.status, rec.error = CLIENT_CLOSED, "client disconnected"
+                raise ConnectionResetError("client disconnected") from err
+            if lifecycle.was_cut(task):
+                err = lifecycle.cut_error()
             rec.status, rec.error = err.status, err.message
             log.warning(
                 "request_rejected",
@@ -579,10 +625,18 @@ def dialect_handler(dialect: DialectBase) -> Handler:
             )
             headers = {REQUEST_ID_HEADER: rec.request_id}
             if err.status == 503:
-                headers["Retry-After"] = "5"
-            return web.json_response(dialect.error_body(err), status=err.status, headers=headers)
+                headers["Retry-After"] = RETRY_AFTER
+            resp = web.json_response(dialect.error_body(err), status=err.status, headers=headers)
+            if lifecycle.draining:
+                resp.force_close()  # a kept-alive connection must not bring another request
+            return resp
         except (asyncio.CancelledError, ConnectionResetError):
-            rec.error = rec.error or "client disconnected"
+            if lifecycle.was_cut(task):
+                cut = lifecycle.cut_error()
+                rec.status, rec.error = cut.status, cut.message
+                await end_stream(request, dialect.stream_error(cut))
+            else:
+                rec.status, rec.error = CLIENT_CLOSED, rec.error or "client disconnected"
             raise
         except Exception:
             log.exception("internal_error", request_id=rec.request_id, path=request.path)
@@ -600,6 +654,7 @@ def dialect_handler(dialect: DialectBase) -> Handler:
                 if rec.prompt_tokens is None and lease.prompt is not None:
                     rec.prompt_tokens = len(lease.prompt)
             rec.done()
+            lifecycle.leave()
 
     return handle
 
@@ -607,7 +662,10 @@ def dialect_handler(dialect: DialectBase) -> Handler:
 async def forward(request: web.Request) -> web.StreamResponse:
     """Any other method and path goes to the primary upstream byte for byte."""
     upstream, settings = request.app[POOL].primary, request.app[SETTINGS]
+    lifecycle = request.app[LIFECYCLE]
+    lifecycle.enter()
     try:
+        lifecycle.check()  # after SIGTERM: a 503
         with request.app[BODIES].hold() as hold:
             body = None
             if request.can_read_body:
@@ -616,8 +674,13 @@ async def forward(request: web.Request) -> web.StreamResponse:
             return await forward_body(request, upstream, body)
     except ProxyError as err:
         log.warning("forward_failed", path=request.path, status=err.status, error=err.message)
-        headers = {"Retry-After": "5"} if err.status == 503 else None
-        return web.json_response({"error": err.message}, status=err.status, headers=headers)
+        headers = {"Retry-After": RETRY_AFTER} if err.status == 503 else None
+        resp = web.json_response({"error": err.message}, status=err.status, headers=headers)
+        if lifecycle.draining:
+            resp.force_close()
+        return resp
+    finally:
+        lifecycle.leave()
 
 
 async def forward_body(

@@ -46,6 +46,8 @@ class Settings:
     queue_timeout: float = 300.0  # waiting in kvproxy's queue beyond this: a 503
     idle_timeout: float = 30.0  # a connection with no complete request headers this long
     body_timeout: float = 60.0  # a request body not read completely within this
+    # After SIGTERM: how long requests in flight may take to finish before they are cut.
+    shutdown_grace: float = 15.0
     upstream_timeout: float = 600.0
     log_level: str = "info"
     embedded: EmbeddedSettings = field(default_factory=EmbeddedSettings)

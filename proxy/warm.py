@@ -130,8 +130,10 @@ class Warmer:
     """Sends the warm bodies through kvproxy at start and whenever an upstream lost them."""
 
     def __init__(self, bodies: list[WarmBody], base_url: str, api_key: str | None,
-                 upstreams: list[Upstream], interval: float = CHECK_INTERVAL) -> None:  # fmt: skip
+                 upstreams: list[Upstream], interval: float = CHECK_INTERVAL,
+                 token: str = "") -> None:  # fmt: skip
         self.bodies = bodies
+        self.token = token  # kvproxy's per-process secret: only it marks a warm-up
         self.base_url = base_url
         self.headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self.upstreams = upstreams
@@ -167,7 +169,9 @@ class Warmer:
     async def warm(self, client: httpx.AsyncClient, reason: str, upstream: str = "") -> None:
         for warm in self.bodies:
             try:
-                headers = {**self.headers, WARM_HEADER: header_name(warm.name)}
+                name = header_name(warm.name)
+                mark = f"{self.token} {name}" if self.token else name
+                headers = {**self.headers, WARM_HEADER: mark}
                 resp = await client.post(self.base_url + "/v1/chat/completions",
                                          json=warm_request(warm), headers=headers)
                 cache = resp.headers.get("x-kvproxy-cache")
