@@ -41,7 +41,7 @@ from proxy.slots import SlotManager, UpstreamSlots
 from proxy.store import RecordStore
 from proxy.tokens import tokenizer_for
 from proxy.tokens.gguf import AttentionKind, attention_kind
-from proxy.upstream import Upstream, UpstreamSpec, detect_kind, make_session
+from proxy.upstream import Upstream, UpstreamSpec, detect_kind, make_session, sane_props
 from proxy.warm import AUTO_DAYS, AUTO_MAX, WarmBody, Warmer, auto_bodies, busiest
 
 log = get_logger("kvproxy.app")
@@ -224,7 +224,9 @@ async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
         session = make_session(settings.connect_timeout, settings.upstream_timeout)
         try:
             kind = spec.kind or await detect_kind(session, spec.url)
-            upstream = Upstream(url=spec.url, kind=kind, session=session)
+            # Client credentials carry kvproxy's own key when it has one: never forwarded.
+            upstream = Upstream(url=spec.url, kind=kind, session=session,
+                                drop_credentials=bool(settings.exposure.api_keys))  # fmt: skip
         except BaseException:
             await session.close()
             for done in upstreams:
@@ -244,8 +246,13 @@ async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def refresh_props(upstream: Upstream) -> None:
     """llama-server's /props (slots, n_ctx, template); a failure now is not fatal, since
-    requests map upstream failures to 502 on their own."""
+    requests map upstream failures to 502 on their own. Its answer is checked like any
+    input (``sane_props``): a field out of type or range is logged and taken at a safe value."""
     try:
-        upstream.props = await upstream.get_json("/props")
+        props = await upstream.get_json("/props")
     except ProxyError as err:
         log.warning("upstream_props_unavailable", url=upstream.url, error=err.message)
+        return
+    upstream.props, problems = sane_props(props)
+    for problem in problems:
+        log.warning("upstream_props_untrusted", url=upstream.url, problem=problem)

@@ -7,6 +7,7 @@
     │   └── PayloadTooLarge   413  a body over --max-body-bytes
     └── UpstreamError (5xx: the server behind us is at fault)
         ├── UpstreamUnavailable 502  refused, reset, or an invalid answer
+        │   └── UpstreamProtocol 502  bad framing, invalid JSON, an event or stream too big
         └── UpstreamTimeout     504  no answer within --upstream-timeout
 
 Dialects turn any of these into their own error body; handlers never let another
@@ -60,6 +61,12 @@ class UpstreamError(ProxyError):
 
 class UpstreamUnavailable(UpstreamError):
     status = 502
+
+
+class UpstreamProtocol(UpstreamUnavailable):
+    """The upstream answered, but not as its protocol says: broken framing, invalid JSON,
+    one event or a whole answer over kvproxy's bounds. Mid-stream it ends the stream with
+    an error frame, and the record says 502 with this message."""
 
 
 class UpstreamTimeout(UpstreamError):

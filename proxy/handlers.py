@@ -11,7 +11,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -41,6 +41,7 @@ from proxy.errors import (
     ProxyError,
     RequestTimeout,
     UnsupportedMedia,
+    UpstreamProtocol,
 )
 from proxy.lifecycle import CLIENT_CLOSED, RETRY_AFTER, end_stream
 from proxy.limits import BodyHold
@@ -58,6 +59,8 @@ from proxy.streaming import (
     UsageObserver,
     decode_event,
     server_counters,
+    strict_event,
+    whole_answer,
     with_cached_tokens,
 )
 from proxy.upstream import Upstream, forwardable_headers
@@ -144,6 +147,13 @@ def is_stream(resp: aiohttp.ClientResponse) -> bool:
     return resp.content_type in STREAM_TYPES
 
 
+def plain_json(resp: aiohttp.ClientResponse) -> bool:
+    """A JSON answer as sent (bodies pass undecoded: a compressed one is not checked)."""
+    encoding = resp.headers.get("Content-Encoding", "identity").lower()
+    return encoding == "identity" and (resp.content_type == "application/json"
+                                       or resp.content_type.endswith("+json"))  # fmt: skip
+
+
 def upstream_error_message(raw: bytes) -> str:
     """The message inside an upstream error body, whatever its shape."""
     event = decode_event(raw.strip())
@@ -161,14 +171,16 @@ async def relay_stream(
     upstream: Upstream,
     dialect: DialectBase,
     rec: RequestRecord,
-    on_chunk: Callable[[bytes], list[bytes]] | None = None,
+    on_chunk: Callable[[bytes], Iterable[bytes]] | None = None,
     headers: dict[str, str] | None = None,
     closing: Callable[[], list[bytes]] | None = None,
 ) -> web.StreamResponse:
     """Write each upstream chunk to the client as it arrives (optionally translated).
 
     An upstream failure after the headers went out ends the stream with one error frame in
-    the dialect's framing; a client that goes away closes the upstream connection.
+    the dialect's framing; a client that goes away closes the upstream connection. An
+    upstream that breaks its framing, or sends more than ``max_stream_bytes`` in all (an
+    endless stream), is cut the same way, and the record says 502 and why.
     """
     out = web.StreamResponse(
         status=resp.status,
@@ -177,8 +189,12 @@ async def relay_stream(
     await out.prepare(request)
     # llama-server (cpp-httplib) drops the connection after a chunked stream although it
     # advertises keep-alive; closing our end instead of pooling it avoids a 502 on reuse.
+    total, cap = 0, upstream.limits.max_stream_bytes
     try:
         async for chunk in resp.content.iter_any():
+            total += len(chunk)
+            if total > cap:
+                raise UpstreamProtocol(f"upstream stream exceeds {cap} bytes; it was ended")
             pieces = on_chunk(chunk) if on_chunk else [chunk]
             for piece in pieces:
                 rec.first_byte()
@@ -188,6 +204,10 @@ async def relay_stream(
     except ConnectionResetError:
         rec.error = "client disconnected"
         raise
+    except UpstreamProtocol as err:
+        rec.status, rec.error = err.status, err.message
+        log.warning("upstream_broke_stream", request_id=rec.request_id, error=err.message)
+        await out.write(dialect.stream_error(err))
     except (TimeoutError, aiohttp.ClientError) as exc:
         err = upstream.failure(exc)
         rec.error = err.message
@@ -275,20 +295,20 @@ async def relay_native(call: Relay) -> web.StreamResponse:
         "POST", path, json_body=body, headers=client_headers(request)
     ) as resp:
         rec.status = resp.status
-        observer.framing("ndjson" if resp.content_type.endswith("ndjson") else "sse")
+        limits = upstream.limits
+        observer.framing("ndjson" if resp.content_type.endswith("ndjson") else "sse",
+                         limits.max_event_bytes)  # fmt: skip
         headers = {**forwardable_headers(resp.headers), **extra_headers}
         if is_stream(resp):
-
-            def observe(chunk: bytes) -> list[bytes]:
-                observer.feed(chunk)
-                return [chunk]
-
-            out = await relay_stream(
-                request, resp, upstream, dialect, rec, on_chunk=observe, headers=headers
-            )
+            # Whole, checked events only: bytes of no event never reach the client.
+            out = await relay_stream(request, resp, upstream, dialect, rec,
+                                     on_chunk=observer.relay, headers=headers,
+                                     closing=observer.flush)  # fmt: skip
         else:
-            raw = await resp.read()
+            raw = await upstream.read(resp, limits.max_stream_bytes)
             rec.first_byte()
+            if resp.status == 200 and plain_json(resp):
+                whole_answer(raw)  # a 200 that is no JSON object is a 502, not passed on
             observer.observe_body(raw)
             if dialect.family == "openai" and resp.status == 200:
                 raw = with_cached_tokens(raw, observer.timings.get("cache_n"))
@@ -323,28 +343,31 @@ async def relay_translated(call: Relay, t: Translation) -> web.StreamResponse:
         "POST", call.path, json_body=call.body, headers=client_headers(request)
     ) as resp:
         rec.status = resp.status
+        limits = call.upstream.limits
         if resp.status != 200:
-            message = upstream_error_message(await resp.read())
+            raw = await call.upstream.read(resp, limits.max_event_bytes)
+            message = upstream_error_message(raw)
             return web.json_response(t.error(message, resp.status), status=resp.status,
                                      headers=call.extra_headers)  # fmt: skip
         if not conv.stream:
-            whole = await resp.json(content_type=None)
+            whole = whole_answer(await call.upstream.read(resp, limits.max_stream_bytes))
             observer.observe(whole)
             rec.first_byte()
             answer = t.whole(whole)
             rec.absorb(t.counters())
             return web.json_response(answer, headers=call.extra_headers)
 
-        def translate(chunk: bytes) -> list[bytes]:
-            objects: list[dict[str, Any]] = []
-            for payload in t.splitter.feed(chunk):
-                event = decode_event(payload)
+        t.splitter.max_event_bytes = limits.max_event_bytes
+
+        def translate(chunk: bytes) -> Iterator[bytes]:
+            """Event by event: what came before a bad one reaches the client."""
+            for _raw, payload in t.splitter.events(chunk):
+                event = None if payload is None else strict_event(payload)
                 if event is not None and "error" in event:
-                    objects.append(t.error(upstream_error_message(payload), None))
+                    yield from t.frame([t.error(upstream_error_message(payload or b""), None)])
                 elif event is not None:
                     observer.observe(event)
-                    objects.extend(t.events(event))
-            return t.frame(objects)
+                    yield from t.frame(t.events(event))
 
         out = await relay_stream(
             request, resp, call.upstream, call.dialect, rec,

@@ -1,8 +1,10 @@
 """Incremental SSE and NDJSON framing: split a byte stream into events as chunks arrive.
 
-The relay forwards each upstream chunk untouched; these splitters only observe a copy so
-that the record can read the server's own counters (``timings``, ``usage``) from the end
-of the stream, and so that the ollama bridge can translate event by event.
+The upstream is trusted to answer, not to answer sanely (docs/deploy.md): the splitters
+check each event's framing and size as it completes, and the native relay forwards whole,
+checked events (``UsageObserver.relay``), so that bytes that are no event of the announced
+framing (a second HTTP response written into the stream, say) never reach the client. Each
+chunk is scanned once: a growing event is not searched again from its start.
 """
 
 from __future__ import annotations
@@ -11,40 +13,116 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from proxy.errors import UpstreamProtocol
+
+MIB = 1024 * 1024
+MAX_EVENT_BYTES = 8 * MIB  # one SSE event or NDJSON line (proxy/upstream.py UpstreamLimits)
+MAX_TEXT_CHARS = 16 * MIB  # generated text kept for the prefix index and the tape
+# SSE fields (WHATWG) plus llama-server's own ``error:``; a comment line starts with ":".
+SSE_FIELDS = frozenset({b"data", b"event", b"id", b"retry", b"error"})
+
+
+def too_big(size: int, limit: int) -> UpstreamProtocol:
+    return UpstreamProtocol(f"upstream sent one event of over {limit} bytes (at {size}); "
+                            "the stream was ended")  # fmt: skip
+
+
+def bad_framing(what: str) -> UpstreamProtocol:
+    """Not the bytes themselves: the message reaches the client, and they are the
+    upstream's (a second HTTP response, say)."""
+    return UpstreamProtocol(f"upstream broke its {what}; the stream was ended")
+
 
 class SSESplitter:
-    """Yields the ``data:`` payload of each complete server-sent event."""
+    """Yields the ``data:`` payload of each complete server-sent event; ``events`` yields
+    each event's bytes too. A line that is no SSE field, or an event over
+    ``max_event_bytes``, raises ``UpstreamProtocol``."""
 
-    def __init__(self) -> None:
-        self._buf = b""
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self.max_event_bytes = max_event_bytes
+        self._buf = bytearray()
+        self._scan = 0  # where the search for the next blank line resumes
+        self._cr = False  # the last chunk ended in "\r": its "\n" may come next
 
     def feed(self, chunk: bytes) -> Iterator[bytes]:
-        self._buf += chunk.replace(b"\r\n", b"\n")
-        while True:
-            end = self._buf.find(b"\n\n")
-            if end < 0:
-                return
-            event, self._buf = self._buf[:end], self._buf[end + 2 :]
-            data = [line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:")]
-            if data:
-                yield b"\n".join(data)
+        return iter([payload for _raw, payload in self.events(chunk) if payload is not None])
+
+    def events(self, chunk: bytes) -> Iterator[tuple[bytes, bytes | None]]:
+        """(the event with its blank line, its data payload or None) for each event the
+        chunk completes, one at a time: the events before a bad one still come out."""
+        if self._cr:
+            chunk, self._cr = b"\r" + chunk, False
+        if chunk.endswith(b"\r"):
+            chunk, self._cr = chunk[:-1], True
+        buf = self._buf
+        buf += chunk.replace(b"\r\n", b"\n")
+        start, pos = 0, max(0, self._scan - 1)
+        try:
+            while (end := buf.find(b"\n\n", pos)) >= 0:
+                if end - start > self.max_event_bytes:
+                    raise too_big(end - start, self.max_event_bytes)
+                event = bytes(buf[start:end])
+                start = pos = end + 2
+                if event.strip(b"\n"):
+                    yield event.lstrip(b"\n") + b"\n\n", sse_payload(event)
+        finally:
+            del buf[:start]
+            self._scan = len(buf)
+        if len(buf) > self.max_event_bytes:
+            raise too_big(len(buf), self.max_event_bytes)
+
+    def flush(self) -> list[tuple[bytes, bytes | None]]:
+        """An unterminated last event, at the end of the stream."""
+        rest, self._buf, self._scan = bytes(self._buf).strip(b"\n"), bytearray(), 0
+        return [(rest + b"\n\n", sse_payload(rest))] if rest else []
+
+
+def sse_payload(event: bytes) -> bytes | None:
+    """The joined ``data:`` lines of one event (None: it has none), checking each line."""
+    data = []
+    for line in event.split(b"\n"):
+        if not line or line.startswith(b":"):
+            continue
+        name = line.split(b":", 1)[0]
+        if name not in SSE_FIELDS:
+            raise bad_framing("SSE framing (a line that is no SSE field)")
+        if name == b"data":
+            data.append(line[5:].lstrip())
+    return b"\n".join(data) if data else None
 
 
 class NDJSONSplitter:
-    """Yields each complete line."""
+    """Yields each complete line; a line over ``max_event_bytes`` raises."""
 
-    def __init__(self) -> None:
-        self._buf = b""
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self.max_event_bytes = max_event_bytes
+        self._buf = bytearray()
+        self._scan = 0
 
     def feed(self, chunk: bytes) -> Iterator[bytes]:
-        self._buf += chunk
-        while True:
-            end = self._buf.find(b"\n")
-            if end < 0:
-                return
-            line, self._buf = self._buf[:end].strip(), self._buf[end + 1 :]
-            if line:
-                yield line
+        return iter([payload for _raw, payload in self.events(chunk) if payload is not None])
+
+    def events(self, chunk: bytes) -> Iterator[tuple[bytes, bytes | None]]:
+        buf = self._buf
+        buf += chunk
+        start, pos = 0, self._scan
+        try:
+            while (end := buf.find(b"\n", pos)) >= 0:
+                if end - start > self.max_event_bytes:
+                    raise too_big(end - start, self.max_event_bytes)
+                line = bytes(buf[start:end]).strip()
+                start = pos = end + 1
+                if line:
+                    yield line + b"\n", line
+        finally:
+            del buf[:start]
+            self._scan = len(buf)
+        if len(buf) > self.max_event_bytes:
+            raise too_big(len(buf), self.max_event_bytes)
+
+    def flush(self) -> list[tuple[bytes, bytes | None]]:
+        rest, self._buf, self._scan = bytes(self._buf).strip(), bytearray(), 0
+        return [(rest + b"\n", rest)] if rest else []
 
 
 def decode_event(payload: bytes) -> dict[str, Any] | None:
@@ -53,9 +131,28 @@ def decode_event(payload: bytes) -> dict[str, Any] | None:
         return None
     try:
         value = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def strict_event(payload: bytes) -> dict[str, Any] | None:
+    """A JSON object from one streamed event, None for ``[DONE]``; anything else is the
+    upstream breaking its protocol."""
+    if payload == b"[DONE]":
+        return None
+    event = decode_event(payload)
+    if event is None:
+        raise bad_framing("event framing (an event that is no JSON object)")
+    return event
+
+
+def whole_answer(raw: bytes) -> dict[str, Any]:
+    """A non-streamed answer, which must be one JSON object."""
+    event = decode_event(raw.strip())
+    if event is None:
+        raise UpstreamProtocol("upstream sent invalid JSON (no JSON object) with status 200")
+    return event
 
 
 def generated_text(event: Mapping[str, Any]) -> tuple[str, str | None]:
@@ -84,17 +181,25 @@ class UsageObserver:
     """Keeps the server-reported counters seen in a response, streamed or not, and the text
     generated (what the slot holds after the prompt, for the prefix index)."""
 
-    def __init__(self, framing: str = "sse") -> None:
-        self._splitter: SSESplitter | NDJSONSplitter = SSESplitter()
+    def __init__(self, framing: str = "sse", max_event_bytes: int = MAX_EVENT_BYTES,
+                 max_text_chars: int = MAX_TEXT_CHARS) -> None:  # fmt: skip
+        self.max_event_bytes = max_event_bytes
+        self.max_text_chars = max_text_chars
+        self._splitter: SSESplitter | NDJSONSplitter = SSESplitter(max_event_bytes)
         self.framing(framing)
         self.timings: dict[str, Any] = {}
         self.usage: dict[str, Any] = {}
         self.ollama: dict[str, Any] = {}
         self._text: list[str] = []
+        self._chars = 0
+        self.text_truncated = False  # more text came than ``max_text_chars``: not kept
         self.finish_reason: str | None = None
 
-    def framing(self, framing: str) -> None:
-        self._splitter = SSESplitter() if framing == "sse" else NDJSONSplitter()
+    def framing(self, framing: str, max_event_bytes: int | None = None) -> None:
+        if max_event_bytes is not None:
+            self.max_event_bytes = max_event_bytes
+        self._splitter = (SSESplitter(self.max_event_bytes) if framing == "sse"
+                          else NDJSONSplitter(self.max_event_bytes))  # fmt: skip
 
     @property
     def text(self) -> str:
@@ -104,12 +209,34 @@ class UsageObserver:
         for payload in self._splitter.feed(chunk):
             self.observe(decode_event(payload))
 
+    def relay(self, chunk: bytes) -> Iterator[bytes]:
+        """The whole events this chunk completes, each checked (framing, size, JSON) and
+        observed before it comes out: what the native relay forwards. A bad one raises
+        ``UpstreamProtocol`` after the good ones before it."""
+        return self._checked(self._splitter.events(chunk))
+
+    def flush(self) -> list[bytes]:
+        """An unterminated last event at the end of the stream, checked likewise."""
+        return list(self._checked(iter(self._splitter.flush())))
+
+    def _checked(self, events: Iterator[tuple[bytes, bytes | None]]) -> Iterator[bytes]:
+        for raw, payload in events:
+            if payload is not None:
+                self.observe(strict_event(payload))
+            yield raw
+
     def observe(self, event: dict[str, Any] | None) -> None:
         if not event:
             return
         text, reason = generated_text(event)
-        if text:
-            self._text.append(text)
+        if text and not self.text_truncated:
+            self._chars += len(text)
+            if self._chars > self.max_text_chars:
+                # Longer than any context: not kept at all (no slot or tape can hold it).
+                self.text_truncated = True
+                self._text.clear()
+            else:
+                self._text.append(text)
         if reason:
             self.finish_reason = reason
         if isinstance(event.get("timings"), dict):

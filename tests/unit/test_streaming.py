@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from proxy.errors import UpstreamProtocol
 from proxy.streaming import NDJSONSplitter, SSESplitter, UsageObserver, server_counters
 
 SSE = (
@@ -102,3 +103,59 @@ def test_observer_collects_generated_text_and_finish_reason() -> None:
         observer.feed(b"data: " + json.dumps(event).encode() + b"\n\n")
     observer.feed(b'data: {"content": "", "stop": true, "stop_type": "eos"}\n\n')
     assert observer.text == "Hello" and observer.finish_reason == "stop"
+
+
+# --- issue 21: the upstream is untrusted -------------------------------------------------
+
+
+def test_an_event_over_the_bound_raises_however_it_is_cut() -> None:
+    """It is refused once the buffer passes the bound, not held until it ends."""
+    splitter = SSESplitter(max_event_bytes=1000)
+    list(splitter.events(b"data: " + b"x" * 900))
+    with pytest.raises(UpstreamProtocol, match="over 1000 bytes"):
+        list(splitter.events(b"x" * 200))
+    lines = NDJSONSplitter(max_event_bytes=1000)
+    with pytest.raises(UpstreamProtocol):
+        list(lines.events(b"y" * 1001))
+
+
+def test_a_large_event_in_small_chunks_comes_out_whole() -> None:
+    splitter = SSESplitter()
+    event = b"data: " + b"z" * 200_000 + b"\n\n"
+    out = [p for i in range(0, len(event), 97) for p in splitter.feed(event[i : i + 97])]
+    assert out == [b"z" * 200_000]
+
+
+def test_crlf_cut_between_chunks_still_ends_an_event() -> None:
+    splitter = SSESplitter()
+    assert list(splitter.feed(b"data: a\r\n\r")) == []
+    assert list(splitter.feed(b"\ndata: b\r\n\r\n")) == [b"a", b"b"]
+
+
+@pytest.mark.parametrize(
+    "bad", [b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n", b"garbage\n\n"]
+)
+def test_a_line_that_is_no_sse_field_raises(bad: bytes) -> None:
+    with pytest.raises(UpstreamProtocol, match="SSE framing"):
+        list(SSESplitter().feed(bad))
+
+
+def test_llama_server_error_field_and_comments_are_sound() -> None:
+    events = list(SSESplitter().events(b': ping\n\nerror: {"message":"x"}\n\nid: 1\ndata: 2\n\n'))
+    assert [payload for _raw, payload in events] == [None, None, b"2"]
+
+
+def test_the_relay_forwards_the_good_events_before_a_bad_one() -> None:
+    obs = UsageObserver("sse")
+    out = []
+    with pytest.raises(UpstreamProtocol, match="no JSON object"):
+        for piece in obs.relay(SSE[:48] + b"data: {oops\n\n" + SSE[48:]):
+            out.append(piece)
+    assert out == [SSE[:48]] and obs.text == "Hi"
+
+
+def test_the_observer_keeps_no_text_past_its_bound() -> None:
+    obs = UsageObserver("sse", max_text_chars=10)
+    for _ in range(5):
+        obs.observe({"choices": [{"delta": {"content": "abcd"}}]})
+    assert obs.text == "" and obs.text_truncated
