@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from proxy.errors import ProxyError
-from proxy.upstream import Upstream, UpstreamSpec, detect_kind, make_session
+from proxy.upstream import (
+    Upstream,
+    UpstreamLimits,
+    UpstreamSpec,
+    detect_kind,
+    make_session,
+    sane_props,
+)
 
 GIB = 1024**3
 # Past this share of RAM for model + KV cache, a laptop starts compressing or swapping pages
@@ -62,6 +69,7 @@ class Facts:
     loaded: list[dict[str, Any]] = field(default_factory=list)  # ollama /api/ps models
     keep_alive_s: int | None = None  # kvproxy's --ollama-keep-alive, when known
     now: float = 0.0  # for ollama's expires_at
+    untrusted: list[str] = field(default_factory=list)  # what in /props was not believed
 
 
 @dataclass(frozen=True)
@@ -77,7 +85,9 @@ def diagnose(f: Facts) -> list[Finding]:
 
 
 def llama_findings(f: Facts) -> list[Finding]:
-    out = []
+    out = [Finding("warn", f"/props: {note}", "check that this URL is the llama-server you "
+                   "meant; kvproxy takes the same safe values at start")
+           for note in f.untrusted]  # fmt: skip
     if f.slot_actions is False:
         out.append(Finding("fix", "slot files are off: llama-server has no --slot-save-path",
                            "start it with --slot-save-path DIR (kvproxy saves a conversation "
@@ -234,19 +244,23 @@ def physical_ram() -> int:
         return 0
 
 
-async def gather(url: str, client_context: int, swa_full: bool) -> Facts:
-    """Read the upstream (the thin I/O shell around ``diagnose``)."""
+async def gather(url: str, client_context: int, swa_full: bool,
+                 limits: UpstreamLimits | None = None) -> Facts:  # fmt: skip
+    """Read the upstream (the thin I/O shell around ``diagnose``). Its answers are checked
+    like any input: each read is bounded in size and time (``limits``), and /props fields
+    of the wrong type or range become findings, not tracebacks."""
     spec = UpstreamSpec.parse(url)
+    limits = limits or UpstreamLimits()
     session = make_session(10, 60)
     try:
-        kind = spec.kind or await detect_kind(session, spec.url)
-        up = Upstream(url=spec.url, kind=kind, session=session)
+        kind = spec.kind or await detect_kind(session, spec.url, limits)
+        up = Upstream(url=spec.url, kind=kind, session=session, limits=limits)
         facts = Facts(url=spec.url, kind=kind, ram_bytes=physical_ram(),
                       client_context=client_context, swa_full=swa_full,
                       now=time.time())  # fmt: skip
         if kind == "llama":
-            props = await up.get_json("/props")
-            facts.slots = int(props.get("total_slots") or 1)
+            props, facts.untrusted = sane_props(await up.get_json("/props"))
+            facts.slots = props.get("total_slots") or 1
             facts.ctx_per_slot = (props.get("default_generation_settings") or {}).get("n_ctx")
             facts.endpoint_slots = props.get("endpoint_slots")
             facts.endpoint_metrics = props.get("endpoint_metrics")
@@ -258,7 +272,9 @@ async def gather(url: str, client_context: int, swa_full: bool) -> Facts:
                 facts.shape = await asyncio.to_thread(model_shape, path)
         else:
             ps = await up.get_json("/api/ps")
-            facts.loaded = [m for m in (ps.get("models") or []) if isinstance(m, dict)]
+            models = ps.get("models") if isinstance(ps, dict) else None
+            facts.loaded = [m for m in models if isinstance(m, dict)] if isinstance(
+                models, list) else []  # fmt: skip
         return facts
     finally:
         await session.close()
@@ -267,8 +283,12 @@ async def gather(url: str, client_context: int, swa_full: bool) -> Facts:
 async def probe_slot_actions(up: Upstream) -> bool | None:
     """A slot action with an invalid slot id: "start it with --slot-save-path" without
     one, "invalid slot ID" with one; nothing is saved either way. None: no answer yet."""
-    async with up.request("POST", "/slots/x?action=save", json_body={}) as resp:
-        text = await resp.text()
+    try:
+        async with asyncio.timeout(up.limits.json_deadline):
+            async with up.request("POST", "/slots/x?action=save", json_body={}) as resp:
+                text = (await up.read(resp, up.limits.json_max_bytes)).decode("utf-8", "replace")
+    except TimeoutError:
+        return None
     if "slot-save-path" in text:
         return False
     return True if "slot" in text.lower() and "invalid" in text.lower() else None
@@ -296,12 +316,16 @@ def add_parser(sub: Any) -> None:
                    help="the context window your agent client assumes")  # fmt: skip
     p.add_argument("--swa-full", action="store_true",
                    help="the server runs with --swa-full (not visible in /props)")  # fmt: skip
+    p.add_argument("--timeout", type=float, default=UpstreamLimits.json_deadline,
+                   metavar="SECONDS", help="the most time one answer of the upstream may take, "
+                   "however slowly it trickles (default %(default)g)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
     """Exit status 1 when something should be fixed, 2 when the upstream cannot be read."""
+    limits = UpstreamLimits(json_deadline=args.timeout)
     try:
-        facts = asyncio.run(gather(args.upstream, args.client_context, args.swa_full))
+        facts = asyncio.run(gather(args.upstream, args.client_context, args.swa_full, limits))
     except (ProxyError, OSError, ValueError) as exc:
         print(f"kvproxy doctor: {args.upstream}: {exc}", file=sys.stderr)
         return 2
