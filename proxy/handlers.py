@@ -44,7 +44,7 @@ from proxy.errors import (
     UpstreamProtocol,
 )
 from proxy.lifecycle import CLIENT_CLOSED, RETRY_AFTER, end_stream
-from proxy.limits import BodyHold
+from proxy.limits import MAX_TOKEN_BYTES, BodyHold, cannot_fit
 from proxy.log import get_logger
 from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.prefix_index import Prompt
@@ -119,6 +119,8 @@ async def read_json(
     raw = await read_body(request, limit, timeout, hold)
     if not raw.strip():
         raise BadRequest("request body is empty; a JSON object is required")
+    if hold is not None:
+        hold.charge_parsed()  # before parsing: a refusal costs no parse (proxy/limits.py)
     try:
         body = json.loads(raw)
     except RecursionError as exc:
@@ -484,10 +486,16 @@ async def plan_request(
     """The rewritten request, its upstream bodies and tokens, and the cached tokens the
     client's own form would have had (tokenized alongside, for the record). A compaction
     append that would not fit the context falls back to the client's compacted form
-    (``over-budget``)."""
+    (``over-budget``). A prompt that certainly fits no slot is refused before it is
+    tokenized (``cannot_fit``): the server would refuse it anyway."""
     slots = request.app[SLOTS]
     rewriter = request.app[REWRITER]
     plan = rewriter.plan(conv, identify(request.headers, conv))
+    contexts = [pool.n_ctx for pool in slots.pools]
+    if cannot_fit(conv, contexts) and cannot_fit(plan.conv, contexts):
+        largest = max(n or 0 for n in contexts)
+        raise BadRequest(f"prompt exceeds the context of every slot ({largest} tokens; the "
+                         f"users' text alone is over {MAX_TOKEN_BYTES} bytes a token)")  # fmt: skip
     while True:
         calls = calls_for(slots, dialect, plan.conv, request.raw_path)
         wanted = [slots.tokens_for(plan.conv, {i: c[1] for i, c in calls.items()})]
