@@ -726,7 +726,8 @@ async def forward_body(
         ) as resp:
             headers = forwardable_headers(resp.headers)
             if resp.content_length is not None or not is_stream(resp):
-                return web.Response(status=resp.status, body=await resp.read(), headers=headers)
+                raw = await upstream.read(resp, upstream.limits.max_stream_bytes)
+                return web.Response(status=resp.status, body=raw, headers=headers)
             out = web.StreamResponse(status=resp.status, headers=headers)
             await out.prepare(request)
             try:

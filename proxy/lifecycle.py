@@ -14,6 +14,7 @@ import contextlib
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 from aiohttp import web
 from aiohttp.http_writer import StreamWriter
@@ -204,4 +205,4 @@ class WarmToken:
         token, _, name = header.partition(" ")
         if not secrets.compare_digest(token.encode(), self.value.encode()):
             return None
-        return name or None
+        return unquote(name) or None  # the warmer percent-encodes it (warm.header_name)

@@ -214,6 +214,16 @@ async def test_an_oversized_whole_answer_is_a_502(fake, tmp_path: Path) -> None:
     assert resp.status == 502 and "bytes" in (await resp.json())["error"]["message"]
 
 
+async def test_an_oversized_forwarded_answer_is_a_502_not_held(fake, tmp_path: Path) -> None:
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(body=b"x" * 300_000, content_type="application/octet-stream")
+
+    client = await fake(tmp_path, {"/anything": big})
+    limit(client, max_stream_bytes=100_000)
+    resp = await client.post("/anything", data=b"{}")
+    assert resp.status == 502 and "bytes" in (await resp.json())["error"]
+
+
 async def test_llama_server_error_events_still_pass(fake, tmp_path: Path) -> None:
     """llama-server's own ``error:`` field, comments and [DONE] are sound framing."""
     sound = FIRST + b': keep-alive\n\nerror: {"code":500,"message":"boom"}\n\ndata: [DONE]\n\n'
