@@ -29,10 +29,10 @@ from typing import Any
 
 from bench.logging_upstream import LoggingUpstream
 from bench.report import publish
-from proxy.embedded import EmbeddedServer
-from proxy.process import spawn_proxy
-from proxy.settings import EmbeddedSettings
-from proxy.store import read_records
+from proxy.backends.embedded import EmbeddedServer
+from proxy.config.settings import EmbeddedSettings
+from proxy.records.store import read_records
+from proxy.testing.process import spawn_proxy
 
 # Names no system prompt or tool description contains, so any match is a leak.
 NAMES = {"A": "Quorvina", "B": "Belzatrix", "H": "Carrowen"}

@@ -30,10 +30,10 @@ import httpx
 
 from bench.report import publish
 from bench.workload import document
-from proxy.embedded import EmbeddedServer
-from proxy.process import ProxyProcess, spawn_proxy
-from proxy.settings import EmbeddedSettings
-from proxy.store import read_records
+from proxy.backends.embedded import EmbeddedServer
+from proxy.config.settings import EmbeddedSettings
+from proxy.records.store import read_records
+from proxy.testing.process import ProxyProcess, spawn_proxy
 
 SLOTS = 2
 CTX = 4096

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from proxy.embedded import free_port
+from proxy.backends.embedded import free_port
 
 HOP = {"content-length", "transfer-encoding", "connection", "content-encoding"}
 PROMPT_N = re.compile(rb'"prompt_n"\s*:\s*(\d+)')

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import httpx
 
-from proxy.embedded import EmbeddedServer
-from proxy.process import spawn_proxy
-from proxy.settings import EmbeddedSettings
+from proxy.backends.embedded import EmbeddedServer
+from proxy.config.settings import EmbeddedSettings
+from proxy.testing.process import spawn_proxy
 
 
 def post(client: httpx.Client, url: str) -> float:

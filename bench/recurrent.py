@@ -19,10 +19,10 @@ from typing import Any
 import httpx
 
 from bench.report import publish
-from proxy.embedded import EmbeddedServer
-from proxy.prefix_index import Prompt
-from proxy.settings import EmbeddedSettings
-from proxy.slot_table import SavedCatalog, SavedFile, checkpoints_after, reusable
+from proxy.backends.embedded import EmbeddedServer
+from proxy.config.settings import EmbeddedSettings
+from proxy.core.prefix_index import Prompt
+from proxy.slots.table import SavedCatalog, SavedFile, checkpoints_after, reusable
 from tests.synthetic_gguf import ARCHES, write
 
 N_UBATCH = 512

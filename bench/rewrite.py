@@ -24,9 +24,9 @@ import httpx
 from bench.report import publish
 from bench.scenarios import SCENARIOS, Scenario
 from bench.workload import chat
-from proxy.embedded import EmbeddedServer
-from proxy.process import spawn_proxy
-from proxy.settings import EmbeddedSettings
+from proxy.backends.embedded import EmbeddedServer
+from proxy.config.settings import EmbeddedSettings
+from proxy.testing.process import spawn_proxy
 
 TEMPLATE_TOKENS = 4
 

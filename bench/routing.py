@@ -20,9 +20,9 @@ from pathlib import Path
 
 from bench.report import publish
 from bench.workload import Call, Conversation, ideal_prefill, play
-from proxy.embedded import EmbeddedServer
-from proxy.process import spawn_proxy
-from proxy.settings import EmbeddedSettings
+from proxy.backends.embedded import EmbeddedServer
+from proxy.config.settings import EmbeddedSettings
+from proxy.testing.process import spawn_proxy
 
 CTX = 4096
 

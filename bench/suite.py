@@ -28,9 +28,9 @@ from bench.report import DOC, write_section
 from bench.rewrite import CallResult, new_tokens
 from bench.scenarios import OPENCLAW_MARKER, TOOLS
 from bench.workload import chat, document
-from proxy.embedded import EmbeddedServer, resolve_model
-from proxy.process import ProxyProcess, spawn_proxy
-from proxy.settings import EmbeddedSettings
+from proxy.backends.embedded import EmbeddedServer, resolve_model
+from proxy.config.settings import EmbeddedSettings
+from proxy.testing.process import ProxyProcess, spawn_proxy
 
 Body = dict[str, Any]
 RESTART_PROXY: Body = {"restart_proxy": True}

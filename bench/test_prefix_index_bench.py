@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from proxy.prefix_index import BLOCK, PrefixIndex, Prompt
+from proxy.core.prefix_index import BLOCK, PrefixIndex, Prompt
 
 SYSTEM = list(range(1, 1 + 4 * BLOCK))  # a shared system prompt: the worst case for a trie
 

@@ -33,13 +33,13 @@ import httpx
 
 from bench.report import publish
 from bench.workload import chat, document
-from proxy.conversation import Conversation
-from proxy.embedded import EmbeddedServer, resolve_model
-from proxy.process import spawn_proxy
-from proxy.settings import EmbeddedSettings
-from proxy.store import read_records
+from proxy.backends.embedded import EmbeddedServer, resolve_model
+from proxy.backends.upstream import Upstream, make_session
+from proxy.config.settings import EmbeddedSettings
+from proxy.core.conversation import Conversation
+from proxy.records.store import read_records
+from proxy.testing.process import spawn_proxy
 from proxy.tokens import LocalTokenizer, ServerTokenizer, tokenizer_for
-from proxy.upstream import Upstream, make_session
 
 SIZES = (1_000, 8_000, 32_000, 128_000)
 TOOLS = [{"type": "function", "function": {

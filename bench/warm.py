@@ -24,9 +24,9 @@ import httpx
 
 from bench.report import publish
 from bench.workload import chat, document
-from proxy.embedded import EmbeddedServer
-from proxy.process import ProxyProcess, spawn_proxy
-from proxy.settings import EmbeddedSettings
+from proxy.backends.embedded import EmbeddedServer
+from proxy.config.settings import EmbeddedSettings
+from proxy.testing.process import ProxyProcess, spawn_proxy
 
 NAMES = ("read_file", "run", "search")
 TOOLS = [{"type": "function", "function": {

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from proxy.embedded import EmbeddedServer
-from proxy.process import ProxyProcess, spawn_proxy
-from proxy.settings import EmbeddedSettings
+from proxy.backends.embedded import EmbeddedServer
+from proxy.config.settings import EmbeddedSettings
+from proxy.testing.process import ProxyProcess, spawn_proxy
 
 Proxy = ProxyProcess
 

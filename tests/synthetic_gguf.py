@@ -19,7 +19,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from proxy.embedded import bundled_model
+from proxy.backends.embedded import bundled_model
 
 ARCHES = ("mamba", "jamba")
 EMBD, INNER, STATE, CONV, DT_RANK, FF = 64, 128, 16, 4, 4, 128  # Mamba: inner = 2 x embd

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from proxy.conversation import (
+from proxy.core.conversation import (
     Conversation,
     Message,
     MessageMemo,
@@ -15,7 +15,7 @@ from proxy.conversation import (
     memo_key,
     thaw,
 )
-from proxy.errors import BadRequest, ProxyError
+from proxy.core.errors import BadRequest, ProxyError
 
 Framing = Literal["sse", "ndjson"]
 Family = Literal["openai", "ollama", "llamacpp"]

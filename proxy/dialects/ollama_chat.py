@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.conversation import Conversation, MessageMemo, frozen_map
+from proxy.core.conversation import Conversation, MessageMemo, frozen_map
+from proxy.core.errors import ProxyError
 from proxy.dialects.base import (
     DialectBase,
     optional_bool,
@@ -17,7 +18,6 @@ from proxy.dialects.base import (
     require_object,
 )
 from proxy.dialects.ollama_options import ollama_fields, render_ollama_fields
-from proxy.errors import ProxyError
 
 STRUCTURAL = ("model", "messages", "tools", "stream", "options", "format")
 

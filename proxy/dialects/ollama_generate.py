@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.conversation import Conversation, MessageMemo, frozen_map
+from proxy.core.conversation import Conversation, MessageMemo, frozen_map
+from proxy.core.errors import BadRequest
 from proxy.dialects.base import (
     check_images,
     optional_bool,
@@ -15,7 +16,6 @@ from proxy.dialects.base import (
 )
 from proxy.dialects.ollama_chat import OllamaChat
 from proxy.dialects.ollama_options import ollama_fields, render_ollama_fields
-from proxy.errors import BadRequest
 
 STRUCTURAL = ("model", "prompt", "stream", "options", "format")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from proxy.errors import BadRequest
+from proxy.core.errors import BadRequest
 
 # ollama option name -> canonical parameter name (llama-server accepts all of these).
 OPTION_TO_PARAM: Mapping[str, str] = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.conversation import Conversation, MessageMemo, frozen_map, thaw
+from proxy.core.conversation import Conversation, MessageMemo, frozen_map, thaw
 from proxy.dialects.base import (
     DialectBase,
     optional_bool,

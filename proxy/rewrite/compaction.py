@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from proxy.conversation import Message
+from proxy.core.conversation import Message
 
 # (client, role or None for any, text marker, where: "start" or "in")
 SHAPES: tuple[tuple[str, str | None, str, str], ...] = (

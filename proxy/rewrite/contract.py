@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from proxy.conversation import Conversation, Message, thaw
+from proxy.core.conversation import Conversation, Message, thaw
 from proxy.rewrite.identity import Identity
 from proxy.rewrite.tape import Tape
 from proxy.rewrite.tools import canonical

@@ -16,9 +16,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from proxy.cause import MissCause
-from proxy.conversation import Conversation, Message
-from proxy.log import get_logger
+from proxy.core.cause import MissCause
+from proxy.core.conversation import Conversation, Message
+from proxy.core.log import get_logger
 from proxy.rewrite import compaction, contract, tools, volatile
 from proxy.rewrite.identity import Identity, digest
 from proxy.rewrite.tape import (

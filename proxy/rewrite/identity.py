@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import xxhash
 
-from proxy.conversation import Conversation
+from proxy.core.conversation import Conversation
 
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
 SESSION_HEADERS = ("x-session-id", "x-kvproxy-session", "session_id")

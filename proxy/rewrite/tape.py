@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import xxhash
 
-from proxy.conversation import Message, frozen_map, thaw
+from proxy.core.conversation import Message, frozen_map, thaw
 from proxy.rewrite import compaction
 from proxy.rewrite.identity import ANONYMOUS, Identity
 

@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from proxy.conversation import thaw
+from proxy.core.conversation import thaw
 
 
 def canonical(tool: Mapping[str, Any]) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from proxy.conversation import Message
+from proxy.core.conversation import Message
 
 BLOCK_OPEN = '<context-update source="system">'
 BLOCK_CLOSE = "</context-update>"

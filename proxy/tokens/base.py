@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from proxy.conversation import Conversation
-from proxy.errors import ProxyError
+from proxy.core.conversation import Conversation
+from proxy.core.errors import ProxyError
 
 
 class TokenizerUnavailable(ProxyError):

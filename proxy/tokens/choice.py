@@ -7,8 +7,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from proxy.errors import ProxyError
-from proxy.log import get_logger
+from proxy.core.errors import ProxyError
+from proxy.core.log import get_logger
 from proxy.tokens.base import Tokenizer, TokenizerUnavailable
 from proxy.tokens.bpe import load_tokenizer_dir
 from proxy.tokens.estimate import EstimatedTokens

@@ -7,7 +7,7 @@ from typing import Any
 
 import xxhash
 
-from proxy.conversation import Conversation, thaw
+from proxy.core.conversation import Conversation, thaw
 
 CHARS_PER_TOKEN = 4
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import xxhash
 
-from proxy.errors import ProxyError
+from proxy.core.errors import ProxyError
 
 # Whole texts tokenized recently, by content hash: a request is often tokenized twice (the
 # rewritten and the client's form), and retries repeat. Bounded by tokens held.

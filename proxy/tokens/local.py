@@ -6,8 +6,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from proxy.conversation import Conversation
-from proxy.log import get_logger
+from proxy.core.conversation import Conversation
+from proxy.core.log import get_logger
 from proxy.tokens.base import Encoder, TokenizerUnavailable, completion_prompt, template_body
 from proxy.tokens.server import ServerTokenizer
 from proxy.tokens.templates import (

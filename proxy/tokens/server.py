@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.conversation import Conversation
+from proxy.core.conversation import Conversation
 from proxy.tokens.base import TokenizerUnavailable, completion_prompt, template_body
 
 

@@ -15,13 +15,13 @@ import httpx
 import pytest
 from aiohttp import web
 
-from proxy.app import create_app
-from proxy.components import METRICS
-from proxy.embedded import EmbeddedServer, free_port
-from proxy.settings import Settings
-from proxy.store import read_records
-from proxy.upstream import UpstreamSpec
-from proxy.warm import WARM_HEADER
+from proxy.backends.embedded import EmbeddedServer, free_port
+from proxy.backends.upstream import UpstreamSpec
+from proxy.config.settings import Settings
+from proxy.records.store import read_records
+from proxy.web.app import create_app
+from proxy.web.components import METRICS
+from proxy.web.warm import WARM_HEADER
 from tests.conftest import Proxy
 
 pytestmark = pytest.mark.e2e

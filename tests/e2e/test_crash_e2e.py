@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from proxy.embedded import EmbeddedServer
-from proxy.store import read_records
+from proxy.backends.embedded import EmbeddedServer
+from proxy.records.store import read_records
 from tests.conftest import start_proxy, stop_proxy
 
 pytestmark = pytest.mark.e2e

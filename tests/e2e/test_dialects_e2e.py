@@ -9,7 +9,7 @@ import ollama
 import openai
 import pytest
 
-from proxy.embedded import EmbeddedServer
+from proxy.backends.embedded import EmbeddedServer
 from tests.conftest import Proxy
 
 pytestmark = pytest.mark.e2e

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from proxy.embedded import EmbeddedServer, bundled_model, llama_server_binary
+from proxy.backends.embedded import EmbeddedServer, bundled_model, llama_server_binary
 
 pytestmark = pytest.mark.e2e
 

@@ -17,9 +17,9 @@ import pytest
 
 from bench.rewrite import run
 from bench.workload import Conversation, play
-from proxy.embedded import NAMED_TEMPLATES, EmbeddedServer, gemma3_270m
-from proxy.settings import EmbeddedSettings
-from proxy.store import read_records
+from proxy.backends.embedded import NAMED_TEMPLATES, EmbeddedServer, gemma3_270m
+from proxy.config.settings import EmbeddedSettings
+from proxy.records.store import read_records
 from tests.conftest import Proxy, start_proxy, stop_proxy
 from tests.e2e.test_rewrite_e2e import (
     compaction_session,

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from bench.logging_upstream import LoggingUpstream
-from proxy.embedded import EmbeddedServer
-from proxy.store import read_records
+from proxy.backends.embedded import EmbeddedServer
+from proxy.records.store import read_records
 from tests.conftest import Proxy, start_proxy, stop_proxy
 
 pytestmark = pytest.mark.e2e

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from proxy.dashboard import Dashboard, LogFollower, events, render
-from proxy.store import read_records
+from proxy.cli.dashboard import Dashboard, LogFollower, events, render
+from proxy.records.store import read_records
 from tests.conftest import Proxy
 
 pytestmark = pytest.mark.e2e

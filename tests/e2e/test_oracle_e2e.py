@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from proxy.embedded import EmbeddedServer
+from proxy.backends.embedded import EmbeddedServer
 from tests.conftest import start_proxy, stop_proxy
 
 pytestmark = pytest.mark.e2e

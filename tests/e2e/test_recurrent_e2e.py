@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from bench.workload import Conversation, chat, parse_cache_header, play
-from proxy.embedded import EmbeddedServer
-from proxy.settings import EmbeddedSettings
+from proxy.backends.embedded import EmbeddedServer
+from proxy.config.settings import EmbeddedSettings
 from tests.conftest import Proxy, start_proxy, stop_proxy
 from tests.e2e.test_gemma_e2e import exact_records
 from tests.synthetic_gguf import write

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from proxy.embedded import EmbeddedServer
-from proxy.store import read_records
+from proxy.backends.embedded import EmbeddedServer
+from proxy.records.store import read_records
 from tests.conftest import Proxy, start_proxy
 
 pytestmark = pytest.mark.e2e

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from proxy.embedded import EmbeddedServer
+from proxy.backends.embedded import EmbeddedServer
 from tests.conftest import start_proxy, stop_proxy
 from tests.unit.test_store_damage import DAMAGE, populate
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.embedded import EmbeddedServer
+from proxy.backends.embedded import EmbeddedServer
 from tests.conftest import start_proxy, stop_proxy
 from tests.e2e.test_isolation_e2e import SECRET, chat, session_with_secret
 

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from proxy.embedded import EmbeddedServer
-from proxy.settings import EmbeddedSettings
-from proxy.store import read_records
+from proxy.backends.embedded import EmbeddedServer
+from proxy.config.settings import EmbeddedSettings
+from proxy.records.store import read_records
 from tests.conftest import Proxy, start_proxy, stop_proxy
 
 pytestmark = pytest.mark.e2e

@@ -14,11 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
-from proxy.embedded import EmbeddedServer
-from proxy.settings import EmbeddedSettings
+from proxy.backends.embedded import EmbeddedServer
+from proxy.backends.upstream import Upstream, make_session
+from proxy.config.settings import EmbeddedSettings
 from proxy.tokens import LocalTokenizer, tokenizer_for
 from proxy.tokens.templates import PROBES, features
-from proxy.upstream import Upstream, make_session
 from tests.llama_sdist import models_dir
 
 pytestmark = pytest.mark.e2e

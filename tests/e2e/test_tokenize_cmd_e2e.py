@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.embedded import EmbeddedServer, bundled_model, gemma3_270m, llama_server_binary
+from proxy.backends.embedded import EmbeddedServer, bundled_model, gemma3_270m, llama_server_binary
 
 pytestmark = pytest.mark.e2e
 

@@ -8,12 +8,12 @@ from typing import Any
 import httpx
 import pytest
 
-from proxy.conversation import Conversation
-from proxy.embedded import EmbeddedServer, bundled_model
+from proxy.backends.embedded import EmbeddedServer, bundled_model
+from proxy.backends.upstream import Upstream, make_session
+from proxy.core.conversation import Conversation
 from proxy.tokens import LocalTokenizer, ServerTokenizer, tokenizer_for
 from proxy.tokens.bpe import PieceTokenizer
 from proxy.tokens.gguf import Vocab
-from proxy.upstream import Upstream, make_session
 from tests.conftest import start_proxy, stop_proxy
 
 pytestmark = pytest.mark.e2e

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from bench.workload import document
-from proxy.embedded import EmbeddedServer
-from proxy.settings import EmbeddedSettings
+from proxy.backends.embedded import EmbeddedServer
+from proxy.config.settings import EmbeddedSettings
 from tests.conftest import start_proxy, stop_proxy
 
 pytestmark = pytest.mark.e2e

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.cli import build_parser, main, settings_from
-from proxy.upstream import UpstreamSpec
+from proxy.backends.upstream import UpstreamSpec
+from proxy.cli.main import build_parser, main, settings_from
 
 
 def settings(argv: list[str]):
@@ -71,7 +71,7 @@ def test_bad_values_are_usage_errors(monkeypatch, capsys, env, argv) -> None:
 def test_config_file_sets_options_that_flags_and_env_override(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from proxy.cli import parse
+    from proxy.cli.main import parse
 
     config = tmp_path / "kvproxy.toml"
     config.write_text(
@@ -89,7 +89,7 @@ def test_config_file_sets_options_that_flags_and_env_override(
 
 
 def test_config_file_errors_are_usage_errors(tmp_path: Path) -> None:
-    from proxy.cli import parse
+    from proxy.cli.main import parse
 
     bad = tmp_path / "bad.toml"
     bad.write_text("no-such-option = 1\n")
@@ -104,7 +104,7 @@ def test_config_file_errors_are_usage_errors(tmp_path: Path) -> None:
 def test_serve_help_renders_every_option(capsys) -> None:  # type: ignore[no-untyped-def]
     import pytest as _pytest
 
-    from proxy.cli import build_parser
+    from proxy.cli.main import build_parser
 
     with _pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args(["serve", "--help"])

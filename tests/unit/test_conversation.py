@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from proxy.conversation import Message, MessageMemo
+from proxy.core.conversation import Message, MessageMemo
+from proxy.core.errors import BadRequest
 from proxy.dialects.base import parse_messages
-from proxy.errors import BadRequest
 from proxy.rewrite.tape import message_hash
 
 TOOL = {"role": "tool", "content": "42", "tool_call_id": "c1"}

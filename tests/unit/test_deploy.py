@@ -54,7 +54,7 @@ def test_the_units_verify(tmp_path: Path) -> None:
     units and the ollama drop-in, with the install paths pointed at this checkout."""
     analyze = shutil.which("systemd-analyze")
     assert analyze, "systemd-analyze is needed (Debian: apt-get install systemd)"
-    from proxy.embedded import llama_server_binary
+    from proxy.backends.embedded import llama_server_binary
 
     units = tmp_path / "units"
     shutil.copytree(DEPLOY / "systemd", units)

@@ -6,14 +6,14 @@ from typing import Any
 
 import pytest
 
-from proxy.conversation import Message
+from proxy.core.conversation import Message
+from proxy.core.errors import BadRequest
 from proxy.dialects import REGISTRY
 from proxy.dialects.llamacpp_completion import DIALECT as LLAMA_COMPLETION
 from proxy.dialects.ollama_chat import DIALECT as OLLAMA_CHAT
 from proxy.dialects.ollama_generate import DIALECT as OLLAMA_GENERATE
 from proxy.dialects.openai_chat import DIALECT as OPENAI_CHAT
 from proxy.dialects.openai_completions import DIALECT as OPENAI_COMPLETIONS
-from proxy.errors import BadRequest
 
 TOOL = {
     "type": "function",

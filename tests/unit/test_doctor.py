@@ -10,9 +10,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.doctor import GIB, Facts, Finding, ModelShape, diagnose, gather, render, run
-from proxy.errors import UpstreamTimeout
-from proxy.upstream import UpstreamLimits
+from proxy.backends.upstream import UpstreamLimits
+from proxy.cli.doctor import GIB, Facts, Finding, ModelShape, diagnose, gather, render, run
+from proxy.core.errors import UpstreamTimeout
 
 QWEN_14B = ModelShape("qwen2", layers=48, kv_heads=8, key_dim=128, value_dim=128,
                       file_bytes=int(8.4 * GIB))  # fmt: skip

@@ -14,10 +14,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from proxy.app import create_app
-from proxy.embedded import free_port
-from proxy.settings import Settings
-from proxy.upstream import UpstreamSpec
+from proxy.backends.embedded import free_port
+from proxy.backends.upstream import UpstreamSpec
+from proxy.config.settings import Settings
+from proxy.web.app import create_app
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
 OLLAMA_CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}

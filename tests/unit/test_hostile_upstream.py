@@ -15,12 +15,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from proxy.app import create_app
-from proxy.components import POOL, SLOTS, STORE
-from proxy.security import Exposure
-from proxy.settings import Settings
-from proxy.store import read_records
-from proxy.upstream import UpstreamLimits, UpstreamSpec
+from proxy.backends.upstream import UpstreamLimits, UpstreamSpec
+from proxy.config.exposure import Exposure
+from proxy.config.settings import Settings
+from proxy.records.store import read_records
+from proxy.web.app import create_app
+from proxy.web.components import POOL, SLOTS, STORE
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
 OLLAMA_CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -275,12 +275,12 @@ async def test_start_up_is_not_held_by_a_trickling_props(tmp_path: Path) -> None
     app.router.add_get("/props", trickle)
     upstream = TestServer(app)
     await upstream.start_server()
-    from proxy.upstream import Upstream, make_session
+    from proxy.backends.upstream import Upstream, make_session
 
     session = make_session(5, 5)
     up = Upstream(url=str(upstream.make_url("")).rstrip("/"), kind="llama", session=session,
                   limits=UpstreamLimits(json_deadline=0.5))  # fmt: skip
-    from proxy.errors import UpstreamTimeout
+    from proxy.core.errors import UpstreamTimeout
 
     try:
         with pytest.raises(UpstreamTimeout):

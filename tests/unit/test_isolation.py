@@ -3,7 +3,7 @@ as a rule says, and never another conversation's (the bugs of issue 9, as named 
 
 from __future__ import annotations
 
-from proxy.conversation import Conversation, Message
+from proxy.core.conversation import Conversation, Message
 from proxy.rewrite.engine import Plan, RewriteConfig, Rewriter
 from proxy.rewrite.identity import identify
 from proxy.rewrite.tape import TapeStore

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.conversation import Conversation, Message, MessageMemo
+from proxy.core.conversation import Conversation, Message, MessageMemo
 from proxy.dialects.openai_chat import DIALECT
 from proxy.rewrite import contract
 from proxy.rewrite.compaction import SHAPES

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.lifecycle import CUT_WAIT, Lifecycle, ShuttingDown, WarmToken
-from proxy.settings import Settings
+from proxy.config.settings import Settings
+from proxy.web.lifecycle import CUT_WAIT, Lifecycle, ShuttingDown, WarmToken
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.log import configure, console_wanted, get_logger
+from proxy.core.log import configure, console_wanted, get_logger
 
 
 @pytest.mark.parametrize(

@@ -13,12 +13,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from proxy.app import create_app
-from proxy.conversation import Conversation, Message
-from proxy.errors import Overloaded
-from proxy.limits import MAX_TOKEN_BYTES, PARSED_FACTOR, BodyBudget, surely_prompted_bytes
-from proxy.settings import Settings
-from proxy.upstream import UpstreamSpec
+from proxy.backends.upstream import UpstreamSpec
+from proxy.config.settings import Settings
+from proxy.core.conversation import Conversation, Message
+from proxy.core.errors import Overloaded
+from proxy.core.limits import MAX_TOKEN_BYTES, PARSED_FACTOR, BodyBudget, surely_prompted_bytes
+from proxy.web.app import create_app
 
 ANSWER = {"choices": [{"message": {"content": "ok"}}]}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from proxy import ollama_bridge
+from proxy.backends import ollama_bridge
 from proxy.dialects.ollama_chat import DIALECT as OLLAMA_CHAT
 from proxy.dialects.ollama_generate import DIALECT as OLLAMA_GENERATE
 

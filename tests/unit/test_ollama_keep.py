@@ -13,11 +13,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.app import create_app
-from proxy.errors import BadRequest
-from proxy.ollama_keep import ContextMemory, KeepPolicy, keep, parse_duration
-from proxy.settings import Settings
-from proxy.upstream import UpstreamSpec
+from proxy.backends.ollama_keep import ContextMemory, KeepPolicy, keep, parse_duration
+from proxy.backends.upstream import UpstreamSpec
+from proxy.config.settings import Settings
+from proxy.core.errors import BadRequest
+from proxy.web.app import create_app
 
 
 @pytest.mark.parametrize(

@@ -13,11 +13,11 @@ import ollama
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.app import create_app
-from proxy.components import STORE
-from proxy.settings import Settings
-from proxy.store import read_records
-from proxy.upstream import UpstreamSpec
+from proxy.backends.upstream import UpstreamSpec
+from proxy.config.settings import Settings
+from proxy.records.store import read_records
+from proxy.web.app import create_app
+from proxy.web.components import STORE
 
 DOC_CHAT_STREAM = [
     {

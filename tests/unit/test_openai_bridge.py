@@ -12,12 +12,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.app import create_app
+from proxy.backends.openai_bridge import OpenAIResponder, chat_request
+from proxy.backends.upstream import UpstreamSpec
+from proxy.config.settings import Settings
+from proxy.core.errors import BadRequest
 from proxy.dialects.openai_chat import OpenAIChat
-from proxy.errors import BadRequest
-from proxy.openai_bridge import OpenAIResponder, chat_request
-from proxy.settings import Settings
-from proxy.upstream import UpstreamSpec
+from proxy.web.app import create_app
 from tests.unit.test_ollama_keep import FakeOllama
 
 CALL = {"id": "c1", "type": "function",

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from proxy.prefix_index import BLOCK, PrefixIndex, Prompt, chain_hashes, match_length
+from proxy.core.prefix_index import BLOCK, PrefixIndex, Prompt, chain_hashes, match_length
 
 
 def toks(*runs: tuple[int, int]) -> list[int]:

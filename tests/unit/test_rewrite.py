@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from proxy.conversation import Conversation, Message
+from proxy.core.conversation import Conversation, Message
 from proxy.rewrite.engine import RewriteConfig, Rewriter
 from proxy.rewrite.identity import Identity
 from proxy.rewrite.tape import Tape, TapeStore
@@ -295,7 +295,7 @@ def test_a_message_hash_is_that_of_its_canonical_json(message: Message) -> None:
 
     import xxhash
 
-    from proxy.conversation import thaw
+    from proxy.core.conversation import thaw
     from proxy.rewrite.tape import message_hash
 
     if isinstance(message.content, str) and not message.extra:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.conversation import Conversation, Message
+from proxy.core.conversation import Conversation, Message
 from proxy.rewrite import contract, engine
 from proxy.rewrite.engine import RewriteConfig, Rewriter
 from proxy.rewrite.identity import ANONYMOUS, Identity, identify

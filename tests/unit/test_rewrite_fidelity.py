@@ -8,7 +8,7 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.conversation import Conversation, Message
+from proxy.core.conversation import Conversation, Message
 from proxy.rewrite.compaction import SHAPES
 from proxy.rewrite.engine import RewriteConfig, Rewriter
 from proxy.rewrite.tape import TapeStore

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.routing import RoutePolicy, SavedView, SlotView, choose
+from proxy.slots.routing import RoutePolicy, SavedView, SlotView, choose
 
 NOW = 10_000.0
 P = RoutePolicy()

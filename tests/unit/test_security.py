@@ -9,8 +9,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from proxy import cli, security
-from proxy.security import Exposure, host_allowed
+from proxy.cli import main as cli
+from proxy.config.exposure import Exposure
+from proxy.web import security
+from proxy.web.security import host_allowed
 
 
 async def client_for(exposure: Exposure) -> TestClient:

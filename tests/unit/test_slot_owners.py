@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from proxy.conversation import Conversation
-from proxy.prefix_index import Prompt
-from proxy.routing import RoutePolicy
-from proxy.slot_table import PUBLIC, SavedCatalog, SavedFile, SlotTable, visible
-from proxy.slots import SlotManager, UpstreamSlots
+from proxy.core.conversation import Conversation
+from proxy.core.prefix_index import Prompt
+from proxy.slots.manager import SlotManager, UpstreamSlots
+from proxy.slots.routing import RoutePolicy
+from proxy.slots.table import PUBLIC, SavedCatalog, SavedFile, SlotTable, visible
 from tests.unit.test_slots import ListTokenizer, NoServer
 
 VICTIM, ATTACKER = "victim", "attacker"

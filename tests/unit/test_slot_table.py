@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from proxy.prefix_index import Prompt
-from proxy.routing import SlotView
-from proxy.slot_table import (
+from proxy.core.prefix_index import Prompt
+from proxy.slots.routing import SlotView
+from proxy.slots.table import (
     CutBack,
     Ghosts,
     Known,
@@ -215,7 +215,7 @@ def test_save_names_follow_content() -> None:
     ],
 )
 def test_reuse_by_attention_kind(shared: int, held: int, tail: int | None, reused: int) -> None:
-    from proxy.slot_table import reusable
+    from proxy.slots.table import reusable
 
     assert reusable(shared, held, tail) == reused
 
@@ -248,7 +248,7 @@ def test_a_sliding_window_slot_predicts_nothing_for_a_divergence_far_back() -> N
 )
 def test_reuse_through_context_checkpoints(shared: int, held: int, checkpoints: list[int],
                                            reused: int) -> None:  # fmt: skip
-    from proxy.slot_table import reusable
+    from proxy.slots.table import reusable
 
     assert reusable(shared, held, 512, checkpoints) == reused
 
@@ -267,7 +267,7 @@ def test_reuse_through_context_checkpoints(shared: int, held: int, checkpoints: 
 )
 def test_checkpoints_after_a_prompt(kept: list[int], prompt_len: int, reused: int,
                                     after: list[int]) -> None:  # fmt: skip
-    from proxy.slot_table import checkpoints_after
+    from proxy.slots.table import checkpoints_after
 
     assert checkpoints_after(kept, prompt_len, reused, 512) == after
 
@@ -292,7 +292,7 @@ def test_checkpoints_after_a_prompt(kept: list[int], prompt_len: int, reused: in
 def test_checkpoints_at_user_message_starts(
     kept: list[int], prompt_len: int, reused: int, starts: list[int], after: list[int]
 ) -> None:
-    from proxy.slot_table import checkpoints_after
+    from proxy.slots.table import checkpoints_after
 
     assert checkpoints_after(kept, prompt_len, reused, 512, starts) == after
 
@@ -308,7 +308,7 @@ def test_checkpoints_at_user_message_starts(
     ],
 )
 def test_user_starts(tokens: list[int], marker: list[int], starts: list[int]) -> None:
-    from proxy.slot_table import user_starts
+    from proxy.slots.table import user_starts
 
     assert user_starts(tokens, marker) == starts
 
@@ -356,7 +356,7 @@ def test_a_reply_learned_later_extends_only_the_same_prompt(
 )
 def test_how_far_a_sliding_window_slot_was_filled(filled: int, before: int, reused: int,
                                                   after: int, end: int) -> None:  # fmt: skip
-    from proxy.slot_table import swa_end_after
+    from proxy.slots.table import swa_end_after
 
     assert swa_end_after(filled, before, reused, after, 512) == end
 
@@ -365,7 +365,7 @@ def test_a_slot_cut_back_still_misses_what_its_window_pruned() -> None:
     """A slot filled to 4,700, then cut back to 4,420 by a request that continued at 4,300:
     the positions its window had pruned (before ~3,676) do not come back, so a prompt
     sharing 4,003 cannot continue there and resumes from a checkpoint."""
-    from proxy.slot_table import reusable
+    from proxy.slots.table import reusable
 
     checkpoints = [3538, 4416]
     assert reusable(4003, 4420, 512, checkpoints, 512) == 4003  # what round one predicted
@@ -393,7 +393,7 @@ def test_a_slot_cut_back_still_misses_what_its_window_pruned() -> None:
 )
 def test_reuse_on_recurrent_and_hybrid_models(shared: int, held: int, checkpoints: list[int],
                                               new_tokens: bool, reused: int) -> None:  # fmt: skip
-    from proxy.slot_table import reusable
+    from proxy.slots.table import reusable
 
     assert reusable(shared, held, 512, checkpoints, recurrent=True,
                     new_tokens=new_tokens) == reused  # fmt: skip
@@ -426,7 +426,7 @@ def test_a_recurrent_slot_predicts_from_its_checkpoints() -> None:
 def test_the_best_saved_file_by_attention_kind(
     files: dict[str, Any], prompt: Any, whole: bool, expected: tuple[str, int] | None
 ) -> None:
-    from proxy.slot_table import SavedCatalog, SavedFile
+    from proxy.slots.table import SavedCatalog, SavedFile
 
     catalog = SavedCatalog(1 << 30)
     for name, tokens in files.items():

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from proxy.cause import MissCause
-from proxy.conversation import Conversation
-from proxy.errors import UpstreamUnavailable
-from proxy.prefix_index import Prompt
-from proxy.routing import Route, RoutePolicy
-from proxy.slots import Lease, SlotManager, UpstreamSlots, miss_cause
+from proxy.core.cause import MissCause
+from proxy.core.conversation import Conversation
+from proxy.core.errors import UpstreamUnavailable
+from proxy.core.prefix_index import Prompt
+from proxy.slots.manager import Lease, SlotManager, UpstreamSlots, miss_cause
+from proxy.slots.routing import Route, RoutePolicy
 
 
 class ListTokenizer:
@@ -160,7 +160,7 @@ def test_miss_cause(lease: Lease, cached: int | None, prompt: int, cause: MissCa
 
 
 def test_evicted_saved_files_are_deleted_and_remembered_as_ghosts(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from proxy.slot_table import SavedFile
+    from proxy.slots.table import SavedFile
 
     m = manager(1)
     m.pools[0].slot_dir = tmp_path
@@ -351,7 +351,7 @@ async def test_a_long_shared_prefix_still_queues_behind_its_busy_slot() -> None:
 
 
 async def test_waiting_beyond_the_queue_timeout_is_overloaded() -> None:
-    from proxy.errors import Overloaded
+    from proxy.core.errors import Overloaded
 
     m = manager(2)
     m.queue_timeout = 0.1

@@ -6,8 +6,8 @@ import asyncio
 import threading
 from pathlib import Path
 
-from proxy.stats import parse_since, render, summarize
-from proxy.store import RecordStore, read_records
+from proxy.records.stats import parse_since, render, summarize
+from proxy.records.store import RecordStore, read_records
 
 
 def rec(i: int, **extra: object) -> dict[str, object]:
@@ -185,7 +185,7 @@ async def test_the_map_grows_and_pruning_keeps_the_size_bounded(tmp_path: Path) 
 
 
 def test_client_strings_in_records_are_bounded() -> None:
-    from proxy.record import MAX_FIELD_CHARS, RequestRecord
+    from proxy.records.record import MAX_FIELD_CHARS, RequestRecord
 
     record = RequestRecord(request_id="r", path="/v1/chat/completions", dialect="openai_chat")
     record.model = "m" * 28_000_000

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from proxy.store import RecordStore, check_store, read_records
+from proxy.records.store import RecordStore, check_store, read_records
 
-CLI = "import sys; from proxy.cli import main; sys.exit(main(sys.argv[1:]))"
+CLI = "import sys; from proxy.cli.main import main; sys.exit(main(sys.argv[1:]))"
 
 
 def populate(records_dir: Path, n: int = 3000) -> None:
@@ -86,7 +86,7 @@ def test_serve_store_start_moves_the_damage_aside(damaged: Path) -> None:
     code = textwrap.dedent("""
         import asyncio, json, sys
         from pathlib import Path
-        from proxy.store import RecordStore, read_records
+        from proxy.records.store import RecordStore, read_records
 
         async def main():
             store = RecordStore(Path(sys.argv[1]))
@@ -110,7 +110,7 @@ def test_serve_store_start_moves_the_damage_aside(damaged: Path) -> None:
 
 def test_read_records_on_damage_reads_nothing_and_keeps_the_files(damaged: Path) -> None:
     """read_records is what stats, explain and --warm auto read through."""
-    code = "import sys; from pathlib import Path; from proxy.store import read_records; " \
+    code = "import sys; from pathlib import Path; from proxy.records.store import read_records; " \
         "print(len(list(read_records(Path(sys.argv[1])))))"  # fmt: skip
     done = child(code, str(damaged / "records"))
     assert done.returncode == 0, done.stderr[-2000:]

@@ -14,7 +14,7 @@ from typing import Any
 
 import lmdb
 
-from proxy.store import RecordStore, read_counters, read_records
+from proxy.records.store import RecordStore, read_counters, read_records
 
 
 class FullDisk:
@@ -134,7 +134,7 @@ def test_a_file_size_limit_refuses_writes_and_nothing_is_lost(tmp_path: Path) ->
     code = textwrap.dedent("""
         import asyncio, json, resource, signal, sys
         from pathlib import Path
-        from proxy.store import RecordStore, read_records
+        from proxy.records.store import RecordStore, read_records
 
         async def main():
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from proxy.store import RecordStore, check_store, read_records
+from proxy.records.store import RecordStore, check_store, read_records
 
 SECRET = b"PIN-4711-do-not-keep"
 

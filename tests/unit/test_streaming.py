@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from proxy.errors import UpstreamProtocol
-from proxy.streaming import NDJSONSplitter, SSESplitter, UsageObserver, server_counters
+from proxy.core.errors import UpstreamProtocol
+from proxy.core.streaming import NDJSONSplitter, SSESplitter, UsageObserver, server_counters
 
 SSE = (
     b'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\n'
@@ -84,7 +84,7 @@ def test_server_counters(timings: dict, usage: dict, expected: dict) -> None:
 
 
 def test_cached_tokens_are_filled_from_the_servers_figure_only_when_missing() -> None:
-    from proxy.streaming import with_cached_tokens
+    from proxy.core.streaming import with_cached_tokens
 
     body = json.dumps({"usage": {"prompt_tokens": 10, "completion_tokens": 2}}).encode()
     filled = json.loads(with_cached_tokens(body, 7))
@@ -95,7 +95,7 @@ def test_cached_tokens_are_filled_from_the_servers_figure_only_when_missing() ->
 
 
 def test_observer_collects_generated_text_and_finish_reason() -> None:
-    from proxy.streaming import UsageObserver
+    from proxy.core.streaming import UsageObserver
 
     observer = UsageObserver("sse")
     for delta, reason in (("Hel", None), ("lo", None), ("", "length")):

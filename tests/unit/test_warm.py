@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from proxy.warm import WarmBody, load_bodies, lost_cache, warm_request
+from proxy.web.warm import WarmBody, load_bodies, lost_cache, warm_request
 
 
 @pytest.mark.parametrize(
@@ -53,7 +53,7 @@ def test_the_reply_is_one_token_unstreamed() -> None:
 
 
 def test_busiest_counts_answered_client_requests_since() -> None:
-    from proxy.warm import busiest
+    from proxy.web.warm import busiest
 
     now = 1000.0
     records = [
@@ -70,9 +70,9 @@ def test_busiest_counts_answered_client_requests_since() -> None:
 
 
 def test_auto_bodies_are_distinct_prefixes_within_the_budget() -> None:
-    from proxy.conversation import Message
+    from proxy.core.conversation import Message
     from proxy.rewrite.tape import Tape
-    from proxy.warm import auto_bodies
+    from proxy.web.warm import auto_bodies
 
     tool = json.dumps({"type": "function", "function": {"name": "run"}})
 

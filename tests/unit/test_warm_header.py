@@ -10,12 +10,12 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from proxy.app import create_app
-from proxy.components import WARM_TOKEN
-from proxy.settings import Settings
-from proxy.store import read_records
-from proxy.upstream import UpstreamSpec
-from proxy.warm import WARM_HEADER
+from proxy.backends.upstream import UpstreamSpec
+from proxy.config.settings import Settings
+from proxy.records.store import read_records
+from proxy.web.app import create_app
+from proxy.web.components import WARM_TOKEN
+from proxy.web.warm import WARM_HEADER
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 

@@ -10,7 +10,7 @@ from urllib.parse import unquote
 
 import httpx
 
-from proxy.warm import WARM_HEADER, WarmBody, Warmer, load_bodies
+from proxy.web.warm import WARM_HEADER, WarmBody, Warmer, load_bodies
 
 BODY = {"messages": [{"role": "system", "content": "Vous êtes serviable."}]}
 

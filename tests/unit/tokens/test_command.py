@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.tokens.command import first_difference, process_escapes
+from proxy.cli.tokenize import first_difference, process_escapes
 
 
 @pytest.mark.parametrize(

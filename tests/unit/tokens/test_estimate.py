@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from proxy.conversation import Conversation, Message
-from proxy.prefix_index import common_prefix
+from proxy.core.conversation import Conversation, Message
+from proxy.core.prefix_index import common_prefix
 from proxy.tokens.estimate import CHARS_PER_TOKEN, EstimatedTokens, estimate_tokens
 
 

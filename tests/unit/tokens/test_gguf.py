@@ -47,6 +47,6 @@ def test_an_unreadable_file_is_taken_as_dense(tmp_path: Path) -> None:
 
 
 def test_the_bundled_model_is_dense() -> None:
-    from proxy.embedded import bundled_model
+    from proxy.backends.embedded import bundled_model
 
     assert attention_kind(bundled_model()).kind == "dense"

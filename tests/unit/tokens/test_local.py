@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.conversation import Conversation
+from proxy.core.conversation import Conversation
 from proxy.tokens.local import LocalTokenizer
 from proxy.tokens.server import ServerTokenizer
 from proxy.tokens.templates import PLAIN, TOOLS, Normalization, Verified

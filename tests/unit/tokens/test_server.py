@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from proxy.conversation import Conversation
+from proxy.core.conversation import Conversation
 from proxy.tokens.base import TokenizerUnavailable
 from proxy.tokens.server import ServerTokenizer
 from tests.unit.tokens.stubs import CannedUpstream

@@ -33,7 +33,7 @@ from typing import Any
 
 import lmdb
 
-from proxy.log import get_logger
+from proxy.core.log import get_logger
 
 log = get_logger("kvproxy.store")
 

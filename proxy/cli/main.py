@@ -18,24 +18,25 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy import __version__, dashboard, doctor, explain
-from proxy.app import create_app
-from proxy.components import LIFECYCLE, STORE
-from proxy.embedded import EmbeddedError, resolve_model
-from proxy.errors import ProxyError
-from proxy.lifecycle import CUT_WAIT, shutdown
-from proxy.log import LOG_FILE, LOG_FORMATS, configure, get_logger
-from proxy.ollama_keep import KeepPolicy, parse_duration
-from proxy.private import UMASK, secure_data_dir
+from proxy import __version__
+from proxy.backends.embedded import EmbeddedError, resolve_model
+from proxy.backends.ollama_keep import KeepPolicy, parse_duration
+from proxy.backends.upstream import UpstreamSpec
+from proxy.cli import dashboard, doctor, explain
+from proxy.config.exposure import Exposure
+from proxy.config.settings import KEEP_TAPES, EmbeddedSettings, Settings, default_data_dir
+from proxy.core.errors import ProxyError
+from proxy.core.log import LOG_FILE, LOG_FORMATS, configure, get_logger
+from proxy.core.private import UMASK, secure_data_dir
+from proxy.records.stats import parse_since, render, summarize
+from proxy.records.store import guard_store, read_counters, read_records
 from proxy.rewrite.engine import RewriteConfig
-from proxy.routing import RoutePolicy
-from proxy.security import Exposure
-from proxy.settings import KEEP_TAPES, EmbeddedSettings, Settings, default_data_dir
-from proxy.stats import parse_since, render, summarize
-from proxy.store import guard_store, read_counters, read_records
-from proxy.tokens import command as tokenize_command
-from proxy.upstream import UpstreamSpec
-from proxy.warm import WarmBody, load_bodies
+from proxy.slots.routing import RoutePolicy
+from proxy.cli import tokenize as tokenize_command
+from proxy.web.app import create_app
+from proxy.web.components import LIFECYCLE, STORE
+from proxy.web.lifecycle import CUT_WAIT, shutdown
+from proxy.web.warm import WarmBody, load_bodies
 
 log = get_logger("kvproxy.cli")
 

@@ -11,8 +11,23 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import Gauge
 
-from proxy import security
-from proxy.components import (
+from proxy.backends.embedded import EmbeddedServer
+from proxy.backends.upstream import Upstream, UpstreamSpec, detect_kind, make_session, sane_props
+from proxy.config.settings import Settings
+from proxy.core.conversation import MessageMemo
+from proxy.core.errors import ProxyError
+from proxy.core.limits import BodyBudget
+from proxy.core.log import get_logger
+from proxy.dialects import REGISTRY
+from proxy.records.metrics import Metrics
+from proxy.records.store import RecordStore
+from proxy.rewrite.engine import Rewriter
+from proxy.rewrite.tape import TapeStore
+from proxy.slots.manager import SlotManager, UpstreamSlots
+from proxy.tokens import tokenizer_for
+from proxy.tokens.gguf import AttentionKind, attention_kind
+from proxy.web import security
+from proxy.web.components import (
     BODIES,
     LIFECYCLE,
     MESSAGES,
@@ -25,24 +40,9 @@ from proxy.components import (
     WARM_TOKEN,
     UpstreamPool,
 )
-from proxy.conversation import MessageMemo
-from proxy.dialects import REGISTRY
-from proxy.embedded import EmbeddedServer
-from proxy.errors import ProxyError
-from proxy.handlers import setup_routes
-from proxy.lifecycle import Lifecycle, WarmToken
-from proxy.limits import BodyBudget
-from proxy.log import get_logger
-from proxy.metrics import Metrics
-from proxy.rewrite.engine import Rewriter
-from proxy.rewrite.tape import TapeStore
-from proxy.settings import Settings
-from proxy.slots import SlotManager, UpstreamSlots
-from proxy.store import RecordStore
-from proxy.tokens import tokenizer_for
-from proxy.tokens.gguf import AttentionKind, attention_kind
-from proxy.upstream import Upstream, UpstreamSpec, detect_kind, make_session, sane_props
-from proxy.warm import AUTO_DAYS, AUTO_MAX, WarmBody, Warmer, auto_bodies, busiest
+from proxy.web.handlers import setup_routes
+from proxy.web.lifecycle import Lifecycle, WarmToken
+from proxy.web.warm import AUTO_DAYS, AUTO_MAX, WarmBody, Warmer, auto_bodies, busiest
 
 log = get_logger("kvproxy.app")
 # llama-server's default --ubatch-size: how far back from the end of a sliding-window

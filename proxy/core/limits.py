@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from proxy.conversation import Conversation
-from proxy.errors import Overloaded
+from proxy.core.conversation import Conversation
+from proxy.core.errors import Overloaded
 
 # A request's body lives on parsed: the JSON objects, the canonical conversation, the
 # upstream bodies rendered from it and the prompt's tokens. Together they are charged as

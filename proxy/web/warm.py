@@ -18,17 +18,17 @@ import asyncio
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from proxy.errors import ProxyError
-from proxy.log import get_logger
+from proxy.backends.upstream import Upstream
+from proxy.config.settings import WarmBody
+from proxy.core.errors import ProxyError
+from proxy.core.log import get_logger
 from proxy.rewrite.tape import Tape
-from proxy.upstream import Upstream
 
 log = get_logger("kvproxy.warm")
 
@@ -36,12 +36,6 @@ WARM_HEADER = "x-kvproxy-warm"
 CHECK_INTERVAL = 5.0  # seconds between checks that the warmed prefixes are still there
 AUTO_DAYS = 7  # --warm auto looks at the records of the last days
 AUTO_MAX = 4  # and warms at most this many prefixes (and never more than free slots)
-
-
-@dataclass(frozen=True)
-class WarmBody:
-    name: str
-    body: dict[str, Any]
 
 
 def load_bodies(paths: list[Path]) -> list[WarmBody]:

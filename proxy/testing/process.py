@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from proxy.embedded import free_port
+from proxy.backends.embedded import free_port
 
 
 @dataclass

@@ -15,13 +15,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from proxy.errors import ProxyError
+from proxy.backends.upstream import Upstream, make_session
+from proxy.core.errors import ProxyError
 from proxy.tokens.base import template_body
 from proxy.tokens.llama import LlamaVocab
 from proxy.tokens.local import LocalTokenizer
 from proxy.tokens.server import ServerTokenizer
 from proxy.tokens.templates import NORMALIZATIONS, Normalization, features
-from proxy.upstream import Upstream, make_session
 
 
 def add_parser(sub: Any) -> None:

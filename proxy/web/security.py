@@ -18,14 +18,13 @@
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from aiohttp import web
 
-from proxy.log import get_logger
+from proxy.config.exposure import Exposure
+from proxy.core.log import get_logger
 from proxy.rewrite.identity import CREDENTIAL_HEADERS
 
 log = get_logger("kvproxy.security")
@@ -41,26 +40,6 @@ ADMIN_PATHS = (
 )  # fmt: skip
 CORS_METHODS = "GET, POST, OPTIONS"
 CORS_HEADERS = "Authorization, Content-Type, X-Api-Key, X-Session-Id, X-Kvproxy-Session"
-
-
-@dataclass(frozen=True)
-class Exposure:
-    """The security settings the middleware enforces (from the CLI's configuration)."""
-
-    api_keys: frozenset[str] = frozenset()
-    cors_origins: frozenset[str] = frozenset()
-    allow_slot_actions: bool = False
-    allow_admin: bool = False
-    allowed_hosts: frozenset[str] = frozenset()  # names beyond IP addresses and localhost
-
-    @property
-    def api_key(self) -> str | None:
-        """One of the keys, for kvproxy's own requests to itself (the warmer)."""
-        return min(self.api_keys) if self.api_keys else None
-
-    def accepts(self, key: str) -> bool:
-        """Whether ``key`` is one of the keys, compared in constant time per key."""
-        return any(hmac.compare_digest(key.encode(), k.encode()) for k in self.api_keys)
 
 
 def refuse(status: int, message: str) -> web.Response:

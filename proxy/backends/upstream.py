@@ -12,7 +12,7 @@ from typing import Any, Literal
 import aiohttp
 from yarl import URL
 
-from proxy.errors import UpstreamError, UpstreamProtocol, UpstreamTimeout, UpstreamUnavailable
+from proxy.core.errors import UpstreamError, UpstreamProtocol, UpstreamTimeout, UpstreamUnavailable
 
 UpstreamKind = Literal["llama", "ollama"]
 KIND_PREFIXES: dict[str, UpstreamKind] = {"llama:": "llama", "ollama:": "ollama"}

@@ -6,15 +6,15 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from proxy.conversation import MessageMemo
-from proxy.lifecycle import Lifecycle, WarmToken
-from proxy.limits import BodyBudget
-from proxy.metrics import Metrics
+from proxy.backends.upstream import Upstream
+from proxy.config.settings import Settings
+from proxy.core.conversation import MessageMemo
+from proxy.core.limits import BodyBudget
+from proxy.records.metrics import Metrics
+from proxy.records.store import RecordStore
 from proxy.rewrite.engine import Rewriter
-from proxy.settings import Settings
-from proxy.slots import SlotManager
-from proxy.store import RecordStore
-from proxy.upstream import Upstream
+from proxy.slots.manager import SlotManager
+from proxy.web.lifecycle import Lifecycle, WarmToken
 
 
 @dataclass

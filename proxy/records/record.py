@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.cause import NO_CAUSE, MissCause
-from proxy.log import get_logger
+from proxy.core.cause import NO_CAUSE, MissCause
+from proxy.core.log import get_logger
 
 log = get_logger("kvproxy.request")
 

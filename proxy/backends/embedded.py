@@ -20,8 +20,19 @@ from pathlib import Path
 
 import httpx
 
-from proxy.log import get_logger
-from proxy.settings import EmbeddedSettings
+from proxy.core.log import get_logger
+
+
+@dataclass(frozen=True)
+class EmbeddedSettings:
+    """How the embedded llama-server is started when no --upstream is given."""
+
+    model: Path | None = None
+    parallel: int = 4
+    ctx_per_slot: int = 8192
+    extra_args: tuple[str, ...] = ()
+    startup_timeout: float = 120.0
+
 
 log = get_logger("kvproxy.embedded")
 

@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from proxy.errors import UpstreamProtocol
+from proxy.core.errors import UpstreamProtocol
 
 MIB = 1024 * 1024
 MAX_EVENT_BYTES = 8 * MIB  # one SSE event or NDJSON line (proxy/upstream.py UpstreamLimits)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from proxy.conversation import Conversation, Message, thaw
+from proxy.core.conversation import Conversation, Message, thaw
 
 # The ollama API level kvproxy emulates in front of llama-server (/api/version).
 OLLAMA_API_VERSION = "0.12.0"

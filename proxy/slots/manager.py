@@ -22,14 +22,15 @@ from typing import Any
 
 import aiohttp
 
-from proxy.cause import MissCause
-from proxy.conversation import Conversation
-from proxy.errors import Overloaded, ProxyError
-from proxy.log import get_logger
-from proxy.ollama_keep import ContextMemory
-from proxy.prefix_index import BLOCK, Prompt
-from proxy.routing import Route, RoutePolicy, choose
-from proxy.slot_table import (
+from proxy.backends.ollama_keep import ContextMemory
+from proxy.backends.upstream import Upstream
+from proxy.core.cause import MissCause
+from proxy.core.conversation import Conversation
+from proxy.core.errors import Overloaded, ProxyError
+from proxy.core.log import get_logger
+from proxy.core.prefix_index import BLOCK, Prompt
+from proxy.slots.routing import Route, RoutePolicy, choose
+from proxy.slots.table import (
     DIVERGE_SLACK,
     PUBLIC,
     Drop,
@@ -43,7 +44,6 @@ from proxy.slot_table import (
     save_name,
 )
 from proxy.tokens import Tokenizer
-from proxy.upstream import Upstream
 
 log = get_logger("kvproxy.slots")
 

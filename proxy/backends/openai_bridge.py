@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.conversation import Conversation, Message, thaw
+from proxy.core.conversation import Conversation, Message, thaw
+from proxy.core.errors import BadRequest
 from proxy.dialects.ollama_options import join_options
-from proxy.errors import BadRequest
 
 # OpenAI parameters with no ollama equivalent, not sent (ollama's /v1 ignores them too).
 NOT_SENT = ("stream_options", "n", "user", "tool_choice", "parallel_tool_calls", "logprobs",

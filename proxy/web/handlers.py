@@ -19,8 +19,39 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy import ollama_bridge, ollama_keep, openai_bridge
-from proxy.components import (
+from proxy.backends import ollama_bridge, ollama_keep, openai_bridge
+from proxy.backends.upstream import Upstream, forwardable_headers
+from proxy.core.conversation import Conversation, thaw
+from proxy.core.errors import (
+    BadRequest,
+    Overloaded,
+    PayloadTooLarge,
+    ProxyError,
+    RequestTimeout,
+    UnsupportedMedia,
+    UpstreamProtocol,
+)
+from proxy.core.limits import MAX_TOKEN_BYTES, BodyHold, cannot_fit
+from proxy.core.log import get_logger
+from proxy.core.prefix_index import Prompt
+from proxy.core.streaming import (
+    NDJSONSplitter,
+    SSESplitter,
+    UsageObserver,
+    decode_event,
+    server_counters,
+    strict_event,
+    whole_answer,
+    with_cached_tokens,
+)
+from proxy.dialects.base import DialectBase
+from proxy.records.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from proxy.records.record import RequestRecord, new_request_id
+from proxy.rewrite.engine import Plan
+from proxy.rewrite.identity import identify
+from proxy.slots.manager import Lease, SlotManager, miss_cause
+from proxy.slots.table import PUBLIC
+from proxy.web.components import (
     BODIES,
     LIFECYCLE,
     MESSAGES,
@@ -32,39 +63,8 @@ from proxy.components import (
     STORE,
     WARM_TOKEN,
 )
-from proxy.conversation import Conversation, thaw
-from proxy.dialects.base import DialectBase
-from proxy.errors import (
-    BadRequest,
-    Overloaded,
-    PayloadTooLarge,
-    ProxyError,
-    RequestTimeout,
-    UnsupportedMedia,
-    UpstreamProtocol,
-)
-from proxy.lifecycle import CLIENT_CLOSED, RETRY_AFTER, end_stream
-from proxy.limits import MAX_TOKEN_BYTES, BodyHold, cannot_fit
-from proxy.log import get_logger
-from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from proxy.prefix_index import Prompt
-from proxy.record import RequestRecord, new_request_id
-from proxy.rewrite.engine import Plan
-from proxy.rewrite.identity import identify
-from proxy.slot_table import PUBLIC
-from proxy.slots import Lease, SlotManager, miss_cause
-from proxy.streaming import (
-    NDJSONSplitter,
-    SSESplitter,
-    UsageObserver,
-    decode_event,
-    server_counters,
-    strict_event,
-    whole_answer,
-    with_cached_tokens,
-)
-from proxy.upstream import Upstream, forwardable_headers
-from proxy.warm import WARM_HEADER
+from proxy.web.lifecycle import CLIENT_CLOSED, RETRY_AFTER, end_stream
+from proxy.web.warm import WARM_HEADER
 
 log = get_logger("kvproxy.handlers")
 

@@ -19,9 +19,9 @@ from urllib.parse import unquote
 from aiohttp import web
 from aiohttp.http_writer import StreamWriter
 
-from proxy.errors import Overloaded
-from proxy.log import get_logger
-from proxy.store import RecordStore
+from proxy.core.errors import Overloaded
+from proxy.core.log import get_logger
+from proxy.records.store import RecordStore
 
 log = get_logger("kvproxy.lifecycle")
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import xxhash
 
-from proxy.prefix_index import PrefixIndex, Prompt, match_length
-from proxy.routing import SavedView, SlotView
+from proxy.core.prefix_index import PrefixIndex, Prompt, match_length
+from proxy.slots.routing import SavedView, SlotView
 
 # Evicted prefixes remembered, oldest out, so that a later miss can say "evicted" (a few
 # hundred: each holds its tokens).

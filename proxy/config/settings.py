@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from proxy.ollama_keep import KeepPolicy
+from proxy.backends.embedded import EmbeddedSettings
+from proxy.backends.ollama_keep import KeepPolicy
+from proxy.backends.upstream import UpstreamSpec
+from proxy.config.exposure import Exposure
 from proxy.rewrite.engine import RewriteConfig
-from proxy.routing import RoutePolicy
-from proxy.security import Exposure
-from proxy.upstream import UpstreamSpec
-from proxy.warm import WarmBody
+from proxy.slots.routing import RoutePolicy
 
 KEEP_TAPES = ("lmdb", "memory")
 
@@ -23,14 +24,9 @@ def default_data_dir() -> Path:
 
 
 @dataclass(frozen=True)
-class EmbeddedSettings:
-    """How the embedded llama-server is started when no --upstream is given."""
-
-    model: Path | None = None
-    parallel: int = 4
-    ctx_per_slot: int = 8192
-    extra_args: tuple[str, ...] = ()
-    startup_timeout: float = 120.0
+class WarmBody:
+    name: str
+    body: dict[str, Any]
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from proxy.errors import ProxyError
-from proxy.upstream import (
+from proxy.backends.upstream import (
     Upstream,
     UpstreamLimits,
     UpstreamSpec,
@@ -24,6 +23,7 @@ from proxy.upstream import (
     make_session,
     sane_props,
 )
+from proxy.core.errors import ProxyError
 
 GIB = 1024**3
 # Past this share of RAM for model + KV cache, a laptop starts compressing or swapping pages

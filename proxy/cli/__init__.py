@@ -1,0 +1,1 @@
+"""The kvproxy command: serve, stats, tail, explain, doctor, tokenize (``main``)."""

@@ -1,0 +1,1 @@
+"""The settings kvproxy runs with, resolved once by the CLI."""

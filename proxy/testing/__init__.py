@@ -1,0 +1,1 @@
+"""Running kvproxy as a process (tests and benchmarks)."""
