@@ -23,6 +23,7 @@ from proxy.backends.embedded import EmbeddedError, resolve_model
 from proxy.backends.ollama_keep import KeepPolicy, parse_duration
 from proxy.backends.upstream import UpstreamSpec
 from proxy.cli import dashboard, doctor, explain
+from proxy.cli import tokenize as tokenize_command
 from proxy.config.exposure import Exposure
 from proxy.config.settings import KEEP_TAPES, EmbeddedSettings, Settings, default_data_dir
 from proxy.core.errors import ProxyError
@@ -32,7 +33,6 @@ from proxy.records.stats import parse_since, render, summarize
 from proxy.records.store import guard_store, read_counters, read_records
 from proxy.rewrite.engine import RewriteConfig
 from proxy.slots.routing import RoutePolicy
-from proxy.cli import tokenize as tokenize_command
 from proxy.web.app import create_app
 from proxy.web.components import LIFECYCLE, STORE
 from proxy.web.lifecycle import CUT_WAIT, shutdown

@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import Gauge
@@ -19,6 +20,7 @@ from proxy.core.errors import ProxyError
 from proxy.core.limits import BodyBudget
 from proxy.core.log import get_logger
 from proxy.dialects import REGISTRY
+from proxy.flow.director import Director
 from proxy.records.metrics import Metrics
 from proxy.records.store import RecordStore
 from proxy.rewrite.engine import Rewriter
@@ -29,6 +31,7 @@ from proxy.tokens.gguf import AttentionKind, attention_kind
 from proxy.web import security
 from proxy.web.components import (
     BODIES,
+    DIRECTOR,
     LIFECYCLE,
     MESSAGES,
     METRICS,
@@ -192,6 +195,14 @@ async def slots_ctx(app: web.Application) -> AsyncIterator[None]:
     log.info("slot_state_loaded", entries=loaded)
     manager.persist = lambda key, raw: store.put_state(b"slots", key, raw)
     app[SLOTS] = manager
+    metrics = app[METRICS]
+
+    def sink(fields: dict[str, Any]) -> None:
+        store.put(fields)
+        metrics.observe(fields)
+
+    app[DIRECTOR] = Director(manager, app[REWRITER], app[MESSAGES], settings, sink,
+                             app[LIFECYCLE])  # fmt: skip
     checkpoints = None
     if settings.slot_checkpoint_idle > 0 and any(p.can_save for p in pools):
         checkpoints = asyncio.create_task(manager.checkpoint_loop(settings.slot_checkpoint_idle))

@@ -10,6 +10,7 @@ from proxy.backends.upstream import Upstream
 from proxy.config.settings import Settings
 from proxy.core.conversation import MessageMemo
 from proxy.core.limits import BodyBudget
+from proxy.flow.director import Director
 from proxy.records.metrics import Metrics
 from proxy.records.store import RecordStore
 from proxy.rewrite.engine import Rewriter
@@ -38,3 +39,4 @@ BODIES = web.AppKey("bodies", BodyBudget)
 MESSAGES = web.AppKey("messages", MessageMemo)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 WARM_TOKEN = web.AppKey("warm_token", WarmToken)
+DIRECTOR = web.AppKey("director", Director)

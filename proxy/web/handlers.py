@@ -10,30 +10,28 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.backends import ollama_bridge, ollama_keep, openai_bridge
+from proxy.backends import ollama_bridge, openai_bridge
+from proxy.backends.kinds import NATIVE, OLLAMA_ON_LLAMA, OPENAI_ON_OLLAMA
 from proxy.backends.upstream import Upstream, forwardable_headers
 from proxy.core.conversation import Conversation, thaw
 from proxy.core.errors import (
     BadRequest,
-    Overloaded,
     PayloadTooLarge,
     ProxyError,
     RequestTimeout,
     UnsupportedMedia,
     UpstreamProtocol,
 )
-from proxy.core.limits import MAX_TOKEN_BYTES, BodyHold, cannot_fit
+from proxy.core.limits import BodyHold
 from proxy.core.log import get_logger
-from proxy.core.prefix_index import Prompt
 from proxy.core.streaming import (
     NDJSONSplitter,
     SSESplitter,
@@ -45,25 +43,19 @@ from proxy.core.streaming import (
     with_cached_tokens,
 )
 from proxy.dialects.base import DialectBase
+from proxy.flow.director import REQUEST_ID_HEADER, Exchange
 from proxy.records.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from proxy.records.record import RequestRecord, new_request_id
-from proxy.rewrite.engine import Plan
-from proxy.rewrite.identity import identify
-from proxy.slots.manager import Lease, SlotManager, miss_cause
-from proxy.slots.table import PUBLIC
+from proxy.records.record import RequestRecord
 from proxy.web.components import (
     BODIES,
+    DIRECTOR,
     LIFECYCLE,
-    MESSAGES,
     METRICS,
     POOL,
-    REWRITER,
     SETTINGS,
-    SLOTS,
-    STORE,
     WARM_TOKEN,
 )
-from proxy.web.lifecycle import CLIENT_CLOSED, RETRY_AFTER, end_stream
+from proxy.web.lifecycle import CLIENT_CLOSED, RETRY_AFTER, Lifecycle, end_stream
 from proxy.web.warm import WARM_HEADER
 
 log = get_logger("kvproxy.handlers")
@@ -221,53 +213,6 @@ async def relay_stream(
     return out
 
 
-CACHE_HEADER = "x-kvproxy-cache"
-REWRITE_HEADER = "x-kvproxy-rewrite"
-# The record's request_id, on every dialect response: `kvproxy explain ID` finds it.
-REQUEST_ID_HEADER = "x-kvproxy-request-id"
-# A session key for a conversation the client did not name: echoed back, it names it.
-SESSION_HEADER = "x-kvproxy-session"
-
-
-def cache_header(lease: Lease) -> dict[str, str]:
-    """Known before the first byte, so it carries the prediction; the record and the
-    OpenAI usage carry the server's own figure."""
-    prompt = len(lease.prompt) if lease.prompt is not None else "?"
-    return {
-        CACHE_HEADER: f"cached={lease.route.predicted}; prompt={prompt}; slot={lease.slot_label}"
-    }
-
-
-def keep_ollama_cache(settings: Any, pool: Any, body: dict[str, Any],
-                      rec: RequestRecord) -> dict[str, Any]:  # fmt: skip
-    """An ollama body with the model's stable num_ctx and a long enough keep_alive
-    (proxy/ollama_keep.py); the record says what the client's values were."""
-    kept = ollama_keep.keep(body, settings.ollama_keep, pool.ollama_ctx,
-                            ollama_keep.prompt_chars(body))  # fmt: skip
-    pairs = (("num_ctx", kept.num_ctx_replaced), ("keep_alive", kept.keep_alive_replaced))
-    replaced = {k: v for k, v in pairs if v is not None}
-    rec.ollama_replaced = replaced or None
-    return kept.body
-
-
-NATIVE, OLLAMA_ON_LLAMA, OPENAI_ON_OLLAMA = "native", "ollama-on-llama", "openai-on-ollama"
-
-
-def upstream_call(
-    dialect: DialectBase, conv: Conversation, upstream: Upstream, raw_path: str
-) -> tuple[str, dict[str, Any], str]:
-    """(path, body, how): an ollama request to llama-server is translated, and an OpenAI
-    chat request to ollama goes to its ``/api/chat`` (proxy/openai_bridge.py); everything
-    else goes to the same path in its own dialect."""
-    if upstream.kind == "llama" and dialect.family == "ollama":
-        endpoint = "chat" if conv.kind == "chat" else "generate"
-        path, body = ollama_bridge.upstream_request(conv, endpoint)
-        return path, body, OLLAMA_ON_LLAMA
-    if upstream.kind == "ollama" and dialect.name == "openai_chat":
-        return "/api/chat", openai_bridge.chat_request(conv), OPENAI_ON_OLLAMA
-    return raw_path, dialect.render(conv), NATIVE
-
-
 @dataclass
 class Relay:
     """One routed request on its way: what goes upstream, and what observes the answer."""
@@ -417,141 +362,6 @@ RELAYS = {NATIVE: relay_native, OLLAMA_ON_LLAMA: relay_ollama_bridge,
           OPENAI_ON_OLLAMA: relay_openai_on_ollama}  # fmt: skip
 
 
-def note_route(rec: RequestRecord, lease: Lease) -> None:
-    rec.upstream = lease.pool.upstream.name
-    rec.slot = lease.slot_label
-    rec.predicted_cached = lease.route.predicted if lease.prompt is not None else None
-    rec.route_reason = lease.route.reason
-    rec.queued_ms = round(lease.queued_ms, 1) if lease.queued_ms >= 1 else None
-    rec.restored = lease.restored
-    rec.estimated = lease.estimated
-
-
-def note_outcome(rec: RequestRecord, lease: Lease) -> None:
-    """Server figures for ollama are estimates: prompt_eval_count counts only the tokens
-    it evaluated, so cached = estimated prompt - evaluated."""
-    if lease.estimated and lease.prompt is not None and rec.prompt_tokens is not None:
-        evaluated = rec.prompt_tokens
-        rec.prefilled_tokens = evaluated
-        rec.prompt_tokens = max(len(lease.prompt), evaluated)
-        rec.cached_tokens = rec.prompt_tokens - evaluated
-    if lease.prompt is not None and rec.prompt_tokens is None and rec.status == 200:
-        rec.prompt_tokens = len(lease.prompt)
-    rec.miss = miss_cause(lease, rec.cached_tokens, rec.prompt_tokens)
-    if rec.rewrite_cause and (rec.miss or rec.cached_tokens == 0):
-        token = rec.miss.token if rec.miss is not None else rec.cached_tokens
-        rec.miss = replace(rec.rewrite_cause, token=token)
-    if rec.original_predicted is not None and rec.cached_tokens is not None:
-        rec.rewrite_saved = rec.cached_tokens - rec.original_predicted
-
-
-def finish_lease(
-    slots: SlotManager, lease: Lease, observer: UsageObserver, rec: RequestRecord
-) -> None:
-    """Synchronous on purpose: nothing between the end of the relay and the slot update
-    may be cancelled by a client that hangs up."""
-    completed = rec.status == 200 and rec.error is None
-    generated = lease.pool.tokenizer.text_tokens(observer.text) if completed else None
-    slots.release(
-        lease,
-        completed=completed,
-        generated=generated,
-        finish_reason=observer.finish_reason,
-        cached_actual=rec.cached_tokens,
-        reply_text=observer.text,
-    )
-
-
-Calls = dict[int, tuple[str, dict[str, Any], str]]
-
-
-def calls_for(slots: SlotManager, dialect: DialectBase, conv: Conversation, raw_path: str) -> Calls:
-    return {
-        pool.index: upstream_call(dialect, conv, pool.upstream, raw_path) for pool in slots.pools
-    }
-
-
-def over_budget(slots: SlotManager, prompts: dict[int, Prompt | None], reserve: int) -> bool:
-    """Whether a prompt leaves less than ``reserve`` tokens of some slot's context."""
-    for pool in slots.pools:
-        prompt = prompts.get(pool.index)
-        if prompt is not None and pool.n_ctx and len(prompt) > pool.n_ctx - reserve:
-            return True
-    return False
-
-
-async def plan_request(
-    request: web.Request, dialect: DialectBase, conv: Conversation
-) -> tuple[Plan, Calls, dict[int, Prompt | None], int | None]:
-    """The rewritten request, its upstream bodies and tokens, and the cached tokens the
-    client's own form would have had (tokenized alongside, for the record). A compaction
-    append that would not fit the context falls back to the client's compacted form
-    (``over-budget``). A prompt that certainly fits no slot is refused before it is
-    tokenized (``cannot_fit``): the server would refuse it anyway."""
-    slots = request.app[SLOTS]
-    rewriter = request.app[REWRITER]
-    plan = rewriter.plan(conv, identify(request.headers, conv))
-    contexts = [pool.n_ctx for pool in slots.pools]
-    if cannot_fit(conv, contexts) and cannot_fit(plan.conv, contexts):
-        largest = max(n or 0 for n in contexts)
-        raise BadRequest(f"prompt exceeds the context of every slot ({largest} tokens; the "
-                         f"users' text alone is over {MAX_TOKEN_BYTES} bytes a token)")  # fmt: skip
-    while True:
-        calls = calls_for(slots, dialect, plan.conv, request.raw_path)
-        wanted = [slots.tokens_for(plan.conv, {i: c[1] for i, c in calls.items()})]
-        if plan.applied and plan.conv is not plan.original:
-            originals = calls_for(slots, dialect, plan.original, request.raw_path)
-            wanted.append(slots.tokens_for(plan.original, {i: c[1] for i, c in originals.items()}))
-        prompts, *original = await asyncio.gather(*wanted)
-        if plan.fallback is None or not over_budget(slots, prompts, rewriter.config.reserve_tokens):
-            best = slots.best_predicted(original[0], plan.identity.principal) if original else None
-            return plan, calls, prompts, best
-        plan = plan.fallback
-
-
-SNIPPET_CHARS = 160
-
-
-def snippets(plan: Plan) -> dict[str, str]:
-    """Short text for ``kvproxy explain`` (only with --log-content): the newest message and
-    the first one that diverged from the tape."""
-    messages = plan.original.messages
-    out: dict[str, str] = {}
-    if messages:
-        out["last"] = f"{messages[-1].role}: {messages[-1].text()[:SNIPPET_CHARS]}"
-    index = plan.diverged_message
-    if index is not None and index < len(messages):
-        out["diverged"] = f"{messages[index].role}: {messages[index].text()[:SNIPPET_CHARS]}"
-    if plan.original.kind == "completion" and isinstance(plan.original.prompt, str):
-        out["prompt"] = plan.original.prompt[-SNIPPET_CHARS:]
-    return out
-
-
-def note_rewrite(rec: RequestRecord, plan: Plan, original_cached: int | None) -> None:
-    rec.rewrite = list(plan.applied)
-    rec.rewrite_cause = plan.cause
-    rec.rewrite_refused = plan.refused
-    rec.lineage = plan.tape.lineage if plan.tape is not None else None
-    rec.messages = len(plan.original.messages) if plan.original.kind == "chat" else None
-    rec.original_predicted = original_cached
-    if original_cached is not None and rec.predicted_cached is not None:
-        rec.rewrite_saved_predicted = rec.predicted_cached - original_cached
-
-
-async def enter_gate(gate: asyncio.Semaphore, timeout: float) -> asyncio.Semaphore:
-    """Wait in kvproxy's own queue for one of the upstream's in-flight places; past
-    ``timeout`` a 503 in the dialect's shape (the client may retry)."""
-    try:
-        async with asyncio.timeout(timeout):
-            await gate.acquire()
-    except TimeoutError as exc:
-        raise Overloaded(
-            f"the upstream is at its limit of requests in flight; waited {timeout:g} s, "
-            "retry later"
-        ) from exc
-    return gate
-
-
 def client_gone(request: web.Request, err: ProxyError) -> bool:
     """Whether ``err`` is the client's own disconnect: a failed write to it passes through
     the upstream's response block, which maps every aiohttp error to a 502."""
@@ -568,126 +378,72 @@ def without_warm_header(request: web.Request) -> web.Request:
 
 
 def dialect_handler(dialect: DialectBase) -> Handler:
+    """Read the body, let the director prepare the call, relay the answer, settle; every
+    error becomes one response in the dialect's shape (``error_response``)."""
+
     async def handle(request: web.Request) -> web.StreamResponse:
-        store, metrics = request.app[STORE], request.app[METRICS]
-        lifecycle, task = request.app[LIFECYCLE], asyncio.current_task()
-
-        def sink(fields: dict[str, Any]) -> None:
-            store.put(fields)
-            metrics.observe(fields)
-
+        director, lifecycle = request.app[DIRECTOR], request.app[LIFECYCLE]
+        settings, task = request.app[SETTINGS], asyncio.current_task()
         # Only kvproxy's own warmer (it knows the per-process token) marks a warm-up.
         warm = request.app[WARM_TOKEN].name_of(request.headers.get(WARM_HEADER))
         if WARM_HEADER in request.headers:
             request = without_warm_header(request)
-        rec = RequestRecord(
-            request_id=new_request_id(),
-            path=request.path,
-            dialect=dialect.name,
-            sink=sink,
-            warm=warm,
-        )
-        lease: Lease | None = None
-        gate: asyncio.Semaphore | None = None
-        slots = request.app[SLOTS]
-        observer = UsageObserver()
-        hold = request.app[BODIES].hold()
+        ex = director.admit(dialect, request.path, request.app[BODIES].hold(), warm)
         lifecycle.enter()
         try:
             lifecycle.check()  # after SIGTERM: a 503, recorded
-            settings = request.app[SETTINGS]
-            body = await read_json(request, settings.max_body_bytes, settings.body_timeout, hold)
-            try:
-                conv = dialect.parse(body, request.app[MESSAGES])
-                rec.model, rec.stream = conv.model, conv.stream
-                plan, calls, prompts, original_cached = await plan_request(request, dialect, conv)
-            except MALFORMED as exc:
-                log.warning("request_malformed", request_id=rec.request_id,
-                            error=f"{type(exc).__name__}: {str(exc)[:200]}")  # fmt: skip
-                raise BadRequest(f"malformed request: {type(exc).__name__}") from exc
-            owner = PUBLIC if rec.warm is not None else plan.identity.principal
-            with lifecycle.queue():  # a drain ends the wait with a 503
-                lease = await slots.acquire_prompts(prompts, owner)
-            note_route(rec, lease)
-            gate_started = time.perf_counter()
-            with lifecycle.queue():
-                gate = await enter_gate(lease.pool.gate, settings.queue_timeout)
-            waited_ms = (time.perf_counter() - gate_started) * 1000 + lease.queued_ms
-            note_rewrite(rec, plan, original_cached)
-            if request.app[SETTINGS].log_content:
-                rec.snippets = snippets(plan)
-            path, upstream_body, how = calls[lease.route.upstream]
-            if lease.pool.upstream.kind == "ollama" and (dialect.family == "ollama"
-                                                         or how == OPENAI_ON_OLLAMA):  # fmt: skip
-                upstream_body = keep_ollama_cache(settings, lease.pool, upstream_body, rec)
-            if lease.pool.pins:
-                upstream_body = {**upstream_body, "id_slot": lease.route.slot,
-                                 "cache_prompt": not lease.isolated}  # fmt: skip
-            upstream = lease.pool.upstream
-            headers = {**cache_header(lease), REWRITE_HEADER: plan.header,
-                       REQUEST_ID_HEADER: rec.request_id}  # fmt: skip
-            if plan.session_key is not None:
-                headers[SESSION_HEADER] = plan.session_key
-            call = Relay(request, dialect, plan.conv, path, upstream_body, upstream, rec,
-                         observer, headers)  # fmt: skip
-            relay = RELAYS[how]
-            rec.overhead_ms = round((time.perf_counter() - rec.t0) * 1000 - waited_ms, 2)
-            lifecycle.check()  # nothing starts once draining began, however long it queued
-            out = await relay(call)
-            note_outcome(rec, lease)
-            finish_lease(slots, lease, observer, rec)
-            if rec.status == 200 and rec.error is None and rec.warm is None:
-                # a warm-up is no conversation: no tape (its text may come from another's)
-                request.app[REWRITER].commit(plan, reply=observer.text)
+            body = await read_json(request, settings.max_body_bytes, settings.body_timeout,
+                                   ex.hold)  # fmt: skip
+            call = await director.prepare(ex, body, request.headers, request.raw_path)
+            assert ex.plan is not None and ex.lease is not None
+            relay = Relay(request, dialect, ex.plan.conv, call.path, call.body,
+                          ex.lease.pool.upstream, ex.rec, ex.observer, ex.headers)  # fmt: skip
+            out = await RELAYS[call.how](relay)
+            director.settle(ex)
             return out
         except ProxyError as err:
-            if client_gone(request, err):
-                rec.status, rec.error = CLIENT_CLOSED, "client disconnected"
-                raise ConnectionResetError("client disconnected") from err
-            if lifecycle.was_cut(task):
-                err = lifecycle.cut_error()
-            rec.status, rec.error = err.status, err.message
-            log.warning(
-                "request_rejected",
-                request_id=rec.request_id,
-                status=err.status,
-                error=err.message,
-                path=request.path,
-            )
-            headers = {REQUEST_ID_HEADER: rec.request_id}
-            if err.status == 503:
-                headers["Retry-After"] = RETRY_AFTER
-            resp = web.json_response(dialect.error_body(err), status=err.status, headers=headers)
-            if lifecycle.draining:
-                resp.force_close()  # a kept-alive connection must not bring another request
-            return resp
+            return error_response(request, ex, err, lifecycle, task)
         except (asyncio.CancelledError, ConnectionResetError):
             if lifecycle.was_cut(task):
                 cut = lifecycle.cut_error()
-                rec.status, rec.error = cut.status, cut.message
+                ex.rec.status, ex.rec.error = cut.status, cut.message
                 await end_stream(request, dialect.stream_error(cut))
             else:
-                rec.status, rec.error = CLIENT_CLOSED, rec.error or "client disconnected"
+                ex.rec.status = CLIENT_CLOSED
+                ex.rec.error = ex.rec.error or "client disconnected"
             raise
         except Exception:
-            log.exception("internal_error", request_id=rec.request_id, path=request.path)
+            log.exception("internal_error", request_id=ex.rec.request_id, path=request.path)
             err = ProxyError("kvproxy failed to handle this request; see its log")
-            rec.status, rec.error = err.status, err.message
+            ex.rec.status, ex.rec.error = err.status, err.message
             return web.json_response(dialect.error_body(err), status=err.status)
         finally:
-            hold.release()
-            if gate is not None:
-                gate.release()
-            if lease is not None and not lease.released:
-                # A first byte means the server prefilled the whole prompt: it holds it.
-                slots.release(lease, completed=False, cached_actual=rec.cached_tokens,
-                              prompt_done=rec.ttft_ms is not None)  # fmt: skip
-                if rec.prompt_tokens is None and lease.prompt is not None:
-                    rec.prompt_tokens = len(lease.prompt)
-            rec.done()
+            director.close(ex)
             lifecycle.leave()
 
     return handle
+
+
+def error_response(request: web.Request, ex: Exchange, err: ProxyError, lifecycle: Lifecycle,
+                   task: asyncio.Task[Any] | None) -> web.StreamResponse:  # fmt: skip
+    """A refused or failed request as one response in its dialect's shape (a 503 with
+    Retry-After), recorded; a client that went away is its own disconnect, not an error."""
+    rec = ex.rec
+    if client_gone(request, err):
+        rec.status, rec.error = CLIENT_CLOSED, "client disconnected"
+        raise ConnectionResetError("client disconnected") from err
+    if lifecycle.was_cut(task):
+        err = lifecycle.cut_error()
+    rec.status, rec.error = err.status, err.message
+    log.warning("request_rejected", request_id=rec.request_id, status=err.status,
+                error=err.message, path=request.path)  # fmt: skip
+    headers = {REQUEST_ID_HEADER: rec.request_id}
+    if err.status == 503:
+        headers["Retry-After"] = RETRY_AFTER
+    resp = web.json_response(ex.dialect.error_body(err), status=err.status, headers=headers)
+    if lifecycle.draining:
+        resp.force_close()  # a kept-alive connection must not bring another request
+    return resp
 
 
 async def forward(request: web.Request) -> web.StreamResponse:

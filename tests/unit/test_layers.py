@@ -12,6 +12,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("testing",),
     ("cli",),
     ("web",),
+    ("flow",),
     ("config",),
     ("slots",),
     ("backends",),

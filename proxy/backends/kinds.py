@@ -1,0 +1,105 @@
+"""What each server kind does differently with a dialect request, in one table.
+
+A kind answers two questions: which upstream call carries a client's request (the same
+path in its own dialect, or a bridge to the server's own API), and what the body must carry
+on its way (slot pinning on llama-server; a stable ``num_ctx`` and a long ``keep_alive`` on
+ollama). Adding a kind is one class here and one entry in ``KINDS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from proxy.backends import ollama_bridge, ollama_keep, openai_bridge
+from proxy.backends.ollama_keep import ContextMemory, KeepPolicy
+from proxy.core.conversation import Conversation
+from proxy.dialects.base import DialectBase
+
+NATIVE, OLLAMA_ON_LLAMA, OPENAI_ON_OLLAMA = "native", "ollama-on-llama", "openai-on-ollama"
+
+
+@dataclass(frozen=True)
+class UpstreamCall:
+    """One request as it goes to one upstream: its path, body, and how its answer is
+    relayed (``NATIVE`` or a bridge)."""
+
+    path: str
+    body: dict[str, Any]
+    how: str = NATIVE
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the slot manager put the request, as a kind needs to know it."""
+
+    slot: int
+    isolated: bool = False  # the slot holds another principal's content: reuse none of it
+    ollama_ctx: ContextMemory = field(default_factory=ContextMemory)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The body to send, and what kvproxy replaced in it (for the record)."""
+
+    body: dict[str, Any]
+    replaced: dict[str, Any] | None = None
+
+
+class Backend(Protocol):
+    kind: str
+    pins: bool  # routes to a slot of its own choosing (``id_slot``)
+
+    def call(self, dialect: DialectBase, conv: Conversation, raw_path: str) -> UpstreamCall: ...
+
+    def prepare(self, call: UpstreamCall, dialect: DialectBase, where: Placement,
+                keep: KeepPolicy) -> Prepared: ...  # fmt: skip
+
+
+class LlamaServer:
+    """llama-server: every dialect but ollama's is its own; requests are pinned."""
+
+    kind = "llama"
+    pins = True
+
+    def call(self, dialect: DialectBase, conv: Conversation, raw_path: str) -> UpstreamCall:
+        if dialect.family == "ollama":
+            endpoint = "chat" if conv.kind == "chat" else "generate"
+            path, body = ollama_bridge.upstream_request(conv, endpoint)
+            return UpstreamCall(path, body, OLLAMA_ON_LLAMA)
+        return UpstreamCall(raw_path, dialect.render(conv))
+
+    def prepare(self, call: UpstreamCall, dialect: DialectBase, where: Placement,
+                keep: KeepPolicy) -> Prepared:  # fmt: skip
+        body = {**call.body, "id_slot": where.slot, "cache_prompt": not where.isolated}
+        return Prepared(body)
+
+
+class Ollama:
+    """ollama: an OpenAI chat request goes to its ``/api/chat``; every body of its own API
+    keeps the model's context and stays loaded (``ollama_keep``)."""
+
+    kind = "ollama"
+    pins = False
+
+    def call(self, dialect: DialectBase, conv: Conversation, raw_path: str) -> UpstreamCall:
+        if dialect.name == "openai_chat":
+            return UpstreamCall("/api/chat", openai_bridge.chat_request(conv), OPENAI_ON_OLLAMA)
+        return UpstreamCall(raw_path, dialect.render(conv))
+
+    def prepare(self, call: UpstreamCall, dialect: DialectBase, where: Placement,
+                keep: KeepPolicy) -> Prepared:  # fmt: skip
+        if dialect.family != "ollama" and call.how != OPENAI_ON_OLLAMA:
+            return Prepared(call.body)
+        kept = ollama_keep.keep(call.body, keep, where.ollama_ctx,
+                                ollama_keep.prompt_chars(call.body))  # fmt: skip
+        pairs = (("num_ctx", kept.num_ctx_replaced), ("keep_alive", kept.keep_alive_replaced))
+        replaced = {k: v for k, v in pairs if v is not None}
+        return Prepared(kept.body, replaced or None)
+
+
+KINDS: dict[str, Backend] = {"llama": LlamaServer(), "ollama": Ollama()}
+
+
+def backend_for(kind: str) -> Backend:
+    return KINDS[kind]

@@ -1,0 +1,1 @@
+"""One request owned from admission to its record: the director and its phases."""

@@ -1,0 +1,135 @@
+"""The director runs one request's phases with fake slots and no sockets: what goes
+upstream, what the record says, what the slot and the tape keep."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from proxy.config.settings import Settings
+from proxy.core.conversation import Conversation, MessageMemo
+from proxy.core.errors import BadRequest, Overloaded, ProxyError
+from proxy.core.limits import BodyBudget
+from proxy.dialects import REGISTRY
+from proxy.flow.director import CACHE_HEADER, REQUEST_ID_HEADER, Director, Exchange
+from proxy.rewrite.engine import RewriteConfig, Rewriter
+from proxy.rewrite.tape import TapeStore
+from proxy.slots.manager import SlotManager, UpstreamSlots
+from proxy.slots.routing import RoutePolicy
+
+CHAT = REGISTRY["/v1/chat/completions"]
+SYSTEM = "You are a careful agent.\n" * 40
+
+
+class CharTokenizer:
+    """One token per character of the body's messages: routing, not tokenizing, is tested."""
+
+    exact = True
+    user_marker: tuple[int, ...] = ()
+
+    async def prompt_tokens(self, conv: Conversation, body: dict[str, Any]) -> list[int]:
+        return [ord(c) % 997 for c in json.dumps(body.get("messages"))]
+
+    def text_tokens(self, text: str) -> list[int]:
+        return [ord(c) % 997 for c in text]
+
+
+class FakeUpstream:
+    def __init__(self, kind: str) -> None:
+        self.kind, self.url, self.name = kind, f"http://{kind}", kind
+
+    async def get_json(self, path: str) -> Any:
+        raise ProxyError("no server here")
+
+
+class Gate:
+    """The lifecycle's part: refuses once ``draining``."""
+
+    draining = False
+
+    def check(self) -> None:
+        if self.draining:
+            raise Overloaded("shutting down")
+
+    @contextlib.contextmanager
+    def queue(self) -> Iterator[None]:
+        yield
+
+
+def director(kind: str = "llama") -> tuple[Director, list[dict[str, Any]], Gate]:
+    pool = UpstreamSlots(0, FakeUpstream(kind), CharTokenizer(), 2 if kind == "llama" else 1,  # type: ignore[arg-type]
+                         100_000, can_save=False)  # fmt: skip
+    slots = SlotManager([pool], RoutePolicy(), 1 << 30)
+    records: list[dict[str, Any]] = []
+    gate = Gate()
+    made = Director(slots, Rewriter(RewriteConfig(), TapeStore()), MessageMemo(), Settings(),
+                    records.append, gate)  # fmt: skip
+    return made, records, gate
+
+
+def body(*turns: str) -> dict[str, Any]:
+    messages = [{"role": "system", "content": SYSTEM}]
+    for i, text in enumerate(turns):
+        messages.append({"role": "user" if i % 2 == 0 else "assistant", "content": text})
+    return {"messages": messages, "max_tokens": 8}
+
+
+async def turn(d: Director, payload: Any, reply: str = "Hello!") -> Exchange:
+    ex = d.admit(CHAT, "/v1/chat/completions", BodyBudget(1 << 30).hold())
+    try:
+        await d.prepare(ex, payload, {"x-session-id": "s1"}, "/v1/chat/completions")
+        ex.rec.status = 200  # the relay's part: the upstream answered
+        ex.observer.observe({"choices": [{"message": {"content": reply},
+                                          "finish_reason": "stop"}]})  # fmt: skip
+        d.settle(ex)
+    finally:
+        d.close(ex)
+    return ex
+
+
+async def test_a_chat_turn_is_pinned_recorded_and_kept() -> None:
+    d, records, _ = director()
+    ex = await turn(d, body("hi"))
+    assert ex.call is not None and ex.call.path == "/v1/chat/completions"
+    assert ex.call.body["id_slot"] == ex.lease.route.slot and ex.call.body["cache_prompt"]
+    assert ex.headers[REQUEST_ID_HEADER] == records[0]["request_id"]
+    assert ex.headers[CACHE_HEADER].startswith("cached=0;")
+    assert records[0]["status"] == 200 and records[0]["route_reason"] == "empty"
+    assert len(d.rewriter.tapes) == 1
+    assert not any(state.busy for state in d.slots.pools[0].table.states)
+
+
+async def test_the_next_turn_goes_where_its_prefix_is() -> None:
+    d, records, _ = director()
+    first = await turn(d, body("hi"))
+    second = await turn(d, body("hi", "Hello!", "and now?"))
+    assert second.lease.route.slot == first.lease.route.slot
+    assert second.lease.route.predicted > len(SYSTEM)
+    assert records[1]["route_reason"] == "prefix-hit"
+
+
+async def test_a_malformed_body_is_a_400_with_a_record() -> None:
+    d, records, _ = director()
+    with pytest.raises(BadRequest):
+        await turn(d, {"messages": "not a list"})
+    assert len(records) == 1 and records[0]["dialect"] == CHAT.name
+
+
+async def test_nothing_starts_once_draining_and_the_slot_is_given_back() -> None:
+    d, records, gate = director()
+    gate.draining = True
+    with pytest.raises(ProxyError):
+        await turn(d, body("hi"))
+    assert not any(state.busy for state in d.slots.pools[0].table.states)
+    assert len(records) == 1 and len(d.rewriter.tapes) == 0
+
+
+async def test_an_openai_request_to_ollama_goes_to_its_chat_api_unpinned() -> None:
+    d, _, _ = director("ollama")
+    ex = await turn(d, body("hi"))
+    assert ex.call is not None and ex.call.path == "/api/chat"
+    assert "id_slot" not in ex.call.body and "keep_alive" in ex.call.body
