@@ -12,7 +12,7 @@ import shlex
 import signal
 import sys
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,8 @@ def env_list(name: str) -> list[str]:
 SERVE_OPTIONS: tuple[tuple[str, type, str, str], ...] = (
     ("--host", str, "127.0.0.1", "address to listen on"),
     ("--port", int, "11435", "port to listen on"),
-    ("--data-dir", Path, str(default_data_dir()), "LMDB, slot files and logs"),
+    ("--data-dir", Path, None,
+     "LMDB, slot files and logs; default: $XDG_STATE_HOME/kvproxy or ~/.local/state/kvproxy"),
     ("--max-body-bytes", int, str(32 * 1024 * 1024), "largest request body on dialect paths"),
     ("--max-inflight-body-bytes", int, str(256 * 1024 * 1024),
      "all request bodies held at once; beyond it a 503 with Retry-After"),
@@ -147,16 +148,20 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def add_options(
-    group: argparse._ActionsContainer, options: tuple[tuple[str, type, str | None, str], ...]
+    group: argparse._ActionsContainer,
+    options: tuple[tuple[str, type, str | None, str], ...],
+    environ: Mapping[str, str],
 ) -> None:
     for flag, kind, default, text in options:
         var = flag[2:].upper().replace("-", "_")
-        group.add_argument(
-            flag, type=kind, default=env(var, default), help=f"{text} [KVPROXY_{var}]"
-        )
+        group.add_argument(flag, type=kind, default=environ.get(f"KVPROXY_{var}", default),
+                           help=f"{text} [KVPROXY_{var}]")  # fmt: skip
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The command line; each serve option's default is its KVPROXY_* variable in
+    ``environ`` (the process environment unless given), else its built-in value."""
+    environ = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(
         prog="kvproxy",
         description="Cache-aware proxy for llama-server and ollama. Point clients here.",
@@ -166,16 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve", help="run the proxy", formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    add_options(serve, SERVE_OPTIONS)
+    add_options(serve, SERVE_OPTIONS, environ)
     serve.add_argument(
-        "--config", type=Path, default=env("CONFIG"), metavar="FILE",
+        "--config", type=Path, default=environ.get("KVPROXY_CONFIG"), metavar="FILE",
         help="TOML file of serve options (keys as the flags without --: rewrite = "
         '"-volatile", volatile-pattern = ["..."]); flags and KVPROXY_* override it '
         "[KVPROXY_CONFIG]",
     )  # fmt: skip
     for flag, text in SWITCHES:
         var = flag[2:].upper().replace("-", "_")
-        serve.add_argument(flag, action="store_true", default=env(var, "") in ("1", "true"),
+        serve.add_argument(flag, action="store_true",
+                           default=environ.get(f"KVPROXY_{var}", "") in ("1", "true"),
                            help=f"{text} [KVPROXY_{var}=1]")  # fmt: skip
     serve.add_argument(
         "--volatile-pattern", action="append", default=None, metavar="REGEX",
@@ -208,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(
         serve.add_argument_group("embedded llama-server (used when no --upstream is given)"),
         EMBEDDED_OPTIONS,
+        environ,
     )
     stats = sub.add_parser("stats", help="summarize the request records (hit rate, misses)")
     stats.add_argument("--since", default=None, help="30m, 2h, 1d or a Unix time; default: all")
@@ -221,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_parser(sub)
     for reader in (stats, tail, explain):
         reader.add_argument(
-            "--data-dir", type=Path, default=env("DATA_DIR", str(default_data_dir())),
+            "--data-dir", type=Path,
+            default=environ.get("KVPROXY_DATA_DIR", str(default_data_dir())),
             help="the data dir of the kvproxy serve to read [KVPROXY_DATA_DIR]",
         )  # fmt: skip
     return parser
@@ -359,7 +367,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         warm=warm_bodies(warm),
         warm_auto="auto" in warm,
         ollama_keep=ollama_policy(args.ollama_num_ctx, args.ollama_keep_alive),
-        data_dir=args.data_dir.expanduser(),
+        data_dir=(args.data_dir or default_data_dir()).expanduser(),
         max_body_bytes=args.max_body_bytes,
         max_inflight_body_bytes=args.max_inflight_body_bytes,
         connect_timeout=args.connect_timeout,
@@ -460,8 +468,11 @@ def config_defaults(path: Path, parser: argparse.ArgumentParser) -> dict[str, An
         action = actions.get(key.replace("-", "_"))
         if action is None or action.dest in ("config", "help"):
             parser.error(f"--config {path}: unknown option {key!r}")
-        if isinstance(value, list):
-            out[action.dest] = [str(v) for v in value]
+        many = isinstance(action, argparse._AppendAction)
+        if many:  # a list option: one string is one item, not its characters
+            out[action.dest] = [str(v) for v in (value if isinstance(value, list) else [value])]
+        elif isinstance(value, list | dict):
+            parser.error(f"--config {path}: {key} takes one value, not {type(value).__name__}")
         elif isinstance(value, bool) or action.type is None:
             out[action.dest] = value
         else:
@@ -473,30 +484,25 @@ def config_defaults(path: Path, parser: argparse.ArgumentParser) -> dict[str, An
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    """Flags, then KVPROXY_* variables, then the --config file, then built-in defaults: a
-    file value applies where neither a flag nor a variable changed the default."""
+    """Flags, then KVPROXY_* variables, then the --config file, then built-in defaults.
+    A flag given on the command line wins even when it equals its default."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "config", None) is None:
         return args
-    base = builtin_defaults()
-    from_env = {"upstream": env_list("UPSTREAM"), "volatile_pattern": env("VOLATILE_PATTERN")}
+    given = explicit(argv)
     for dest, value in config_defaults(Path(args.config).expanduser(), parser).items():
-        if getattr(args, dest) == getattr(base, dest) and not from_env.get(dest):
+        if dest not in given and f"KVPROXY_{dest.upper()}" not in os.environ:
             setattr(args, dest, value)
     return args
 
 
-def builtin_defaults() -> argparse.Namespace:
-    """``serve``'s defaults without any KVPROXY_* variable (the parser reads them as
-    defaults, so a value equal to these was set by neither a flag nor a variable)."""
-    saved = {k: v for k, v in os.environ.items() if k.startswith("KVPROXY_")}
-    for key in saved:
-        del os.environ[key]
-    try:
-        return build_parser().parse_args(["serve"])
-    finally:
-        os.environ.update(saved)
+def explicit(argv: Sequence[str] | None) -> set[str]:
+    """The serve options the command line itself gives (not their defaults)."""
+    parser = build_parser({})
+    for action in serve_actions(parser).values():
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"command"}
 
 
 def is_loopback(host: str) -> bool:
@@ -507,6 +513,9 @@ def is_loopback(host: str) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # transformers prints "PyTorch was not found" on import unless told not to: once, here,
+    # in the configuration step (the only place the environment is touched).
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     args = parse(argv)
     readers = {"stats": run_stats, "tail": run_tail, "explain": run_explain,
                "tokenize": tokenize_command.run, "doctor": doctor.run}  # fmt: skip

@@ -319,7 +319,9 @@ class RecordStore:
         self._task.add_done_callback(self._on_writer_exit)
 
     def _on_writer_exit(self, task: asyncio.Task[None]) -> None:
-        if self._closing or (task.cancelled() and self._closing):
+        """A writer that failed is restarted; one cancelled is the process shutting down
+        (a start that failed cancels it without ``close``), not a death to report."""
+        if self._closing or task.cancelled():
             return
         error = None if task.cancelled() else task.exception()
         log.error("record_writer_died", error=repr(error), restarts=self.restarts + 1)

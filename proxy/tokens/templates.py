@@ -16,7 +16,6 @@ rendered by the server (one round trip), then tokenized here.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -144,7 +143,6 @@ def render(template: str, body: dict[str, Any], special: dict[str, str],
     (common/chat.cpp): messages, ``bos_token``/``eos_token``, ``enable_thinking`` (true
     unless the request's ``chat_template_kwargs`` say otherwise), ``tools`` only when there
     are some, the date strings, then the request's own template kwargs."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no "PyTorch was not found"
     from transformers.utils.chat_template_utils import _compile_jinja_template
 
     messages = norm.apply(list(body.get("messages") or []))

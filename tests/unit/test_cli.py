@@ -113,3 +113,65 @@ def test_serve_help_renders_every_option(capsys) -> None:  # type: ignore[no-unt
     for flag in ("--allow-slot-actions", "--api-key-file", "--records-max-bytes", "--slot-dir",
                  "--keep-tapes", "--idle-timeout", "--queue-timeout"):  # fmt: skip
         assert flag in out
+
+
+def test_an_explicit_flag_equal_to_its_default_beats_the_file(tmp_path: Path) -> None:
+    from proxy.cli.main import parse
+
+    config = tmp_path / "kvproxy.toml"
+    config.write_text("port = 9000\nmax-tapes = 7\n")
+    s = settings_from(parse(["serve", "--config", str(config), "--port", "11435"]))
+    assert (s.port, s.max_tapes) == (11435, 7)
+
+
+def test_a_string_where_a_list_is_expected_is_one_item(tmp_path: Path) -> None:
+    from proxy.cli.main import parse
+
+    config = tmp_path / "kvproxy.toml"
+    config.write_text('upstream = "llama:http://127.0.0.1:8080"\n')
+    s = settings_from(parse(["serve", "--config", str(config)]))
+    assert s.upstreams == (UpstreamSpec("http://127.0.0.1:8080", "llama"),)
+
+
+def test_a_list_where_one_value_is_expected_names_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from proxy.cli.main import parse
+
+    config = tmp_path / "kvproxy.toml"
+    config.write_text("port = [1, 2]\n")
+    with pytest.raises(SystemExit):
+        parse(["serve", "--config", str(config)])
+    assert "port" in capsys.readouterr().err
+
+
+def test_the_environment_is_read_not_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from proxy.cli.main import parse
+
+    monkeypatch.setenv("KVPROXY_PORT", "4242")
+    config = tmp_path / "kvproxy.toml"
+    config.write_text("port = 9000\n")
+    before = dict(os.environ)
+    writes: list[str] = []
+    monkeypatch.setattr(os.environ.__class__, "__delitem__",
+                        lambda self, key: writes.append(key))  # fmt: skip
+    assert settings_from(parse(["serve", "--config", str(config)])).port == 4242
+    assert writes == [] and dict(os.environ) == before
+
+
+def test_a_start_that_fails_says_why_once_and_nothing_else(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "serve", "--upstream", "http://127.0.0.1:1",
+         "--data-dir", str(tmp_path), "--port", "0", "--log-format", "json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    out = result.stdout + result.stderr
+    assert "record_writer_died" not in out
+    assert out.count("127.0.0.1:1 failed") == 1, out
