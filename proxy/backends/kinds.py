@@ -8,12 +8,16 @@ ollama). Adding a kind is one class here and one entry in ``KINDS``.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from proxy.backends import ollama_bridge, ollama_keep, openai_bridge
 from proxy.backends.ollama_keep import ContextMemory, KeepPolicy
+from proxy.backends.upstream import Upstream
 from proxy.core.conversation import Conversation
+from proxy.core.errors import ProxyError
 from proxy.dialects.base import DialectBase
 
 NATIVE, OLLAMA_ON_LLAMA, OPENAI_ON_OLLAMA = "native", "ollama-on-llama", "openai-on-ollama"
@@ -48,7 +52,17 @@ class Prepared:
 
 class Backend(Protocol):
     kind: str
-    pins: bool  # routes to a slot of its own choosing (``id_slot``)
+    label: str  # the server's name, for people
+    pins: bool  # routes to a slot of its own choosing (``id_slot``), has /props and /slots
+    state_path: str  # what it holds now: after a restart or an unload, nothing
+    answers_ollama_reads: bool  # /api/tags, /api/show, /api/version synthesized by kvproxy
+
+    def lost_cache(self, answer: Any) -> bool: ...
+
+    def slot_count(self, props: Mapping[str, Any]) -> int: ...
+
+    async def learn_context(self, upstream: Upstream, memory: ContextMemory,
+                            fixed: int) -> None: ...  # fmt: skip
 
     def call(self, dialect: DialectBase, conv: Conversation, raw_path: str) -> UpstreamCall: ...
 
@@ -60,7 +74,28 @@ class LlamaServer:
     """llama-server: every dialect but ollama's is its own; requests are pinned."""
 
     kind = "llama"
+    label = "llama-server"
     pins = True
+    state_path = "/slots"
+    answers_ollama_reads = True
+
+    def lost_cache(self, answer: Any) -> bool:
+        """``/slots`` with every slot idle and empty: a restart. Unknown shapes are not."""
+        if not isinstance(answer, list) or not answer:
+            return False
+        slots = [s for s in answer if isinstance(s, dict)]
+        return len(slots) == len(answer) and all(
+            not s.get("is_processing") and not s.get("n_prompt_tokens") and not
+            (s.get("prompt") or s.get("tokens"))
+            for s in slots
+        )  # fmt: skip
+
+    def slot_count(self, props: Mapping[str, Any]) -> int:
+        return int(props.get("total_slots") or 1)
+
+    async def learn_context(self, upstream: Upstream, memory: ContextMemory,
+                            fixed: int) -> None:  # fmt: skip
+        """llama-server's context is fixed at its start: nothing to learn."""
 
     def call(self, dialect: DialectBase, conv: Conversation, raw_path: str) -> UpstreamCall:
         if dialect.family == "ollama":
@@ -80,7 +115,25 @@ class Ollama:
     keeps the model's context and stays loaded (``ollama_keep``)."""
 
     kind = "ollama"
+    label = "ollama"
     pins = False
+    state_path = "/api/ps"
+    answers_ollama_reads = False  # its own
+
+    def lost_cache(self, answer: Any) -> bool:
+        """``/api/ps`` with no model loaded: an unload or a restart."""
+        return isinstance(answer, dict) and not answer.get("models")
+
+    def slot_count(self, props: Mapping[str, Any]) -> int:
+        return 1  # one context per loaded model
+
+    async def learn_context(self, upstream: Upstream, memory: ContextMemory,
+                            fixed: int) -> None:  # fmt: skip
+        """The context each loaded model runs at (``ollama_keep``), so that kvproxy keeps
+        sending it; a failing ``/api/ps`` leaves it to the first request."""
+        memory.fixed = fixed
+        with contextlib.suppress(ProxyError):
+            memory.learn_loaded(await upstream.get_json("/api/ps"))
 
     def call(self, dialect: DialectBase, conv: Conversation, raw_path: str) -> UpstreamCall:
         if dialect.name == "openai_chat":

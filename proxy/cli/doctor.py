@@ -11,10 +11,12 @@ import os
 import re
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from proxy.backends.kinds import backend_for
 from proxy.backends.upstream import (
     Upstream,
     UpstreamLimits,
@@ -81,7 +83,7 @@ class Finding:
 
 def diagnose(f: Facts) -> list[Finding]:
     """Findings, most important first within each topic."""
-    return llama_findings(f) if f.kind == "llama" else ollama_findings(f)
+    return FINDINGS[f.kind](f)
 
 
 def llama_findings(f: Facts) -> list[Finding]:
@@ -193,6 +195,10 @@ def ollama_findings(f: Facts) -> list[Finding]:
     return out
 
 
+FINDINGS: dict[str, Callable[[Facts], list[Finding]]] = {
+    "llama": llama_findings, "ollama": ollama_findings}  # fmt: skip
+
+
 def seconds_until(stamp: Any, now: float) -> float | None:
     """Seconds from ``now`` to an RFC 3339 time as ollama writes them (nanoseconds and a
     zone offset included); None when it cannot be read."""
@@ -258,26 +264,38 @@ async def gather(url: str, client_context: int, swa_full: bool,
         facts = Facts(url=spec.url, kind=kind, ram_bytes=physical_ram(),
                       client_context=client_context, swa_full=swa_full,
                       now=time.time())  # fmt: skip
-        if kind == "llama":
-            props, facts.untrusted = sane_props(await up.get_json("/props"))
-            facts.slots = props.get("total_slots") or 1
-            facts.ctx_per_slot = (props.get("default_generation_settings") or {}).get("n_ctx")
-            facts.endpoint_slots = props.get("endpoint_slots")
-            facts.endpoint_metrics = props.get("endpoint_metrics")
-            facts.model_path = props.get("model_path")
-            facts.slot_actions = await probe_slot_actions(up)
-            path = Path(facts.model_path) if facts.model_path else None
-            facts.model_readable = bool(path and path.is_file())
-            if path is not None and facts.model_readable:
-                facts.shape = await asyncio.to_thread(model_shape, path)
-        else:
-            ps = await up.get_json("/api/ps")
-            models = ps.get("models") if isinstance(ps, dict) else None
-            facts.loaded = [m for m in models if isinstance(m, dict)] if isinstance(
-                models, list) else []  # fmt: skip
+        await GATHER[kind](up, facts)
         return facts
     finally:
         await session.close()
+
+
+async def gather_llama(up: Upstream, facts: Facts) -> None:
+    """llama-server's facts: /props, whether slot actions work, the model file."""
+    props, facts.untrusted = sane_props(await up.get_json("/props"))
+    facts.slots = props.get("total_slots") or 1
+    facts.ctx_per_slot = (props.get("default_generation_settings") or {}).get("n_ctx")
+    facts.endpoint_slots = props.get("endpoint_slots")
+    facts.endpoint_metrics = props.get("endpoint_metrics")
+    facts.model_path = props.get("model_path")
+    facts.slot_actions = await probe_slot_actions(up)
+    path = Path(facts.model_path) if facts.model_path else None
+    facts.model_readable = bool(path and path.is_file())
+    if path is not None and facts.model_readable:
+        facts.shape = await asyncio.to_thread(model_shape, path)
+
+
+async def gather_ollama(up: Upstream, facts: Facts) -> None:
+    """ollama's facts: the models it has loaded (/api/ps)."""
+    ps = await up.get_json("/api/ps")
+    models = ps.get("models") if isinstance(ps, dict) else None
+    facts.loaded = [m for m in models if isinstance(m, dict)] if isinstance(
+        models, list) else []  # fmt: skip
+
+
+# What doctor reads and concludes, per server kind.
+GATHER: dict[str, Callable[[Upstream, Facts], Awaitable[None]]] = {
+    "llama": gather_llama, "ollama": gather_ollama}  # fmt: skip
 
 
 async def probe_slot_actions(up: Upstream) -> bool | None:
@@ -298,7 +316,7 @@ MARKS = {"ok": "ok  ", "warn": "warn", "fix": "FIX "}
 
 
 def render(facts: Facts, findings: list[Finding]) -> str:
-    kind = "llama-server" if facts.kind == "llama" else "ollama"
+    kind = backend_for(facts.kind).label
     lines = [f"kvproxy doctor: {kind} at {facts.url}"]
     for finding in findings:
         lines.append(f"  [{MARKS[finding.level]}] {finding.text}")

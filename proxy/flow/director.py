@@ -178,7 +178,7 @@ class Director:
         where = Placement(lease.route.slot, lease.isolated, lease.pool.ollama_ctx)
         prepared = backend_for(lease.pool.upstream.kind).prepare(call, ex.dialect, where,
                                                                  self.settings.ollama_keep)
-        if prepared.replaced is not None or lease.pool.upstream.kind == "ollama":
+        if prepared.replaced is not None:
             rec.ollama_replaced = prepared.replaced
         ex.call = replace(call, body=prepared.body)
         ex.headers = {**cache_header(lease), REWRITE_HEADER: plan.header,

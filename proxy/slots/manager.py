@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 
+from proxy.backends.kinds import backend_for
 from proxy.backends.ollama_keep import ContextMemory
 from proxy.backends.upstream import Upstream
 from proxy.core.cause import MissCause
@@ -84,7 +85,7 @@ class UpstreamSlots:
 
     @property
     def pins(self) -> bool:
-        return self.upstream.kind == "llama"
+        return backend_for(self.upstream.kind).pins
 
 
 @dataclass

@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import Gauge
 
 from proxy.backends.embedded import EmbeddedServer
+from proxy.backends.kinds import backend_for
 from proxy.backends.upstream import Upstream, UpstreamSpec, detect_kind, make_session, sane_props
 from proxy.config.settings import Settings
 from proxy.core.conversation import MessageMemo
@@ -109,9 +110,9 @@ async def auto_warm(app: web.Application, taken: int) -> list[WarmBody]:
     """``--warm auto``: the busiest conversations' prefixes, in the slots that hold nothing
     now (so no live conversation is evicted), at most ``AUTO_MAX``."""
     for pool in app[SLOTS].pools:  # what the servers hold now, not what the last run left
-        if pool.upstream.kind == "llama":
+        if pool.pins:
             await app[SLOTS].sync(pool)
-    free = sum(1 for pool in app[SLOTS].pools if pool.upstream.kind == "llama"
+    free = sum(1 for pool in app[SLOTS].pools if pool.pins
                for slot in range(pool.n_slots) if pool.table.held.get(slot) is None)  # fmt: skip
     budget = min(AUTO_MAX, free - taken)
     if budget <= 0:
@@ -157,7 +158,8 @@ async def slots_ctx(app: web.Application) -> AsyncIterator[None]:
     for index, upstream in enumerate(app[POOL].upstreams):
         props = upstream.props or {}
         generation = props.get("default_generation_settings") or {}
-        llama = upstream.kind == "llama"
+        backend = backend_for(upstream.kind)
+        llama = backend.pins  # a server with slots of its own, /props and slot files
         kind = AttentionKind()
         if llama and props.get("model_path") and Path(props["model_path"]).is_file():
             kind = await asyncio.to_thread(attention_kind, Path(props["model_path"]))
@@ -168,7 +170,7 @@ async def slots_ctx(app: web.Application) -> AsyncIterator[None]:
                 index=index,
                 upstream=upstream,
                 tokenizer=await tokenizer_for(upstream, settings.tokenizer, settings.server_tokens),
-                n_slots=int(props.get("total_slots") or 1) if llama else 1,
+                n_slots=backend.slot_count(props),
                 n_ctx=generation.get("n_ctx"),
                 # Slot files only where the server resumes from them (not sliding window).
                 can_save=llama and bool(props.get("endpoint_slots", True))
@@ -184,10 +186,8 @@ async def slots_ctx(app: web.Application) -> AsyncIterator[None]:
             )
         )
     for pool in pools:
-        if pool.upstream.kind == "ollama":
-            pool.ollama_ctx.fixed = settings.ollama_keep.num_ctx
-            with contextlib.suppress(ProxyError):
-                pool.ollama_ctx.learn_loaded(await pool.upstream.get_json("/api/ps"))
+        await backend_for(pool.upstream.kind).learn_context(pool.upstream, pool.ollama_ctx,
+                                                           settings.ollama_keep.num_ctx)
     manager = SlotManager(pools, settings.route, settings.slot_cache_max_bytes,
                           queue_timeout=settings.queue_timeout)  # fmt: skip
     store = app[STORE]
@@ -243,7 +243,7 @@ async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
             for done in upstreams:
                 await done.session.close()
             raise
-        if kind == "llama":
+        if backend_for(kind).pins:
             await refresh_props(upstream)
         log.info("upstream_ready", url=spec.url, kind=kind)
         upstreams.append(upstream)

@@ -19,7 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.backends import ollama_bridge, openai_bridge
-from proxy.backends.kinds import NATIVE, OLLAMA_ON_LLAMA, OPENAI_ON_OLLAMA
+from proxy.backends.kinds import NATIVE, OLLAMA_ON_LLAMA, OPENAI_ON_OLLAMA, backend_for
 from proxy.backends.upstream import Upstream, forwardable_headers
 from proxy.core.conversation import Conversation, thaw
 from proxy.core.errors import (
@@ -509,7 +509,7 @@ def ollama_endpoint(build: Callable[[dict[str, Any], dict[str, Any]], dict[str, 
 
     async def handle(request: web.Request) -> web.StreamResponse:
         upstream = request.app[POOL].primary
-        if upstream.kind != "llama":
+        if not backend_for(upstream.kind).answers_ollama_reads:
             return await forward(request)
         try:
             models = await upstream.get_json("/v1/models")

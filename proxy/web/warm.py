@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 import httpx
 
+from proxy.backends.kinds import backend_for
 from proxy.backends.upstream import Upstream
 from proxy.config.settings import WarmBody
 from proxy.core.errors import ProxyError
@@ -105,19 +106,8 @@ def warm_request(warm: WarmBody) -> dict[str, Any]:
 
 
 def lost_cache(kind: str, answer: Any) -> bool:
-    """Whether the upstream no longer holds anything warmed: llama-server's ``/slots`` with
-    every slot idle and empty (a restart), or ollama's ``/api/ps`` with no model loaded (an
-    unload or a restart). Unknown shapes are not a loss."""
-    if kind == "ollama":
-        return isinstance(answer, dict) and not answer.get("models")
-    if not isinstance(answer, list) or not answer:
-        return False
-    slots = [s for s in answer if isinstance(s, dict)]
-    return len(slots) == len(answer) and all(
-        not s.get("is_processing") and not s.get("n_prompt_tokens") and not
-        (s.get("prompt") or s.get("tokens"))
-        for s in slots
-    )  # fmt: skip
+    """Whether the upstream no longer holds anything warmed (``Backend.lost_cache``)."""
+    return backend_for(kind).lost_cache(answer)
 
 
 class Warmer:
@@ -154,8 +144,8 @@ class Warmer:
                 await asyncio.sleep(0.2)
 
     async def _lost(self, upstream: Upstream) -> bool:
-        path = "/api/ps" if upstream.kind == "ollama" else "/slots"
         try:
+            path = backend_for(upstream.kind).state_path
             return lost_cache(upstream.kind, await upstream.get_json(path))
         except ProxyError:
             return False  # down: checked again once it answers

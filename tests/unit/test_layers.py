@@ -66,3 +66,40 @@ def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text("from proxy.web.app import create_app\nimport proxy.core.log\n")
     assert imported_packages(module) == {"web", "core"}
+
+
+SERVER_KINDS = {"llama", "ollama"}
+# tokens/ is below backends/: it tells an estimating upstream by its kind (documented in
+# docs/architecture.md as the one left).
+KIND_BRANCHES_ALLOWED = {"tokens/choice.py"}
+
+
+def kind_branches(path: Path) -> list[int]:
+    """Lines comparing something's ``kind`` with a server kind's name."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Compare):
+            continue
+        sides = [node.left, *node.comparators]
+        names = {s.value for s in sides if isinstance(s, ast.Constant)}
+        kinds = [s for s in sides if isinstance(s, ast.Attribute | ast.Name)
+                 and (getattr(s, "attr", None) or getattr(s, "id", None)) == "kind"]  # fmt: skip
+        if kinds and names & SERVER_KINDS:
+            lines.append(node.lineno)
+    return lines
+
+
+def test_no_server_kind_branch_outside_the_backends() -> None:
+    found = []
+    for path in sorted(PROXY.rglob("*.py")):
+        relative = path.relative_to(PROXY).as_posix()
+        if relative.startswith("backends/") or relative in KIND_BRANCHES_ALLOWED:
+            continue
+        found += [f"{relative}:{line}" for line in kind_branches(path)]
+    assert found == []
+
+
+def test_the_branch_check_sees_a_kind_branch(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text('if up.kind == "llama":\n    pass\nx = "ollama" != kind\n')
+    assert kind_branches(module) == [1, 3]
