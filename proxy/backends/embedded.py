@@ -83,7 +83,7 @@ NAMED_MODELS = {"smollm2-135m": bundled_model, "gemma3-270m": gemma3_270m}
 # Gemma 3 270M's GGUF carries no chat template (llama-server would fall back to ChatML):
 # served by name, it gets Gemma 3's turn format, the system message folded into the first
 # user turn.
-NAMED_TEMPLATES = {"gemma3-270m": Path(__file__).parent / "data" / "gemma3.jinja"}
+NAMED_TEMPLATES = {"gemma3-270m": Path(__file__).resolve().parents[1] / "data" / "gemma3.jinja"}
 
 
 def resolve_model(value: str) -> tuple[Path, Path | None]:

@@ -103,3 +103,9 @@ def test_the_branch_check_sees_a_kind_branch(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text('if up.kind == "llama":\n    pass\nx = "ollama" != kind\n')
     assert kind_branches(module) == [1, 3]
+
+
+def test_the_packaged_templates_are_found() -> None:
+    from proxy.backends.embedded import NAMED_TEMPLATES
+
+    assert all(path.is_file() for path in NAMED_TEMPLATES.values())
