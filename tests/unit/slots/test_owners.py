@@ -12,7 +12,7 @@ from proxy.core.prefix_index import Prompt
 from proxy.slots.manager import SlotManager, UpstreamSlots
 from proxy.slots.routing import RoutePolicy
 from proxy.slots.table import PUBLIC, SavedCatalog, SavedFile, SlotTable, visible
-from tests.unit.test_slots import ListTokenizer, NoServer
+from tests.unit.slots.test_manager import ListTokenizer, NoServer
 
 VICTIM, ATTACKER = "victim", "attacker"
 SECRET = list(range(2000))

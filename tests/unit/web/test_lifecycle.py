@@ -11,7 +11,7 @@ import pytest
 from proxy.config.settings import Settings
 from proxy.web.lifecycle import CUT_WAIT, Lifecycle, ShuttingDown, WarmToken
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 
 
 async def test_a_queued_request_is_refused_when_the_drain_begins() -> None:

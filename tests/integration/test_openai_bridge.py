@@ -18,7 +18,7 @@ from proxy.config.settings import Settings
 from proxy.core.errors import BadRequest
 from proxy.dialects.openai_chat import OpenAIChat
 from proxy.web.app import create_app
-from tests.unit.test_ollama_keep import FakeOllama
+from tests.integration.test_ollama_keep import FakeOllama
 
 CALL = {"id": "c1", "type": "function",
         "function": {"name": "read_file", "arguments": '{"path": "a.txt"}'}}  # fmt: skip
