@@ -125,6 +125,7 @@ class SlotManager:
         max_saved_bytes: int,
         clock: Callable[[], float] = time.monotonic,
         queue_timeout: float = 300.0,
+        persist: Callable[[str, Callable[[], bytes] | None], None] | None = None,
     ) -> None:
         self.pools = pools
         self.policy = policy
@@ -139,7 +140,7 @@ class SlotManager:
         # Mirrors slot contents and saved files to durable storage (LMDB), so that a
         # restarted kvproxy starts warm: persist(key, value or None to delete).
         # The value is a function serializing the state, called on the writer thread.
-        self.persist: Callable[[str, Callable[[], bytes] | None], None] | None = None
+        self.persist = persist
 
     def _mirror_slot(self, pool: UpstreamSlots, slot: int) -> None:
         if self.persist is None:
@@ -217,11 +218,6 @@ class SlotManager:
                 done[key] = None if toks is None else Prompt.of(toks, like)
             out[pool.index] = done[key]
         return out
-
-    async def acquire(self, conv: Conversation, bodies: dict[int, dict[str, Any]]) -> Lease:
-        """Route the request, and prepare the slot (save what it would lose, restore what
-        the request extends) before the request is sent."""
-        return await self.acquire_prompts(await self.tokens_for(conv, bodies))
 
     @property
     def whole_files(self) -> frozenset[int]:

@@ -188,12 +188,12 @@ async def slots_ctx(app: web.Application) -> AsyncIterator[None]:
     for pool in pools:
         await backend_for(pool.upstream.kind).learn_context(pool.upstream, pool.ollama_ctx,
                                                            settings.ollama_keep.num_ctx)
-    manager = SlotManager(pools, settings.route, settings.slot_cache_max_bytes,
-                          queue_timeout=settings.queue_timeout)  # fmt: skip
     store = app[STORE]
+    manager = SlotManager(pools, settings.route, settings.slot_cache_max_bytes,
+                          queue_timeout=settings.queue_timeout,
+                          persist=lambda key, raw: store.put_state(b"slots", key, raw))  # fmt: skip
     loaded = manager.load_state(await asyncio.to_thread(store.load_items, b"slots"))
     log.info("slot_state_loaded", entries=loaded)
-    manager.persist = lambda key, raw: store.put_state(b"slots", key, raw)
     app[SLOTS] = manager
     metrics = app[METRICS]
 

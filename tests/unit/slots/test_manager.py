@@ -47,20 +47,25 @@ def manager(slots: int = 2) -> SlotManager:
 CHAT = Conversation(kind="chat")
 
 
+async def acquire(m: SlotManager, conv: Conversation, bodies: dict[int, dict[str, Any]]) -> Lease:
+    """Tokens, then a slot: what the director does for a request."""
+    return await m.acquire_prompts(await m.tokens_for(conv, bodies))
+
+
 async def test_release_holds_prompt_and_fed_back_tokens() -> None:
     m = manager(1)
-    lease = await m.acquire(CHAT, {0: {"tokens": list(range(100))}})
+    lease = await acquire(m, CHAT, {0: {"tokens": list(range(100))}})
     m.release(lease, completed=True, generated=[1, 2, 3], finish_reason="length")
     # the last sampled token of a length-stopped generation is never fed back
     assert m.pools[0].table.held.get(0) == Prompt.of([*range(100), 1, 2])
-    lease = await m.acquire(CHAT, {0: {"tokens": list(range(100))}})
+    lease = await acquire(m, CHAT, {0: {"tokens": list(range(100))}})
     m.release(lease, completed=True, generated=[1, 2, 3], finish_reason="stop")
     assert len(m.pools[0].table.held.get(0) or ()) == 103
 
 
 async def test_interrupted_request_keeps_only_the_reused_prefix() -> None:
     m = manager(1)
-    lease = await m.acquire(CHAT, {0: {"tokens": list(range(300))}})
+    lease = await acquire(m, CHAT, {0: {"tokens": list(range(300))}})
     m.release(lease, completed=False, cached_actual=120)
     assert len(m.pools[0].table.held.get(0) or ()) == 120
     assert m.pools[0].table.states[0].busy == 0
@@ -69,12 +74,12 @@ async def test_interrupted_request_keeps_only_the_reused_prefix() -> None:
 async def test_second_turn_is_predicted_on_the_same_slot() -> None:
     m = manager(2)
     first = list(range(1000))
-    lease = await m.acquire(CHAT, {0: {"tokens": first}})
+    lease = await acquire(m, CHAT, {0: {"tokens": first}})
     m.release(lease, completed=True, generated=[5, 6], finish_reason="stop")
-    other = await m.acquire(CHAT, {0: {"tokens": list(range(5000, 6000))}})
+    other = await acquire(m, CHAT, {0: {"tokens": list(range(5000, 6000))}})
     assert other.route.slot != lease.route.slot  # the hot slot is left alone
     m.release(other, completed=True, generated=[], finish_reason="stop")
-    again = await m.acquire(CHAT, {0: {"tokens": [*first, 5, 6, 7, 8]}})
+    again = await acquire(m, CHAT, {0: {"tokens": [*first, 5, 6, 7, 8]}})
     assert (again.route.slot, again.route.predicted) == (lease.route.slot, 1002)
 
 
@@ -96,7 +101,7 @@ async def replied_on_the_server_path() -> tuple[SlotManager, LateTokenizer]:
     m = manager(1)
     late = LateTokenizer()
     m.pools[0].tokenizer = late
-    lease = await m.acquire(CHAT, {0: {"tokens": list(range(100))}})
+    lease = await acquire(m, CHAT, {0: {"tokens": list(range(100))}})
     m.release(lease, completed=True, finish_reason="stop", reply_text="a reply")
     return m, late
 
@@ -108,13 +113,13 @@ async def test_a_reply_tokenized_by_the_server_is_added_once_known() -> None:
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     assert m.pools[0].table.held.get(0) == Prompt.of([*range(100), 7, 8, 9])
-    again = await m.acquire(CHAT, {0: {"tokens": [*range(100), 7, 8, 9, 10]}})
+    again = await acquire(m, CHAT, {0: {"tokens": [*range(100), 7, 8, 9, 10]}})
     assert again.route.predicted == 103
 
 
 async def test_a_late_reply_does_not_overwrite_a_newer_request() -> None:
     m, late = await replied_on_the_server_path()
-    other = await m.acquire(CHAT, {0: {"tokens": list(range(500, 520))}})
+    other = await acquire(m, CHAT, {0: {"tokens": list(range(500, 520))}})
     m.release(other, completed=False, cached_actual=0, prompt_done=True)
     late.answer.set_result([7, 8, 9])
     await m.aclose()
@@ -123,7 +128,7 @@ async def test_a_late_reply_does_not_overwrite_a_newer_request() -> None:
 
 async def test_unknown_prompt_is_routed_and_clears_the_slot() -> None:
     m = manager(1)
-    lease = await m.acquire(CHAT, {0: {}})
+    lease = await acquire(m, CHAT, {0: {}})
     assert lease.prompt is None
     m.release(lease, completed=True, generated=[1], finish_reason="stop")
     assert m.pools[0].table.held.get(0) is None
@@ -183,7 +188,7 @@ async def test_slot_state_round_trips_through_its_mirror(tmp_path) -> None:  # t
     mirror: dict[str, bytes | None] = {}
     m = manager(2)
     m.persist = lambda key, dump: mirror.__setitem__(key, dump and dump())
-    lease = await m.acquire(CHAT, {0: {"tokens": list(range(300))}})
+    lease = await acquire(m, CHAT, {0: {"tokens": list(range(300))}})
     m.release(lease, completed=True, generated=[7, 8], finish_reason="stop")
     again = manager(2)
     assert again.load_state([(k, v) for k, v in mirror.items() if v is not None]) == 1
@@ -216,10 +221,10 @@ async def test_a_request_cancelled_while_its_slot_is_being_saved_leaks_nothing()
 
     actions: list[str] = []
     m = saving_manager(1, actions, hang=True)
-    first = await m.acquire(CHAT, {0: {"tokens": list(range(1000))}})
+    first = await acquire(m, CHAT, {0: {"tokens": list(range(1000))}})
     m.release(first, completed=True, generated=[], finish_reason="stop")
     # an unrelated prompt overwrites the only slot: its 1000 tokens are saved first
-    task = asyncio.create_task(m.acquire(CHAT, {0: {"tokens": list(range(5000, 5300))}}))
+    task = asyncio.create_task(acquire(m, CHAT, {0: {"tokens": list(range(5000, 5300))}}))
     await asyncio.sleep(0.05)
     assert actions == ["save"]
     task.cancel()
@@ -235,10 +240,10 @@ async def test_a_plain_request_does_not_wait_for_a_checkpoint_of_its_slot() -> N
     import asyncio
 
     m = manager(1)
-    first = await m.acquire(CHAT, {0: {"tokens": list(range(1000))}})
+    first = await acquire(m, CHAT, {0: {"tokens": list(range(1000))}})
     m.release(first, completed=True, generated=[], finish_reason="stop")
     await m.pools[0].prep[0].acquire()  # a checkpoint is saving this slot
-    lease = await asyncio.wait_for(m.acquire(CHAT, {0: {"tokens": [*range(1000), 1, 2]}}), 2)
+    lease = await asyncio.wait_for(acquire(m, CHAT, {0: {"tokens": [*range(1000), 1, 2]}}), 2)
     assert lease.route.predicted == 1000
     m.pools[0].prep[0].release()
 
@@ -249,9 +254,9 @@ async def test_a_checkpoint_waits_while_any_request_is_on_the_server() -> None:
     actions: list[str] = []
     m = saving_manager(2, actions)
     m.pools[0].slot_dir = Path("/nonexistent")  # files are deletable: checkpoints allowed
-    first = await m.acquire(CHAT, {0: {"tokens": list(range(1000))}})
+    first = await acquire(m, CHAT, {0: {"tokens": list(range(1000))}})
     m.release(first, completed=True, generated=[], finish_reason="stop")
-    other = await m.acquire(CHAT, {0: {"tokens": list(range(5000, 5100))}})
+    other = await acquire(m, CHAT, {0: {"tokens": list(range(5000, 5100))}})
     assert other.route.slot != first.route.slot
     assert await m.checkpoint(0) == 0 and actions == []
     m.release(other, completed=True, generated=[], finish_reason="stop")
@@ -264,13 +269,13 @@ async def test_waiting_for_a_slot_being_saved_does_not_hold_the_manager_lock() -
     import asyncio
 
     m = manager(2)
-    first = await m.acquire(CHAT, {0: {"tokens": list(range(1000))}})
+    first = await acquire(m, CHAT, {0: {"tokens": list(range(1000))}})
     m.release(first, completed=True, generated=[], finish_reason="stop")
     busy = m.pools[0].prep[first.route.slot]
     await busy.acquire()  # being saved
-    waiting = asyncio.create_task(m.acquire(CHAT, {0: {"tokens": [*range(1000), 1, 2]}}))
+    waiting = asyncio.create_task(acquire(m, CHAT, {0: {"tokens": [*range(1000), 1, 2]}}))
     await asyncio.sleep(0.05)
-    other = await asyncio.wait_for(m.acquire(CHAT, {0: {"tokens": list(range(7000, 7100))}}), 2)
+    other = await asyncio.wait_for(acquire(m, CHAT, {0: {"tokens": list(range(7000, 7100))}}), 2)
     assert other.route.slot != first.route.slot
     busy.release()
     lease = await asyncio.wait_for(waiting, 2)
@@ -281,7 +286,7 @@ def test_a_stream_closed_after_its_first_token_leaves_the_prompt_held() -> None:
     import asyncio
 
     m = manager(1)
-    lease = asyncio.run(m.acquire(CHAT, {0: {"tokens": list(range(300))}}))
+    lease = asyncio.run(acquire(m, CHAT, {0: {"tokens": list(range(300))}}))
     m.release(lease, completed=False, cached_actual=None, prompt_done=True)
     assert len(m.pools[0].table.held.get(0) or ()) == 300
 
@@ -291,7 +296,7 @@ async def test_no_idle_checkpoint_where_superseded_files_cannot_be_deleted(tmp_p
     forgot the old one undeleted (241 MB for one 3.6k-token conversation)."""
     calls: list[str] = []
     m = saving_manager(1, calls)
-    lease = await m.acquire(CHAT, {0: {"tokens": list(range(1000))}})
+    lease = await acquire(m, CHAT, {0: {"tokens": list(range(1000))}})
     m.release(lease, completed=True, generated=[], finish_reason="stop")
     assert await m.checkpoint(0) == 0 and calls == []
     m.pools[0].slot_dir = tmp_path  # --slot-dir: the server's directory is reachable
@@ -305,13 +310,13 @@ async def test_files_kvproxy_cannot_delete_stay_counted_and_stop_further_saves()
     m = saving_manager(1, calls)
     m.catalog.max_bytes = 15  # each save writes 10 bytes
     for base in (0, 5000, 9000):
-        lease = await m.acquire(CHAT, {0: {"tokens": list(range(base, base + 1000))}})
+        lease = await acquire(m, CHAT, {0: {"tokens": list(range(base, base + 1000))}})
         m.release(lease, completed=True, generated=[], finish_reason="stop")
     # the first two conversations were saved before being overwritten; the third save
     # would pass the budget with files kvproxy cannot delete, so it is not taken
     assert calls == ["save", "save"]
     assert m.saved_bytes() == 20 and len(m.catalog) == 2
-    lease = await m.acquire(CHAT, {0: {"tokens": list(range(20000, 21000))}})
+    lease = await acquire(m, CHAT, {0: {"tokens": list(range(20000, 21000))}})
     assert calls == ["save", "save"]
 
 
@@ -321,15 +326,15 @@ async def test_when_every_slot_is_busy_a_request_waits_for_the_first_free_one() 
     import asyncio
 
     m = manager(2)
-    a = await m.acquire(CHAT, {0: {"tokens": list(range(1000))}})
-    b = await m.acquire(CHAT, {0: {"tokens": list(range(5000, 6000))}})
+    a = await acquire(m, CHAT, {0: {"tokens": list(range(1000))}})
+    b = await acquire(m, CHAT, {0: {"tokens": list(range(5000, 6000))}})
     # one request per slot may wait at the server behind the running one
-    ahead = [await m.acquire(CHAT, {0: {"tokens": list(range(k, k + 300))}})
+    ahead = [await acquire(m, CHAT, {0: {"tokens": list(range(k, k + 300))}})
              for k in (20000, 30000)]  # fmt: skip
     assert sorted(lease.route.slot for lease in ahead) == [0, 1]
     assert all(lease.route.reason == "all-busy-least-queued" for lease in ahead)
-    third = asyncio.create_task(m.acquire(CHAT, {0: {"tokens": list(range(9000, 9300))}}))
-    fourth = asyncio.create_task(m.acquire(CHAT, {0: {"tokens": list(range(7000, 7300))}}))
+    third = asyncio.create_task(acquire(m, CHAT, {0: {"tokens": list(range(9000, 9300))}}))
+    fourth = asyncio.create_task(acquire(m, CHAT, {0: {"tokens": list(range(7000, 7300))}}))
     await asyncio.sleep(0.05)
     assert not third.done() and not fourth.done()  # waiting in kvproxy, pinned nowhere
     m.release(b, completed=True, generated=[], finish_reason="stop")
@@ -342,11 +347,11 @@ async def test_when_every_slot_is_busy_a_request_waits_for_the_first_free_one() 
 
 async def test_a_long_shared_prefix_still_queues_behind_its_busy_slot() -> None:
     m = manager(2)
-    a = await m.acquire(CHAT, {0: {"tokens": list(range(5000))}})
+    a = await acquire(m, CHAT, {0: {"tokens": list(range(5000))}})
     m.release(a, completed=True, generated=[], finish_reason="stop")
-    a = await m.acquire(CHAT, {0: {"tokens": [*range(5000), 1]}})
-    await m.acquire(CHAT, {0: {"tokens": list(range(9000, 9300))}})
-    pinned = await m.acquire(CHAT, {0: {"tokens": [*range(5000), 2]}})
+    a = await acquire(m, CHAT, {0: {"tokens": [*range(5000), 1]}})
+    await acquire(m, CHAT, {0: {"tokens": list(range(9000, 9300))}})
+    pinned = await acquire(m, CHAT, {0: {"tokens": [*range(5000), 2]}})
     assert (pinned.route.slot, pinned.route.reason) == (a.route.slot, "all-busy")
 
 
@@ -356,9 +361,9 @@ async def test_waiting_beyond_the_queue_timeout_is_overloaded() -> None:
     m = manager(2)
     m.queue_timeout = 0.1
     for k in range(4):
-        await m.acquire(CHAT, {0: {"tokens": list(range(k * 1000, k * 1000 + 500))}})
+        await acquire(m, CHAT, {0: {"tokens": list(range(k * 1000, k * 1000 + 500))}})
     with pytest.raises(Overloaded, match="--queue-timeout"):
-        await m.acquire(CHAT, {0: {"tokens": list(range(5000, 5300))}})
+        await acquire(m, CHAT, {0: {"tokens": list(range(5000, 5300))}})
     assert [s.busy for s in m.pools[0].table.states] == [2, 2]
     assert not m._waiters
 
@@ -367,12 +372,12 @@ async def test_a_woken_request_that_is_cancelled_passes_the_slot_on() -> None:
     import asyncio
 
     m = manager(2)
-    a = await m.acquire(CHAT, {0: {"tokens": list(range(1000))}})
-    await m.acquire(CHAT, {0: {"tokens": list(range(5000, 6000))}})
+    a = await acquire(m, CHAT, {0: {"tokens": list(range(1000))}})
+    await acquire(m, CHAT, {0: {"tokens": list(range(5000, 6000))}})
     for k in (20000, 30000):
-        await m.acquire(CHAT, {0: {"tokens": list(range(k, k + 300))}})
-    first = asyncio.create_task(m.acquire(CHAT, {0: {"tokens": list(range(9000, 9300))}}))
-    second = asyncio.create_task(m.acquire(CHAT, {0: {"tokens": list(range(7000, 7300))}}))
+        await acquire(m, CHAT, {0: {"tokens": list(range(k, k + 300))}})
+    first = asyncio.create_task(acquire(m, CHAT, {0: {"tokens": list(range(9000, 9300))}}))
+    second = asyncio.create_task(acquire(m, CHAT, {0: {"tokens": list(range(7000, 7300))}}))
     await asyncio.sleep(0.05)
     m.release(a, completed=True, generated=[], finish_reason="stop")
     first.cancel()  # woken, and gone before it could route
@@ -384,5 +389,5 @@ async def test_a_woken_request_that_is_cancelled_passes_the_slot_on() -> None:
 async def test_routing_waits_for_a_reply_still_being_tokenized() -> None:
     m, late = await replied_on_the_server_path()
     asyncio.get_running_loop().call_later(0.05, late.answer.set_result, [7, 8])
-    again = await m.acquire(CHAT, {0: {"tokens": [*range(100), 7, 8, 9]}})
+    again = await acquire(m, CHAT, {0: {"tokens": [*range(100), 7, 8, 9]}})
     assert again.route.predicted == 102
