@@ -159,6 +159,28 @@ def upstream_error_message(raw: bytes) -> str:
     return str(err)
 
 
+async def copy_stream(
+    resp: aiohttp.ClientResponse,
+    out: web.StreamResponse,
+    rec: RequestRecord,
+    cap: int,
+    on_chunk: Callable[[bytes], Iterable[bytes]] | None,
+    closing: Callable[[], list[bytes]] | None,
+) -> None:
+    """Each upstream chunk (translated by ``on_chunk``) to the client, then ``closing``;
+    past ``cap`` bytes in all, an ``UpstreamProtocol`` (an endless stream)."""
+    total = 0
+    async for chunk in resp.content.iter_any():
+        total += len(chunk)
+        if total > cap:
+            raise UpstreamProtocol(f"upstream stream exceeds {cap} bytes; it was ended")
+        for piece in on_chunk(chunk) if on_chunk else [chunk]:
+            rec.first_byte()
+            await out.write(piece)
+    for piece in closing() if closing else []:
+        await out.write(piece)
+
+
 async def relay_stream(
     request: web.Request,
     resp: aiohttp.ClientResponse,
@@ -183,18 +205,8 @@ async def relay_stream(
     await out.prepare(request)
     # llama-server (cpp-httplib) drops the connection after a chunked stream although it
     # advertises keep-alive; closing our end instead of pooling it avoids a 502 on reuse.
-    total, cap = 0, upstream.limits.max_stream_bytes
     try:
-        async for chunk in resp.content.iter_any():
-            total += len(chunk)
-            if total > cap:
-                raise UpstreamProtocol(f"upstream stream exceeds {cap} bytes; it was ended")
-            pieces = on_chunk(chunk) if on_chunk else [chunk]
-            for piece in pieces:
-                rec.first_byte()
-                await out.write(piece)
-        for piece in closing() if closing else []:
-            await out.write(piece)
+        await copy_stream(resp, out, rec, upstream.limits.max_stream_bytes, on_chunk, closing)
     except ConnectionResetError:
         rec.error = "client disconnected"
         raise
