@@ -15,7 +15,7 @@ STAMP := $(VENV)/.kvproxy-installed
 SOAK_SECONDS ?= 1800
 
 .PHONY: run test lint bench bench-overhead bench-routing bench-rewrite bench-index bench-clients \
-	bench-load bench-soak bench-tokens bench-warm bench-recurrent clean
+	bench-load bench-soak bench-tokens bench-warm bench-recurrent bench-memory clean
 
 # MODEL=PATH.gguf (or a packaged name: smollm2-135m, gemma3-270m) serves another model.
 run: $(STAMP)
@@ -71,6 +71,10 @@ bench-recurrent: $(STAMP)
 
 bench-warm: $(STAMP)
 	$(BIN)/python -m bench.warm
+
+# 200 bodies of 8 MB at once: kvproxy's peak memory beside its body budget.
+bench-memory: $(STAMP)
+	$(BIN)/python -m bench.memory
 
 bench-index: $(STAMP)
 	$(BIN)/pytest -p no:cacheprovider bench/test_prefix_index_bench.py --benchmark-columns=min,median,mean,rounds
