@@ -15,12 +15,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from proxy.backends.upstream import UpstreamLimits, UpstreamSpec
+from proxy.backends.upstream import UpstreamLimits
 from proxy.config.exposure import Exposure
-from proxy.config.settings import Settings
 from proxy.records.store import read_records
-from proxy.web.app import create_app
 from proxy.web.components import POOL, SLOTS, STORE
+from tests.integration.fakes import fake_upstream, kvproxy
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
 OLLAMA_CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -49,11 +48,7 @@ async def raw_upstream(body: bytes) -> tuple[asyncio.Server, str]:
 
 
 async def start(url: str, tmp_path: Path, **options: Any) -> TestClient:
-    settings = Settings(upstreams=(UpstreamSpec(url=url, kind="llama"),), upstream_timeout=5,
-                        connect_timeout=5, data_dir=tmp_path, **options)  # fmt: skip
-    client = TestClient(TestServer(create_app(settings)))
-    await client.start_server()
-    return client
+    return await kvproxy(url, tmp_path, upstream_timeout=5, connect_timeout=5, **options)
 
 
 def limit(client: TestClient, **bounds: Any) -> None:
@@ -74,17 +69,7 @@ async def fake():
 
     async def make(tmp_path: Path, routes: dict[str, Handler], props: Any = None,
                    **options: Any) -> TestClient:  # fmt: skip
-        app = web.Application()
-        for path, handler in routes.items():
-            app.router.add_post(path, handler)
-        if props is not None:
-
-            async def give_props(_request: web.Request) -> web.Response:
-                return web.json_response(props)
-
-            app.router.add_get("/props", give_props)
-        upstream = TestServer(app)
-        await upstream.start_server()
+        upstream = await fake_upstream(routes, props)
         started.append(upstream)
         client = await start(str(upstream.make_url("")).rstrip("/"), tmp_path, **options)
         started.append(client)

@@ -13,12 +13,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from proxy.backends.upstream import UpstreamSpec
-from proxy.config.settings import Settings
 from proxy.core.conversation import Conversation, Message
 from proxy.core.errors import Overloaded
 from proxy.core.limits import MAX_TOKEN_BYTES, PARSED_FACTOR, BodyBudget, surely_prompted_bytes
-from proxy.web.app import create_app
+from tests.integration.fakes import fake_upstream, kvproxy
 
 ANSWER = {"choices": [{"message": {"content": "ok"}}]}
 
@@ -67,22 +65,8 @@ def test_the_bytes_a_prompt_surely_holds() -> None:
 
 async def start(tmp_path: Path, routes: dict[str, Any], props: dict[str, Any] | None = None,
                 **options: Any) -> tuple[TestClient, TestServer]:  # fmt: skip
-    app = web.Application()
-    for path, handler in routes.items():
-        app.router.add_route("*", path, handler)
-    if props is not None:
-
-        async def give_props(_request: web.Request) -> web.Response:
-            return web.json_response(props)
-
-        app.router.add_get("/props", give_props)
-    upstream = TestServer(app)
-    await upstream.start_server()
-    settings = Settings(upstreams=(UpstreamSpec(url=str(upstream.make_url("")).rstrip("/"),
-                                                kind="llama"),),
-                        data_dir=tmp_path, server_tokens=True, **options)  # fmt: skip
-    client = TestClient(TestServer(create_app(settings)))
-    await client.start_server()
+    upstream = await fake_upstream(routes, props, method="*")
+    client = await kvproxy(str(upstream.make_url("")), tmp_path, server_tokens=True, **options)
     return client, upstream
 
 
