@@ -154,7 +154,7 @@ class OllamaResponder:
             self._reason(choice.get("finish_reason"))
         return out
 
-    def finish(self) -> list[dict[str, Any]]:
+    def closing_frames(self) -> list[dict[str, Any]]:
         """The closing objects: pending tool calls, then the ``done`` chunk with counters."""
         out = []
         if self.tool_calls:

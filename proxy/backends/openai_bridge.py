@@ -151,10 +151,10 @@ class OpenAIResponder:
             choice = {"index": 0, "delta": delta, "finish_reason": None}
             out.append({**self._envelope("chat.completion.chunk"), "choices": [choice]})
         if obj.get("done"):
-            out += self.finish()
+            out += self.closing_frames()
         return out
 
-    def finish(self) -> list[dict[str, Any]]:
+    def closing_frames(self) -> list[dict[str, Any]]:
         reason = "tool_calls" if self.calls else self.finish_reason
         out = [{**self._envelope("chat.completion.chunk"),
                 "choices": [{"index": 0, "delta": {}, "finish_reason": reason}]}]  # fmt: skip

@@ -119,7 +119,7 @@ class Director:
         before it is tokenized (``cannot_fit``)."""
         assert ex.conv is not None
         plan = self.rewriter.plan(ex.conv, identify(headers, ex.conv))
-        contexts = [pool.n_ctx for pool in self.slots.pools]
+        contexts = [server.n_ctx for server in self.slots.servers]
         if cannot_fit(ex.conv, contexts) and cannot_fit(plan.conv, contexts):
             largest = max(n or 0 for n in contexts)
             raise BadRequest(f"prompt exceeds the context of every slot ({largest} tokens; "
@@ -158,13 +158,13 @@ class Director:
         with self.gatekeeper.queue():
             try:
                 async with asyncio.timeout(timeout):
-                    await ex.lease.pool.gate.acquire()
+                    await ex.lease.server.gate.acquire()
             except TimeoutError as exc:
                 raise Overloaded(
                     f"the upstream is at its limit of requests in flight; waited {timeout:g} "
                     "s, retry later"
                 ) from exc
-        ex.gate = ex.lease.pool.gate
+        ex.gate = ex.lease.server.gate
         ex.waited_ms = (time.perf_counter() - started) * 1000 + ex.lease.queued_ms
 
     def dispatch(self, ex: Exchange) -> UpstreamCall:
@@ -174,9 +174,9 @@ class Director:
         note_rewrite(rec, plan, ex.original_cached)
         if self.settings.log_content:
             rec.snippets = snippets(plan)
-        call = ex.calls[lease.route.upstream]
-        where = Placement(lease.route.slot, lease.isolated, lease.pool.ollama_ctx)
-        prepared = backend_for(lease.pool.upstream.kind).prepare(call, ex.dialect, where,
+        call = ex.calls[lease.route.server]
+        where = Placement(lease.route.slot, lease.isolated, lease.server.ollama_ctx)
+        prepared = backend_for(lease.server.upstream.kind).prepare(call, ex.dialect, where,
                                                                  self.settings.ollama_keep)
         if prepared.replaced is not None:
             rec.ollama_replaced = prepared.replaced
@@ -196,7 +196,7 @@ class Director:
         assert lease is not None and plan is not None
         note_outcome(rec, lease)
         completed = rec.status == 200 and rec.error is None
-        generated = lease.pool.tokenizer.text_tokens(ex.observer.text) if completed else None
+        generated = lease.server.tokenizer.text_tokens(ex.observer.text) if completed else None
         self.slots.release(lease, completed=completed, generated=generated,
                            finish_reason=ex.observer.finish_reason,
                            cached_actual=rec.cached_tokens,
@@ -222,14 +222,14 @@ class Director:
 
     # -- helpers ------------------------------------------------------------------------
     def calls_for(self, dialect: DialectBase, conv: Conversation, raw_path: str) -> Calls:
-        return {pool.index: backend_for(pool.upstream.kind).call(dialect, conv, raw_path)
-                for pool in self.slots.pools}  # fmt: skip
+        return {server.index: backend_for(server.upstream.kind).call(dialect, conv, raw_path)
+                for server in self.slots.servers}  # fmt: skip
 
     def over_budget(self, prompts: dict[int, Prompt | None], reserve: int) -> bool:
         """Whether a prompt leaves less than ``reserve`` tokens of some slot's context."""
-        for pool in self.slots.pools:
-            prompt = prompts.get(pool.index)
-            if prompt is not None and pool.n_ctx and len(prompt) > pool.n_ctx - reserve:
+        for server in self.slots.servers:
+            prompt = prompts.get(server.index)
+            if prompt is not None and server.n_ctx and len(prompt) > server.n_ctx - reserve:
                 return True
         return False
 
@@ -244,7 +244,7 @@ def cache_header(lease: Lease) -> dict[str, str]:
 
 
 def note_route(rec: RequestRecord, lease: Lease) -> None:
-    rec.upstream = lease.pool.upstream.name
+    rec.upstream = lease.server.upstream.name
     rec.slot = lease.slot_label
     rec.predicted_cached = lease.route.predicted if lease.prompt is not None else None
     rec.route_reason = lease.route.reason

@@ -54,7 +54,7 @@ SYNC_INTERVAL = 1.0
 
 
 @dataclass
-class UpstreamSlots:
+class ServerSlots:
     """The slots of one upstream (ollama: one per instance) and how to tokenize for it."""
 
     index: int
@@ -92,7 +92,7 @@ class UpstreamSlots:
 class Lease:
     """One request's claim on a slot, from routing until its response is done."""
 
-    pool: UpstreamSlots
+    server: ServerSlots
     route: Route
     prompt: Prompt | None
     estimated: bool
@@ -110,7 +110,7 @@ class Lease:
 
     @property
     def slot_label(self) -> str:
-        return f"{self.route.upstream}/{self.route.slot}"
+        return f"{self.route.server}/{self.route.slot}"
 
 
 # Seconds a request waits, before routing, for earlier replies the server is tokenizing.
@@ -120,14 +120,14 @@ REPLY_WAIT = 1.0
 class SlotManager:
     def __init__(
         self,
-        pools: list[UpstreamSlots],
+        servers: list[ServerSlots],
         policy: RoutePolicy,
         max_saved_bytes: int,
         clock: Callable[[], float] = time.monotonic,
         queue_timeout: float = 300.0,
         persist: Callable[[str, Callable[[], bytes] | None], None] | None = None,
     ) -> None:
-        self.pools = pools
+        self.servers = servers
         self.policy = policy
         self.clock = clock
         self.queue_timeout = queue_timeout
@@ -142,15 +142,15 @@ class SlotManager:
         # The value is a function serializing the state, called on the writer thread.
         self.persist = persist
 
-    def _mirror_slot(self, pool: UpstreamSlots, slot: int) -> None:
+    def _mirror_slot(self, server: ServerSlots, slot: int) -> None:
         if self.persist is None:
             return
-        held = pool.table.held.get(slot)
-        key = f"live|{pool.upstream.url}|{slot}"
+        held = server.table.held.get(slot)
+        key = f"live|{server.upstream.url}|{slot}"
         if held is None:
             self.persist(key, None)
             return
-        saved_len, owner = pool.table.states[slot].saved_len, pool.table.states[slot].owner
+        saved_len, owner = server.table.states[slot].saved_len, server.table.states[slot].owner
         self.persist(key, lambda: encode_state(held, saved_len=saved_len, owner=owner))
 
     def _mirror_file(self, name: str) -> None:
@@ -160,7 +160,7 @@ class SlotManager:
         if info is None or prompt is None:
             self.persist(f"file|{name}", None)
             return
-        url, size = self.pools[info.upstream].upstream.url, info.size
+        url, size = self.servers[info.server].upstream.url, info.size
         owners = sorted(self.catalog.owners_of(name))
         self.persist(f"file|{name}", lambda: encode_state(prompt, upstream=url, size=size,
                                                           owners=owners))  # fmt: skip
@@ -169,7 +169,7 @@ class SlotManager:
         """Slot contents and saved files from a previous run, for the upstreams that are
         still configured (files only if still on disk, where kvproxy knows the directory).
         The next request's /slots check cuts back whatever the servers no longer hold."""
-        by_url = {pool.upstream.url: pool for pool in self.pools}
+        by_url = {server.upstream.url: server for server in self.servers}
         loaded = 0
         for key, raw in items:
             kind, _, rest = key.partition("|")
@@ -179,22 +179,23 @@ class SlotManager:
                 continue
             if kind == "live":
                 url, _, slot_text = rest.rpartition("|")
-                pool = by_url.get(url)
-                if pool is None or not slot_text.isdigit() or int(slot_text) >= pool.n_slots:
+                server = by_url.get(url)
+                if server is None or not slot_text.isdigit() or int(slot_text) >= server.n_slots:
                     continue
-                pool.table.held.put(int(slot_text), prompt)
-                pool.table.states[int(slot_text)].saved_len = int(meta.get("saved_len", 0))
+                server.table.held.put(int(slot_text), prompt)
+                server.table.states[int(slot_text)].saved_len = int(meta.get("saved_len", 0))
                 owner = meta.get("owner")
-                pool.table.states[int(slot_text)].owner = owner if isinstance(owner, str) else None
+                owned = owner if isinstance(owner, str) else None
+                server.table.states[int(slot_text)].owner = owned
             elif kind == "file":
-                pool = by_url.get(meta.get("upstream", ""))
-                if pool is None:
+                server = by_url.get(meta.get("upstream", ""))
+                if server is None:
                     continue
-                if pool.slot_dir is not None and not (pool.slot_dir / rest).exists():
+                if server.slot_dir is not None and not (server.slot_dir / rest).exists():
                     continue
                 size = int(meta.get("size", 0))
                 owners = [o for o in meta.get("owners") or () if isinstance(o, str)]
-                self.catalog.load(SavedFile(rest, pool.index, size, pool.slot_dir is not None),
+                self.catalog.load(SavedFile(rest, server.index, size, server.slot_dir is not None),
                                   prompt, owners)  # fmt: skip
             loaded += 1
         return loaded
@@ -205,35 +206,35 @@ class SlotManager:
         """Each upstream's prompt tokens, tokenizing once per distinct tokenizer."""
         done: dict[int, Prompt | None] = {}
         out: dict[int, Prompt | None] = {}
-        for pool in self.pools:
-            key = id(pool.tokenizer)
+        for server in self.servers:
+            key = id(server.tokenizer)
             if key not in done:
                 try:
-                    toks = await pool.tokenizer.prompt_tokens(conv, bodies[pool.index])
+                    toks = await server.tokenizer.prompt_tokens(conv, bodies[server.index])
                 except ProxyError as err:
-                    log.warning("tokenize_failed", upstream=pool.upstream.url, error=err.message)
+                    log.warning("tokenize_failed", upstream=server.upstream.url, error=err.message)
                     toks = None
-                held = pool.table.held  # an appended turn: its slot's prompt is a prefix
+                held = server.table.held  # an appended turn: its slot's prompt is a prefix
                 like = [p for p in map(held.get, held.keys()) if p is not None]
                 done[key] = None if toks is None else Prompt.of(toks, like)
-            out[pool.index] = done[key]
+            out[server.index] = done[key]
         return out
 
     @property
     def whole_files(self) -> frozenset[int]:
         """Upstreams that resume a saved file only when a prompt extends all of it."""
-        return frozenset(pool.index for pool in self.pools if pool.recurrent)
+        return frozenset(server.index for server in self.servers if server.recurrent)
 
     def best_predicted(self, prompts: dict[int, Prompt | None],
                        owner: str | None = None) -> int | None:  # fmt: skip
         """The most cached tokens any live slot or saved file ``owner`` may reuse offers
         these prompts."""
         best: int | None = None
-        for pool in self.pools:
-            prompt = prompts.get(pool.index)
+        for server in self.servers:
+            prompt = prompts.get(server.index)
             if prompt is None:
                 continue
-            live = max((v.cached for v in pool.table.views(prompt, owner)), default=0)
+            live = max((v.cached for v in server.table.views(prompt, owner)), default=0)
             file = self.catalog.best(prompt, self.whole_files, owner)
             saved = file.cached if file is not None else 0
             best = max(best or 0, min(max(live, saved), max(0, len(prompt) - 1)))
@@ -265,7 +266,7 @@ class SlotManager:
                 self._waiters.appendleft(waiter)  # keeps its place at the head
             else:
                 self._waiters.append(waiter)
-                if any(s.busy == 0 for pool in self.pools for s in pool.table.states):
+                if any(s.busy == 0 for server in self.servers for s in server.table.states):
                     self._wake()  # a slot is free: the head of the queue takes it
             woken = True
             try:
@@ -296,14 +297,14 @@ class SlotManager:
         """Reconcile with ``/slots`` before routing while the server is idle (a restart
         shows then, and the answer is quick); while it is busy, /slots waits for the
         server's loop, so the check runs in the background instead of delaying dispatch."""
-        for pool in self.pools:
-            if not pool.pins:
+        for server in self.servers:
+            if not server.pins:
                 continue
-            if any(state.busy for state in pool.table.states):
-                if pool.sync_task is None or pool.sync_task.done():
-                    pool.sync_task = asyncio.create_task(self.sync(pool))
+            if any(state.busy for state in server.table.states):
+                if server.sync_task is None or server.sync_task.done():
+                    server.sync_task = asyncio.create_task(self.sync(server))
             else:
-                await self.sync(pool)
+                await self.sync(server)
 
     def _wake(self) -> None:
         """A slot freed: the longest-waiting request routes again."""
@@ -317,29 +318,29 @@ class SlotManager:
                      ) -> Lease | None:  # fmt: skip
         async with self._lock:
             now = self.clock()
-            views = [v for pool in self.pools
-                     for v in pool.table.views(prompts[pool.index], owner)]  # fmt: skip
+            views = [v for server in self.servers
+                     for v in server.table.views(prompts[server.index], owner)]  # fmt: skip
             any_prompt = next((p for p in prompts.values() if p is not None), None)
             length = len(any_prompt) if any_prompt is not None else 0
             saved = self.catalog.best(any_prompt, self.whole_files, owner)
             route = choose(length, views, saved, self.policy, now)
             if route.reason == "all-busy-least-queued" and len(views) > 1:
-                chosen = next(v for v in views if v.key == (route.upstream, route.slot))
+                chosen = next(v for v in views if v.key == (route.server, route.slot))
                 if chosen.busy > self.policy.server_queue:
                     return None
-            if any(v.busy == 0 for v in views if v.key != (route.upstream, route.slot)):
+            if any(v.busy == 0 for v in views if v.key != (route.server, route.slot)):
                 self._wake()  # a slot stays free: the next waiter may take it
-            pool = self.pools[route.upstream]
-            prompt = prompts[route.upstream]
-            pool.table.reserve(route.slot, now)
-            lease = Lease(pool=pool, route=route, prompt=prompt, estimated=not pool.tokenizer.exact,
-                          owner=owner)  # fmt: skip
+            server = self.servers[route.server]
+            prompt = prompts[route.server]
+            server.table.reserve(route.slot, now)
+            lease = Lease(server=server, route=route, prompt=prompt,
+                          estimated=not server.tokenizer.exact, owner=owner)  # fmt: skip
             if prompt is not None:
                 known = known_best(prompt, views, self.catalog, self.ghosts)
                 lease.known_best, lease.known_from, lease.known_held = (
                     known.best, known.source, known.held)  # fmt: skip
             if route.lost and not (route.save_first or route.restore is not None):
-                self._ghost_unsaved(pool, route.slot)
+                self._ghost_unsaved(server, route.slot)
         # The slot is reserved (busy) under the lock; waiting for its save or restore
         # happens outside it, and a cancellation undoes the reservation.
         try:
@@ -348,7 +349,7 @@ class SlotManager:
         except BaseException:
             self.unreserve(lease)
             raise
-        lease.isolated = pool.pins and owner is not None and pool.table.isolated(route.slot,
+        lease.isolated = server.pins and owner is not None and server.table.isolated(route.slot,
                                                                                  owner)  # fmt: skip
         return lease
 
@@ -356,37 +357,37 @@ class SlotManager:
         """Give a reserved slot back before the request was sent (cancelled, refused)."""
         if not lease.released:
             lease.released = True
-            lease.pool.table.unreserve(lease.route.slot)
+            lease.server.table.unreserve(lease.route.slot)
             self._wake()
 
     async def _prepare(self, lease: Lease) -> None:
         """Save the victim first, restore a saved prefix: the slot's I/O, serialized with
         checkpoints of the same slot. A plain route waits for nothing: the server runs a
         save already under way before the request that follows it."""
-        pool, route = lease.pool, lease.route
-        async with pool.prep[route.slot]:
-            if route.save_first and pool.can_save:
-                await self._save(pool, route.slot)
+        server, route = lease.server, lease.route
+        async with server.prep[route.slot]:
+            if route.save_first and server.can_save:
+                await self._save(server, route.slot)
             if route.lost:
-                self._ghost_unsaved(pool, route.slot)
+                self._ghost_unsaved(server, route.slot)
             if route.restore is not None:
-                lease.restored = await self._restore(pool, route.slot, route.restore,
+                lease.restored = await self._restore(server, route.slot, route.restore,
                                                      lease.owner)  # fmt: skip
                 if not lease.restored:
                     lease.route = Route(
-                        upstream=route.upstream,
+                        server=route.server,
                         slot=route.slot,
                         predicted=0,
                         reason="restore-failed",
                         lost=route.lost,
                     )
 
-    def _ghost_unsaved(self, pool: UpstreamSlots, slot: int) -> None:
+    def _ghost_unsaved(self, server: ServerSlots, slot: int) -> None:
         """Remember a prefix about to be overwritten that no file holds: a later miss on it
         is then "evicted", not "cold"."""
-        held = pool.table.held.get(slot)
-        if held is not None and pool.table.states[slot].saved_len < len(held):
-            self.ghosts.add((pool.index, slot, self.clock()), held)
+        held = server.table.held.get(slot)
+        if held is not None and server.table.states[slot].saved_len < len(held):
+            self.ghosts.add((server.index, slot, self.clock()), held)
 
     async def checkpoint(self, idle_seconds: float) -> int:
         """Save every slot idle for ``idle_seconds`` whose content is not yet on disk (at
@@ -394,19 +395,19 @@ class SlotManager:
         unloaded the model, then gets its conversations back by restore. Deferred while
         any request is routed to that server. Returns how many slots were saved."""
         saved = 0
-        for pool in self.pools:
+        for server in self.servers:
             # A checkpoint supersedes the slot's previous file: only where kvproxy can
             # delete that file (the embedded server's directory, or --slot-dir).
-            if not pool.can_save or pool.slot_dir is None:
+            if not server.can_save or server.slot_dir is None:
                 continue
             now = self.clock()
-            for slot in pool.table.to_checkpoint(now, idle_seconds, self.policy.min_save_tokens):
-                lock = pool.prep[slot]
-                if lock.locked() or pool.table.states[slot].busy:
+            for slot in server.table.to_checkpoint(now, idle_seconds, self.policy.min_save_tokens):
+                lock = server.prep[slot]
+                if lock.locked() or server.table.states[slot].busy:
                     continue
                 async with lock:
-                    if not any(state.busy for state in pool.table.states):
-                        saved += await self._save(pool, slot)
+                    if not any(state.busy for state in server.table.states):
+                        saved += await self._save(server, slot)
         return saved
 
     async def checkpoint_loop(self, idle_seconds: float, every: float = 0.5) -> None:
@@ -417,29 +418,29 @@ class SlotManager:
             except ProxyError as err:
                 log.warning("checkpoint_failed", error=err.message)
 
-    async def sync(self, pool: UpstreamSlots) -> None:
+    async def sync(self, server: ServerSlots) -> None:
         """Reconcile with the server's own ``/slots``: a restarted server, or another client
         talking to it directly, leaves slots that hold less than the table says. A slow or
         failing answer skips the check. At most once per SYNC_INTERVAL: a restart takes
         longer than that, and a burst of requests need not pay a round trip each."""
         now = self.clock()
-        if pool.synced is not None and now - pool.synced < SYNC_INTERVAL:
+        if server.synced is not None and now - server.synced < SYNC_INTERVAL:
             return
-        pool.synced = now
+        server.synced = now
         try:
-            slots = await asyncio.wait_for(pool.upstream.get_json("/slots"), SYNC_TIMEOUT)
+            slots = await asyncio.wait_for(server.upstream.get_json("/slots"), SYNC_TIMEOUT)
         except (ProxyError, TimeoutError):
             return
-        for cut in pool.table.reconcile(slots):
+        for cut in server.table.reconcile(slots):
             log.info("slot_out_of_sync", slot=cut.slot, index_tokens=cut.index_tokens,
                      server_tokens=cut.server_tokens)  # fmt: skip
-            self._mirror_slot(pool, cut.slot)
+            self._mirror_slot(server, cut.slot)
 
     async def _slot_action(
-        self, pool: UpstreamSlots, slot: int, action: str, name: str
+        self, server: ServerSlots, slot: int, action: str, name: str
     ) -> dict[str, Any] | None:
         try:
-            async with pool.upstream.request(
+            async with server.upstream.request(
                 "POST", f"/slots/{slot}?action={action}", json_body={"filename": name}
             ) as resp:
                 data = await resp.json(content_type=None)
@@ -450,50 +451,50 @@ class SlotManager:
             log.warning("slot_action_failed", action=action, slot=slot, error=str(err))
         return None
 
-    async def _save(self, pool: UpstreamSlots, slot: int) -> int:
+    async def _save(self, server: ServerSlots, slot: int) -> int:
         """Save what the slot holds; 1 if a file was written."""
-        held = pool.table.held.get(slot)
+        held = server.table.held.get(slot)
         name = save_name(held) if held is not None else None
         if held is None or name is None:
             return 0
-        owner = pool.table.states[slot].owner
+        owner = server.table.states[slot].owner
         if name in self.catalog:
             self.catalog.touch(name)
             self.catalog.share(name, owner)
-            pool.table.saved(slot, held)
+            server.table.saved(slot, held)
             self._mirror_file(name)
             return 0
-        deletable = pool.slot_dir is not None
+        deletable = server.slot_dir is not None
         if not self.catalog.has_room(deletable):
             log.warning("slot_save_skipped", slot=slot, reason="saved files kvproxy cannot "
                         "delete fill --slot-cache-max-bytes; set --slot-dir")  # fmt: skip
             return 0
-        data = await self._slot_action(pool, slot, "save", name)
+        data = await self._slot_action(server, slot, "save", name)
         if data is None:
             return 0
         size = int(data.get("n_written") or 0)
-        drops = self.catalog.add(SavedFile(name, pool.index, size, deletable), held, owner)
-        pool.table.saved(slot, held)
+        drops = self.catalog.add(SavedFile(name, server.index, size, deletable), held, owner)
+        server.table.saved(slot, held)
         self._mirror_file(name)
-        self._mirror_slot(pool, slot)
+        self._mirror_slot(server, slot)
         log.info("slot_saved", slot=slot, tokens=len(held), bytes=size, file=name)
         self._perform(drops)
         return 1
 
-    async def _restore(self, pool: UpstreamSlots, slot: int, name: str,
+    async def _restore(self, server: ServerSlots, slot: int, name: str,
                        owner: str | None = None) -> bool:  # fmt: skip
         """Load a saved file into the slot; it then belongs to ``owner`` (or stays
         PUBLIC, a warm-up prefix anybody may reuse)."""
         prompt = self.catalog.get(name)
         if prompt is None:
             return False
-        data = await self._slot_action(pool, slot, "restore", name)
+        data = await self._slot_action(server, slot, "restore", name)
         if data is None:
             return False
         self.catalog.touch(name)
         public = PUBLIC in self.catalog.owners_of(name)
-        pool.table.restored(slot, prompt, PUBLIC if public else owner)
-        self._mirror_slot(pool, slot)
+        server.table.restored(slot, prompt, PUBLIC if public else owner)
+        self._mirror_slot(server, slot)
         log.info("slot_restored", slot=slot, tokens=len(prompt), file=name)
         return True
 
@@ -505,7 +506,7 @@ class SlotManager:
             if drop.evicted and drop.prompt is not None:
                 self.ghosts.add(("file", name), drop.prompt)
                 log.info("slot_file_evicted", file=name, bytes=drop.file.size)
-            slot_dir = self.pools[drop.file.upstream].slot_dir
+            slot_dir = self.servers[drop.file.server].slot_dir
             if slot_dir is not None:
                 (slot_dir / name).unlink(missing_ok=True)
 
@@ -529,7 +530,7 @@ class SlotManager:
         if lease.released:
             return
         lease.released = True
-        pool, slot = lease.pool, lease.route.slot
+        server, slot = lease.server, lease.route.slot
         holds, processed = None, None
         if lease.prompt is not None:
             outcome = Outcome(completed, None if generated is None else tuple(generated),
@@ -538,26 +539,26 @@ class SlotManager:
             if completed or prompt_done:
                 reused = cached_actual if cached_actual is not None else lease.route.predicted
                 processed = (lease.prompt, reused)
-        pool.table.settle(slot, holds, self.clock(), processed, lease.owner)
-        self._mirror_slot(pool, slot)
+        server.table.settle(slot, holds, self.clock(), processed, lease.owner)
+        self._mirror_slot(server, slot)
         self._wake()
         if completed and generated is None and reply_text and holds is not None:
-            task = asyncio.create_task(self._learn_reply(pool, slot, holds, reply_text,
+            task = asyncio.create_task(self._learn_reply(server, slot, holds, reply_text,
                                                          finish_reason))  # fmt: skip
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    async def _learn_reply(self, pool: UpstreamSlots, slot: int, base: Prompt, text: str,
+    async def _learn_reply(self, server: ServerSlots, slot: int, base: Prompt, text: str,
                            finish_reason: str | None) -> None:  # fmt: skip
         try:
-            tokens = await pool.tokenizer.reply_tokens(text)
+            tokens = await server.tokenizer.reply_tokens(text)
         except (TimeoutError, ProxyError, aiohttp.ClientError) as exc:
             log.info("reply_tokens_unknown", slot=slot, error=str(exc))
             return
-        if tokens is not None and pool.table.extend(
+        if tokens is not None and server.table.extend(
             slot, base, Outcome(True, tuple(tokens), finish_reason)
         ):
-            self._mirror_slot(pool, slot)
+            self._mirror_slot(server, slot)
 
     async def aclose(self) -> None:
         """Cancel background work (replies being tokenized) at shutdown."""
@@ -567,7 +568,7 @@ class SlotManager:
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Per-slot state for logs and tests."""
-        return [row for pool in self.pools for row in pool.table.rows()]
+        return [row for server in self.servers for row in server.table.rows()]
 
 
 def encode_state(prompt: Prompt, **meta: Any) -> bytes:

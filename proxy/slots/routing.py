@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class SlotView:
-    """One upstream slot as the router sees it for one prompt."""
+    """One server slot as the router sees it for one prompt."""
 
-    upstream: int
+    server: int
     slot: int
     cached: int  # predicted cached tokens of this prompt on this slot
     held: int  # tokens the slot holds now
@@ -30,7 +30,7 @@ class SlotView:
 
     @property
     def key(self) -> tuple[int, int]:
-        return (self.upstream, self.slot)
+        return (self.server, self.slot)
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class SavedView:
 
     name: str
     cached: int
-    upstream: int
+    server: int
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class RoutePolicy:
 
 @dataclass(frozen=True)
 class Route:
-    upstream: int
+    server: int
     slot: int
     predicted: int  # cached tokens expected on the chosen slot
     reason: str
@@ -110,10 +110,10 @@ def victim(idle: list[SlotView], policy: RoutePolicy, now: float) -> SlotView:
     return min(idle, key=lambda v: (v.held > 0, is_hot(v, policy, now), v.last_used, v.key))
 
 
-def finish(view: SlotView, prompt_len: int, reason: str, policy: RoutePolicy) -> Route:
+def route_to(view: SlotView, prompt_len: int, reason: str, policy: RoutePolicy) -> Route:
     lost = discards(view)
     return Route(
-        upstream=view.upstream,
+        server=view.server,
         slot=view.slot,
         predicted=usable(view.cached, prompt_len),
         reason=reason,
@@ -157,12 +157,12 @@ def choose(
         and usable(saved.cached, prompt_len)
         >= usable(best.cached, prompt_len) + policy.min_restore_gain
     ):
-        target = victim([v for v in idle if v.upstream == saved.upstream] or idle, policy, now)
-        if target.upstream == saved.upstream:
-            base = finish(target, prompt_len, "restore", policy)
+        target = victim([v for v in idle if v.server == saved.server] or idle, policy, now)
+        if target.server == saved.server:
+            base = route_to(target, prompt_len, "restore", policy)
             lost = target.held  # a restore replaces the slot's whole content
             return Route(
-                upstream=base.upstream,
+                server=base.server,
                 slot=base.slot,
                 predicted=usable(saved.cached, prompt_len),
                 reason="restore",
@@ -174,4 +174,4 @@ def choose(
         reason = (
             "empty" if best.held == 0 else ("cold" if not is_hot(best, policy, now) else "evict")
         )
-    return finish(best, prompt_len, reason, policy)
+    return route_to(best, prompt_len, reason, policy)

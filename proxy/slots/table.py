@@ -208,10 +208,10 @@ def checkpoints_after(kept: list[int], prompt_len: int, reused: int, tail: int,
 class SlotTable:
     """The slots of one upstream: what each holds and who is using it."""
 
-    def __init__(self, upstream: int, n_slots: int, swa_tail: int | None = None,
+    def __init__(self, server: int, n_slots: int, swa_tail: int | None = None,
                  user_marker: Sequence[int] = (), swa_window: int | None = None,
                  recurrent: bool = False) -> None:  # fmt: skip
-        self.upstream = upstream
+        self.server = server
         self.held = PrefixIndex()
         self.states = [SlotState() for _ in range(n_slots)]
         self.swa_tail = swa_tail  # None: dense attention, any common prefix is reused
@@ -228,7 +228,7 @@ class SlotTable:
             mine = visible(state.owner, principal)
             out.append(
                 SlotView(
-                    upstream=self.upstream,
+                    server=self.server,
                     slot=slot,
                     cached=self._reusable(state, held, prompt)
                     if prompt is not None and held is not None and mine else 0,
@@ -367,7 +367,7 @@ class SlotTable:
             held = self.held.get(slot)
             out.append(
                 {
-                    "upstream": self.upstream,
+                    "upstream": self.server,
                     "slot": slot,
                     "held": len(held) if held is not None else 0,
                     "busy": state.busy,
@@ -380,7 +380,7 @@ class SlotTable:
 @dataclass(frozen=True)
 class SavedFile:
     name: str
-    upstream: int
+    server: int
     size: int
     # kvproxy can delete it (the embedded server's directory, or --slot-dir); an
     # external server's file is not, so it stays counted against the budget for good.
@@ -450,7 +450,7 @@ class SavedCatalog:
     def _best_in(self, index: PrefixIndex, prompt: Prompt, whole: frozenset[int]
                  ) -> SavedView | None:  # fmt: skip
         name, n = index.longest(prompt)
-        if name is not None and self.files[str(name)].upstream in whole:
+        if name is not None and self.files[str(name)].server in whole:
             entry = index.get(name)
             if entry is None or n != len(entry) or n >= len(prompt):
                 name, n = None, 0
@@ -461,7 +461,7 @@ class SavedCatalog:
                 n, name = max(fits)
         if name is None or n <= 0:
             return None
-        return SavedView(name=str(name), cached=n, upstream=self.files[str(name)].upstream)
+        return SavedView(name=str(name), cached=n, server=self.files[str(name)].server)
 
     def touch(self, name: str) -> None:
         if name in self.files:

@@ -49,7 +49,7 @@ class LocalTokenizer:
             return await self.server.render(template_body(body))
 
         self.verified = await verify(self.template, self.special, server_render,
-                                     self.finish)  # fmt: skip
+                                     self.drop_doubled_specials)  # fmt: skip
         return self.verified
 
     @classmethod
@@ -74,9 +74,10 @@ class LocalTokenizer:
         return cls(pieces, chosen, server)
 
     def render(self, body: dict[str, Any], norm: Normalization | None = None) -> str:
-        return self.finish(render(self.template, body, self.special, norm or Normalization()))
+        text = render(self.template, body, self.special, norm or Normalization())
+        return self.drop_doubled_specials(text)
 
-    def finish(self, text: str) -> str:
+    def drop_doubled_specials(self, text: str) -> str:
         """llama-server strips a BOS (EOS) the template wrote when the tokenizer adds one
         itself (common/chat.cpp), so that the prompt does not start with two."""
         bos, eos = self.special.get("bos_token"), self.special.get("eos_token")

@@ -242,9 +242,9 @@ async def verify(
     template: str,
     special: dict[str, str],
     server_render: Callable[[dict[str, Any]], Awaitable[str]],
-    finish: Callable[[str], str],
+    drop_doubled_specials: Callable[[str], str],
 ) -> Verified:
-    """Render every probe here and on the server; ``finish`` applies the BOS/EOS strip."""
+    """Render every probe here and on the server; ``drop_doubled_specials`` strips BOS/EOS."""
     result = Verified()
     for feature, probe in PROBES.items():
         try:
@@ -255,7 +255,7 @@ async def verify(
         tried, matched = [], set()
         for norm in NORMALIZATIONS:
             try:
-                got = finish(render(template, probe, special, norm))
+                got = drop_doubled_specials(render(template, probe, special, norm))
             except Exception as exc:
                 tried.append(f"{type(exc).__name__}")
                 continue

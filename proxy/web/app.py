@@ -26,7 +26,7 @@ from proxy.records.metrics import Metrics
 from proxy.records.store import RecordStore
 from proxy.rewrite.engine import Rewriter
 from proxy.rewrite.tape import TapeStore
-from proxy.slots.manager import SlotManager, UpstreamSlots
+from proxy.slots.manager import ServerSlots, SlotManager
 from proxy.tokens import tokenizer_for
 from proxy.tokens.gguf import AttentionKind, attention_kind
 from proxy.web import security
@@ -36,13 +36,13 @@ from proxy.web.components import (
     LIFECYCLE,
     MESSAGES,
     METRICS,
-    POOL,
     REWRITER,
     SETTINGS,
     SLOTS,
     STORE,
+    UPSTREAMS,
     WARM_TOKEN,
-    UpstreamPool,
+    Upstreams,
 )
 from proxy.web.handlers import setup_routes
 from proxy.web.lifecycle import Lifecycle, WarmToken
@@ -95,7 +95,7 @@ async def warm_ctx(app: web.Application) -> AsyncIterator[None]:
     bodies = list(settings.warm)
     if settings.warm_auto:
         bodies += await auto_warm(app, len(bodies))
-    warmer = Warmer(bodies, base, settings.exposure.api_key, list(app[POOL].upstreams),
+    warmer = Warmer(bodies, base, settings.exposure.api_key, list(app[UPSTREAMS].upstreams),
                     token=app[WARM_TOKEN].value)  # fmt: skip
     task = asyncio.create_task(warmer.run())
     try:
@@ -109,11 +109,12 @@ async def warm_ctx(app: web.Application) -> AsyncIterator[None]:
 async def auto_warm(app: web.Application, taken: int) -> list[WarmBody]:
     """``--warm auto``: the busiest conversations' prefixes, in the slots that hold nothing
     now (so no live conversation is evicted), at most ``AUTO_MAX``."""
-    for pool in app[SLOTS].pools:  # what the servers hold now, not what the last run left
-        if pool.pins:
-            await app[SLOTS].sync(pool)
-    free = sum(1 for pool in app[SLOTS].pools if pool.pins
-               for slot in range(pool.n_slots) if pool.table.held.get(slot) is None)  # fmt: skip
+    for server in app[SLOTS].servers:  # what the servers hold now, not what the last run left
+        if server.pins:
+            await app[SLOTS].sync(server)
+    free = sum(1 for server in app[SLOTS].servers if server.pins
+               for slot in range(server.n_slots)
+               if server.table.held.get(slot) is None)  # fmt: skip
     budget = min(AUTO_MAX, free - taken)
     if budget <= 0:
         log.info("warm_auto_skipped", free_slots=free, files=taken)
@@ -154,8 +155,8 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
 async def slots_ctx(app: web.Application) -> AsyncIterator[None]:
     """Slot tables and tokenizers, one per upstream, from what each server reports."""
     settings = app[SETTINGS]
-    pools = []
-    for index, upstream in enumerate(app[POOL].upstreams):
+    servers = []
+    for index, upstream in enumerate(app[UPSTREAMS].upstreams):
         props = upstream.props or {}
         generation = props.get("default_generation_settings") or {}
         backend = backend_for(upstream.kind)
@@ -165,8 +166,8 @@ async def slots_ctx(app: web.Application) -> AsyncIterator[None]:
             kind = await asyncio.to_thread(attention_kind, Path(props["model_path"]))
             log.info("model_attention", upstream=upstream.url, kind=kind.kind,
                      window=kind.window, arch=kind.arch)  # fmt: skip
-        pools.append(
-            UpstreamSlots(
+        servers.append(
+            ServerSlots(
                 index=index,
                 upstream=upstream,
                 tokenizer=await tokenizer_for(upstream, settings.tokenizer, settings.server_tokens),
@@ -185,11 +186,11 @@ async def slots_ctx(app: web.Application) -> AsyncIterator[None]:
                 recurrent=kind.kind == "recurrent",
             )
         )
-    for pool in pools:
-        await backend_for(pool.upstream.kind).learn_context(pool.upstream, pool.ollama_ctx,
+    for server in servers:
+        await backend_for(server.upstream.kind).learn_context(server.upstream, server.ollama_ctx,
                                                            settings.ollama_keep.num_ctx)
     store = app[STORE]
-    manager = SlotManager(pools, settings.route, settings.slot_cache_max_bytes,
+    manager = SlotManager(servers, settings.route, settings.slot_cache_max_bytes,
                           queue_timeout=settings.queue_timeout,
                           persist=lambda key, raw: store.put_state(b"slots", key, raw))  # fmt: skip
     loaded = manager.load_state(await asyncio.to_thread(store.load_items, b"slots"))
@@ -204,7 +205,7 @@ async def slots_ctx(app: web.Application) -> AsyncIterator[None]:
     app[DIRECTOR] = Director(manager, app[REWRITER], app[MESSAGES], settings, sink,
                              app[LIFECYCLE])  # fmt: skip
     checkpoints = None
-    if settings.slot_checkpoint_idle > 0 and any(p.can_save for p in pools):
+    if settings.slot_checkpoint_idle > 0 and any(p.can_save for p in servers):
         checkpoints = asyncio.create_task(manager.checkpoint_loop(settings.slot_checkpoint_idle))
     try:
         yield
@@ -247,7 +248,7 @@ async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
             await refresh_props(upstream)
         log.info("upstream_ready", url=spec.url, kind=kind)
         upstreams.append(upstream)
-    app[POOL] = UpstreamPool(upstreams)
+    app[UPSTREAMS] = Upstreams(upstreams)
     try:
         yield
     finally:

@@ -19,7 +19,7 @@ from proxy.web.lifecycle import Lifecycle, WarmToken
 
 
 @dataclass
-class UpstreamPool:
+class Upstreams:
     """The upstreams behind this proxy; the first is the primary for forwarded paths."""
 
     upstreams: list[Upstream]
@@ -30,7 +30,7 @@ class UpstreamPool:
 
 
 SETTINGS = web.AppKey("settings", Settings)
-POOL = web.AppKey("pool", UpstreamPool)
+UPSTREAMS = web.AppKey("upstreams", Upstreams)
 SLOTS = web.AppKey("slots", SlotManager)
 STORE = web.AppKey("store", RecordStore)
 REWRITER = web.AppKey("rewriter", Rewriter)

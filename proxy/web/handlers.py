@@ -51,8 +51,8 @@ from proxy.web.components import (
     DIRECTOR,
     LIFECYCLE,
     METRICS,
-    POOL,
     SETTINGS,
+    UPSTREAMS,
     WARM_TOKEN,
 )
 from proxy.web.lifecycle import CLIENT_CLOSED, RETRY_AFTER, Lifecycle, end_stream
@@ -347,7 +347,7 @@ async def relay_ollama_bridge(call: Relay) -> web.StreamResponse:
     responder = ollama_bridge.OllamaResponder(endpoint=endpoint, model=call.conv.model or "")
     return await relay_translated(call, Translation(
         splitter=SSESplitter(), events=responder.on_event, frame=ndjson,
-        closing=lambda: ndjson(responder.finish()), content_type="application/x-ndjson",
+        closing=lambda: ndjson(responder.closing_frames()), content_type="application/x-ndjson",
         whole=responder.whole, error=lambda message, _status: {"error": message},
         counters=lambda: server_counters(responder.timings, responder.usage),
     ))  # fmt: skip
@@ -409,7 +409,7 @@ def dialect_handler(dialect: DialectBase) -> Handler:
             call = await director.prepare(ex, body, request.headers, request.raw_path)
             assert ex.plan is not None and ex.lease is not None
             relay = Relay(request, dialect, ex.plan.conv, call.path, call.body,
-                          ex.lease.pool.upstream, ex.rec, ex.observer, ex.headers)  # fmt: skip
+                          ex.lease.server.upstream, ex.rec, ex.observer, ex.headers)  # fmt: skip
             out = await RELAYS[call.how](relay)
             director.settle(ex)
             return out
@@ -460,7 +460,7 @@ def error_response(request: web.Request, ex: Exchange, err: ProxyError, lifecycl
 
 async def forward(request: web.Request) -> web.StreamResponse:
     """Any other method and path goes to the primary upstream byte for byte."""
-    upstream, settings = request.app[POOL].primary, request.app[SETTINGS]
+    upstream, settings = request.app[UPSTREAMS].primary, request.app[SETTINGS]
     lifecycle = request.app[LIFECYCLE]
     lifecycle.enter()
     try:
@@ -520,7 +520,7 @@ def ollama_endpoint(build: Callable[[dict[str, Any], dict[str, Any]], dict[str, 
     """``/api/tags`` and friends: synthesized from llama-server, forwarded to ollama."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        upstream = request.app[POOL].primary
+        upstream = request.app[UPSTREAMS].primary
         if not backend_for(upstream.kind).answers_ollama_reads:
             return await forward(request)
         try:

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from proxy.backends.upstream import UpstreamLimits
 from proxy.config.exposure import Exposure
 from proxy.records.store import read_records
-from proxy.web.components import POOL, SLOTS, STORE
+from proxy.web.components import SLOTS, STORE, UPSTREAMS
 from tests.integration.fakes import fake_upstream, kvproxy
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
@@ -53,7 +53,7 @@ async def start(url: str, tmp_path: Path, **options: Any) -> TestClient:
 
 def limit(client: TestClient, **bounds: Any) -> None:
     """Tighter bounds than the defaults, so that a test need not send hundreds of MiB."""
-    for upstream in client.app[POOL].upstreams:
+    for upstream in client.app[UPSTREAMS].upstreams:
         upstream.limits = UpstreamLimits(**bounds)
 
 
@@ -239,8 +239,8 @@ async def test_llama_server_error_events_still_pass(fake, tmp_path: Path) -> Non
 async def test_start_up_survives_malformed_props(fake, tmp_path: Path, props: Any, slots: int,
                                                  n_ctx: int | None) -> None:  # fmt: skip
     client = await fake(tmp_path, {}, props=props, tokenizer=None, server_tokens=True)
-    (pool,) = client.app[SLOTS].pools
-    assert pool.n_slots == slots and pool.n_ctx == n_ctx
+    (server,) = client.app[SLOTS].servers
+    assert server.n_slots == slots and server.n_ctx == n_ctx
 
 
 async def test_start_up_is_not_held_by_a_trickling_props(tmp_path: Path) -> None:

@@ -73,7 +73,7 @@ def test_stream_translation_ends_with_done_and_ollama_units() -> None:
             },
         }
     )
-    out += responder.finish()
+    out += responder.closing_frames()
     assert [o["message"]["content"] for o in out[:2]] == ["Hel", "lo"]
     final = out[-1]
     assert final["done"] is True and final["done_reason"] == "length"
@@ -108,7 +108,7 @@ def test_streamed_tool_call_pieces_are_joined() -> None:
             ]
         }
     )
-    calls_chunk, done = responder.finish()
+    calls_chunk, done = responder.closing_frames()
     assert calls_chunk["message"]["tool_calls"] == [
         {"function": {"name": "read", "arguments": {"path": "a"}}}
     ]

@@ -18,7 +18,7 @@ from proxy.dialects import REGISTRY
 from proxy.flow.director import CACHE_HEADER, REQUEST_ID_HEADER, Director, Exchange
 from proxy.rewrite.engine import RewriteConfig, Rewriter
 from proxy.rewrite.tape import TapeStore
-from proxy.slots.manager import SlotManager, UpstreamSlots
+from proxy.slots.manager import ServerSlots, SlotManager
 from proxy.slots.routing import RoutePolicy
 
 CHAT = REGISTRY["/v1/chat/completions"]
@@ -61,9 +61,9 @@ class Gate:
 
 
 def director(kind: str = "llama") -> tuple[Director, list[dict[str, Any]], Gate]:
-    pool = UpstreamSlots(0, FakeUpstream(kind), CharTokenizer(), 2 if kind == "llama" else 1,  # type: ignore[arg-type]
+    server = ServerSlots(0, FakeUpstream(kind), CharTokenizer(), 2 if kind == "llama" else 1,  # type: ignore[arg-type]
                          100_000, can_save=False)  # fmt: skip
-    slots = SlotManager([pool], RoutePolicy(), 1 << 30)
+    slots = SlotManager([server], RoutePolicy(), 1 << 30)
     records: list[dict[str, Any]] = []
     gate = Gate()
     made = Director(slots, Rewriter(RewriteConfig(), TapeStore()), MessageMemo(), Settings(),
@@ -100,7 +100,7 @@ async def test_a_chat_turn_is_pinned_recorded_and_kept() -> None:
     assert ex.headers[CACHE_HEADER].startswith("cached=0;")
     assert records[0]["status"] == 200 and records[0]["route_reason"] == "empty"
     assert len(d.rewriter.tapes) == 1
-    assert not any(state.busy for state in d.slots.pools[0].table.states)
+    assert not any(state.busy for state in d.slots.servers[0].table.states)
 
 
 async def test_the_next_turn_goes_where_its_prefix_is() -> None:
@@ -124,7 +124,7 @@ async def test_nothing_starts_once_draining_and_the_slot_is_given_back() -> None
     gate.draining = True
     with pytest.raises(ProxyError):
         await turn(d, body("hi"))
-    assert not any(state.busy for state in d.slots.pools[0].table.states)
+    assert not any(state.busy for state in d.slots.servers[0].table.states)
     assert len(records) == 1 and len(d.rewriter.tapes) == 0
 
 

@@ -12,7 +12,7 @@ from proxy.core.cause import MissCause
 from proxy.core.conversation import Conversation
 from proxy.core.errors import UpstreamUnavailable
 from proxy.core.prefix_index import Prompt
-from proxy.slots.manager import Lease, SlotManager, UpstreamSlots, miss_cause
+from proxy.slots.manager import Lease, ServerSlots, SlotManager, miss_cause
 from proxy.slots.routing import Route, RoutePolicy
 
 
@@ -40,8 +40,8 @@ class NoServer:
 
 
 def manager(slots: int = 2) -> SlotManager:
-    pool = UpstreamSlots(0, NoServer(), ListTokenizer(), slots, 4096, can_save=False)  # type: ignore[arg-type]
-    return SlotManager([pool], RoutePolicy(), 1 << 30, clock=iter(range(1, 10_000)).__next__)
+    server = ServerSlots(0, NoServer(), ListTokenizer(), slots, 4096, can_save=False)  # type: ignore[arg-type]
+    return SlotManager([server], RoutePolicy(), 1 << 30, clock=iter(range(1, 10_000)).__next__)
 
 
 CHAT = Conversation(kind="chat")
@@ -57,18 +57,18 @@ async def test_release_holds_prompt_and_fed_back_tokens() -> None:
     lease = await acquire(m, CHAT, {0: {"tokens": list(range(100))}})
     m.release(lease, completed=True, generated=[1, 2, 3], finish_reason="length")
     # the last sampled token of a length-stopped generation is never fed back
-    assert m.pools[0].table.held.get(0) == Prompt.of([*range(100), 1, 2])
+    assert m.servers[0].table.held.get(0) == Prompt.of([*range(100), 1, 2])
     lease = await acquire(m, CHAT, {0: {"tokens": list(range(100))}})
     m.release(lease, completed=True, generated=[1, 2, 3], finish_reason="stop")
-    assert len(m.pools[0].table.held.get(0) or ()) == 103
+    assert len(m.servers[0].table.held.get(0) or ()) == 103
 
 
 async def test_interrupted_request_keeps_only_the_reused_prefix() -> None:
     m = manager(1)
     lease = await acquire(m, CHAT, {0: {"tokens": list(range(300))}})
     m.release(lease, completed=False, cached_actual=120)
-    assert len(m.pools[0].table.held.get(0) or ()) == 120
-    assert m.pools[0].table.states[0].busy == 0
+    assert len(m.servers[0].table.held.get(0) or ()) == 120
+    assert m.servers[0].table.states[0].busy == 0
 
 
 async def test_second_turn_is_predicted_on_the_same_slot() -> None:
@@ -100,7 +100,7 @@ async def replied_on_the_server_path() -> tuple[SlotManager, LateTokenizer]:
     """A 100-token prompt answered; its reply still being tokenized by the server."""
     m = manager(1)
     late = LateTokenizer()
-    m.pools[0].tokenizer = late
+    m.servers[0].tokenizer = late
     lease = await acquire(m, CHAT, {0: {"tokens": list(range(100))}})
     m.release(lease, completed=True, finish_reason="stop", reply_text="a reply")
     return m, late
@@ -108,11 +108,11 @@ async def replied_on_the_server_path() -> tuple[SlotManager, LateTokenizer]:
 
 async def test_a_reply_tokenized_by_the_server_is_added_once_known() -> None:
     m, late = await replied_on_the_server_path()
-    assert len(m.pools[0].table.held.get(0) or ()) == 100  # the prompt, for now
+    assert len(m.servers[0].table.held.get(0) or ()) == 100  # the prompt, for now
     late.answer.set_result([7, 8, 9])
     await asyncio.sleep(0)
     await asyncio.sleep(0)
-    assert m.pools[0].table.held.get(0) == Prompt.of([*range(100), 7, 8, 9])
+    assert m.servers[0].table.held.get(0) == Prompt.of([*range(100), 7, 8, 9])
     again = await acquire(m, CHAT, {0: {"tokens": [*range(100), 7, 8, 9, 10]}})
     assert again.route.predicted == 103
 
@@ -123,7 +123,7 @@ async def test_a_late_reply_does_not_overwrite_a_newer_request() -> None:
     m.release(other, completed=False, cached_actual=0, prompt_done=True)
     late.answer.set_result([7, 8, 9])
     await m.aclose()
-    assert m.pools[0].table.held.get(0) == Prompt.of(range(500, 520))
+    assert m.servers[0].table.held.get(0) == Prompt.of(range(500, 520))
 
 
 async def test_unknown_prompt_is_routed_and_clears_the_slot() -> None:
@@ -131,11 +131,11 @@ async def test_unknown_prompt_is_routed_and_clears_the_slot() -> None:
     lease = await acquire(m, CHAT, {0: {}})
     assert lease.prompt is None
     m.release(lease, completed=True, generated=[1], finish_reason="stop")
-    assert m.pools[0].table.held.get(0) is None
+    assert m.servers[0].table.held.get(0) is None
 
 
 def lease_with(known: int, source: str, held: int, restored: bool = False) -> Lease:
-    lease = Lease(pool=None, route=Route(0, 0, known, "x"), prompt=None, estimated=False)  # type: ignore[arg-type]
+    lease = Lease(server=None, route=Route(0, 0, known, "x"), prompt=None, estimated=False)  # type: ignore[arg-type]
     lease.known_best, lease.known_from, lease.known_held, lease.restored = (
         known,
         source,
@@ -168,7 +168,7 @@ def test_evicted_saved_files_are_deleted_and_remembered_as_ghosts(tmp_path) -> N
     from proxy.slots.table import SavedFile
 
     m = manager(1)
-    m.pools[0].slot_dir = tmp_path
+    m.servers[0].slot_dir = tmp_path
     m.catalog.max_bytes = 350
     drops = []
     for i in range(4):
@@ -192,7 +192,7 @@ async def test_slot_state_round_trips_through_its_mirror(tmp_path) -> None:  # t
     m.release(lease, completed=True, generated=[7, 8], finish_reason="stop")
     again = manager(2)
     assert again.load_state([(k, v) for k, v in mirror.items() if v is not None]) == 1
-    assert again.pools[0].table.held.get(lease.route.slot) == Prompt.of([*range(300), 7, 8])
+    assert again.servers[0].table.held.get(lease.route.slot) == Prompt.of([*range(300), 7, 8])
     # an upstream that is no longer configured is skipped
     assert again.load_state([("live|http://elsewhere|0", next(iter(mirror.values())))]) == 0  # type: ignore[list-item]
 
@@ -201,10 +201,10 @@ def saving_manager(slots: int, actions: list[str], hang: bool = False) -> SlotMa
     """A manager whose slot saves and restores are answered in process (or never)."""
     import asyncio
 
-    pool = UpstreamSlots(0, NoServer(), ListTokenizer(), slots, 4096, can_save=True)  # type: ignore[arg-type]
-    m = SlotManager([pool], RoutePolicy(), 1 << 30, clock=iter(range(1, 10_000)).__next__)
+    server = ServerSlots(0, NoServer(), ListTokenizer(), slots, 4096, can_save=True)  # type: ignore[arg-type]
+    m = SlotManager([server], RoutePolicy(), 1 << 30, clock=iter(range(1, 10_000)).__next__)
 
-    async def action(pool: Any, slot: int, action: str, name: str) -> dict:
+    async def action(server: Any, slot: int, action: str, name: str) -> dict:
         actions.append(action)
         if hang:
             await asyncio.Event().wait()
@@ -230,8 +230,8 @@ async def test_a_request_cancelled_while_its_slot_is_being_saved_leaks_nothing()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert m.pools[0].table.states[0].busy == 0
-    assert not m.pools[0].prep[0].locked()
+    assert m.servers[0].table.states[0].busy == 0
+    assert not m.servers[0].prep[0].locked()
 
 
 async def test_a_plain_request_does_not_wait_for_a_checkpoint_of_its_slot() -> None:
@@ -242,10 +242,10 @@ async def test_a_plain_request_does_not_wait_for_a_checkpoint_of_its_slot() -> N
     m = manager(1)
     first = await acquire(m, CHAT, {0: {"tokens": list(range(1000))}})
     m.release(first, completed=True, generated=[], finish_reason="stop")
-    await m.pools[0].prep[0].acquire()  # a checkpoint is saving this slot
+    await m.servers[0].prep[0].acquire()  # a checkpoint is saving this slot
     lease = await asyncio.wait_for(acquire(m, CHAT, {0: {"tokens": [*range(1000), 1, 2]}}), 2)
     assert lease.route.predicted == 1000
-    m.pools[0].prep[0].release()
+    m.servers[0].prep[0].release()
 
 
 async def test_a_checkpoint_waits_while_any_request_is_on_the_server() -> None:
@@ -253,7 +253,7 @@ async def test_a_checkpoint_waits_while_any_request_is_on_the_server() -> None:
     delay the request on another."""
     actions: list[str] = []
     m = saving_manager(2, actions)
-    m.pools[0].slot_dir = Path("/nonexistent")  # files are deletable: checkpoints allowed
+    m.servers[0].slot_dir = Path("/nonexistent")  # files are deletable: checkpoints allowed
     first = await acquire(m, CHAT, {0: {"tokens": list(range(1000))}})
     m.release(first, completed=True, generated=[], finish_reason="stop")
     other = await acquire(m, CHAT, {0: {"tokens": list(range(5000, 5100))}})
@@ -271,7 +271,7 @@ async def test_waiting_for_a_slot_being_saved_does_not_hold_the_manager_lock() -
     m = manager(2)
     first = await acquire(m, CHAT, {0: {"tokens": list(range(1000))}})
     m.release(first, completed=True, generated=[], finish_reason="stop")
-    busy = m.pools[0].prep[first.route.slot]
+    busy = m.servers[0].prep[first.route.slot]
     await busy.acquire()  # being saved
     waiting = asyncio.create_task(acquire(m, CHAT, {0: {"tokens": [*range(1000), 1, 2]}}))
     await asyncio.sleep(0.05)
@@ -288,7 +288,7 @@ def test_a_stream_closed_after_its_first_token_leaves_the_prompt_held() -> None:
     m = manager(1)
     lease = asyncio.run(acquire(m, CHAT, {0: {"tokens": list(range(300))}}))
     m.release(lease, completed=False, cached_actual=None, prompt_done=True)
-    assert len(m.pools[0].table.held.get(0) or ()) == 300
+    assert len(m.servers[0].table.held.get(0) or ()) == 300
 
 
 async def test_no_idle_checkpoint_where_superseded_files_cannot_be_deleted(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -299,7 +299,7 @@ async def test_no_idle_checkpoint_where_superseded_files_cannot_be_deleted(tmp_p
     lease = await acquire(m, CHAT, {0: {"tokens": list(range(1000))}})
     m.release(lease, completed=True, generated=[], finish_reason="stop")
     assert await m.checkpoint(0) == 0 and calls == []
-    m.pools[0].slot_dir = tmp_path  # --slot-dir: the server's directory is reachable
+    m.servers[0].slot_dir = tmp_path  # --slot-dir: the server's directory is reachable
     assert await m.checkpoint(0) == 1 and calls == ["save"]
 
 
@@ -364,7 +364,7 @@ async def test_waiting_beyond_the_queue_timeout_is_overloaded() -> None:
         await acquire(m, CHAT, {0: {"tokens": list(range(k * 1000, k * 1000 + 500))}})
     with pytest.raises(Overloaded, match="--queue-timeout"):
         await acquire(m, CHAT, {0: {"tokens": list(range(5000, 5300))}})
-    assert [s.busy for s in m.pools[0].table.states] == [2, 2]
+    assert [s.busy for s in m.servers[0].table.states] == [2, 2]
     assert not m._waiters
 
 
@@ -383,7 +383,7 @@ async def test_a_woken_request_that_is_cancelled_passes_the_slot_on() -> None:
     first.cancel()  # woken, and gone before it could route
     lease = await asyncio.wait_for(second, 2)
     assert lease.route.slot == a.route.slot
-    assert m.pools[0].table.states[a.route.slot].busy == 2
+    assert m.servers[0].table.states[a.route.slot].busy == 2
 
 
 async def test_routing_waits_for_a_reply_still_being_tokenized() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from proxy.core.conversation import Conversation
 from proxy.core.prefix_index import Prompt
-from proxy.slots.manager import SlotManager, UpstreamSlots
+from proxy.slots.manager import ServerSlots, SlotManager
 from proxy.slots.routing import RoutePolicy
 from proxy.slots.table import PUBLIC, SavedCatalog, SavedFile, SlotTable, visible
 from tests.unit.slots.test_manager import ListTokenizer, NoServer
@@ -61,8 +61,8 @@ def test_a_file_dropped_is_forgotten_by_every_owner() -> None:
 
 
 def manager(slots: int = 1) -> SlotManager:
-    pool = UpstreamSlots(0, NoServer(), ListTokenizer(), slots, 8192, can_save=False)  # type: ignore[arg-type]
-    return SlotManager([pool], RoutePolicy(), 1 << 30, clock=iter(range(1, 10_000)).__next__)
+    server = ServerSlots(0, NoServer(), ListTokenizer(), slots, 8192, can_save=False)  # type: ignore[arg-type]
+    return SlotManager([server], RoutePolicy(), 1 << 30, clock=iter(range(1, 10_000)).__next__)
 
 
 async def lease_for(m: SlotManager, tokens: list[int], owner: str) -> Any:

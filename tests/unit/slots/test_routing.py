@@ -11,9 +11,9 @@ P = RoutePolicy()
 
 
 def slot(i: int, cached: int = 0, held: int = 0, busy: int = 0, age: float = 60.0,
-         unsaved: int = -1, upstream: int = 0) -> SlotView:  # fmt: skip
+         unsaved: int = -1, server: int = 0) -> SlotView:  # fmt: skip
     return SlotView(
-        upstream=upstream,
+        server=server,
         slot=i,
         cached=cached,
         held=held,
@@ -83,11 +83,11 @@ def test_choose(prompt_len: int, slots: list[SlotView], saved: SavedView | None,
 
 
 def test_restore_goes_to_the_upstream_that_saved_it() -> None:
-    slots = [slot(0, upstream=0), slot(0, upstream=1)]
-    route = choose(3000, slots, SavedView("f", 2500, upstream=1), P, NOW)
-    assert (route.upstream, route.restore) == (1, "f")
+    slots = [slot(0, server=0), slot(0, server=1)]
+    route = choose(3000, slots, SavedView("f", 2500, server=1), P, NOW)
+    assert (route.server, route.restore) == (1, "f")
 
 
 def test_spread_across_upstreams_by_prefix() -> None:
-    slots = [slot(0, 10, 10, upstream=0), slot(0, 1200, 1200, upstream=1)]
-    assert choose(2000, slots, None, P, NOW).upstream == 1
+    slots = [slot(0, 10, 10, server=0), slot(0, 1200, 1200, server=1)]
+    assert choose(2000, slots, None, P, NOW).server == 1

@@ -28,7 +28,7 @@ TOOL = {"type": "function", "function": {"name": "f", "parameters": {}}}
 def test_finish_strips_what_the_tokenizer_adds(add_bos: bool, add_eos: bool, text: str,
                                                expect: str) -> None:  # fmt: skip
     tok = LocalTokenizer(CharEncoder(add_bos, add_eos), TEMPLATE, ServerTokenizer(None))
-    assert tok.finish(text) == expect
+    assert tok.drop_doubled_specials(text) == expect
 
 
 async def test_verified_features_render_here_and_others_on_the_server() -> None:
