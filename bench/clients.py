@@ -31,7 +31,7 @@ from bench.logging_upstream import LoggingUpstream
 from bench.report import publish
 from proxy.backends.embedded import EmbeddedServer
 from proxy.config.settings import EmbeddedSettings
-from proxy.records.store import read_records
+from proxy.records.read import read_records
 from proxy.testing.process import spawn_proxy
 
 # Names no system prompt or tool description contains, so any match is a leak.

@@ -32,7 +32,7 @@ from bench.report import publish
 from bench.workload import document
 from proxy.backends.embedded import EmbeddedServer
 from proxy.config.settings import EmbeddedSettings
-from proxy.records.store import read_records
+from proxy.records.read import read_records
 from proxy.testing.process import ProxyProcess, spawn_proxy
 
 SLOTS = 2

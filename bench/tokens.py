@@ -37,7 +37,7 @@ from proxy.backends.embedded import EmbeddedServer, resolve_model
 from proxy.backends.upstream import Upstream, make_session
 from proxy.config.settings import EmbeddedSettings
 from proxy.core.conversation import Conversation
-from proxy.records.store import read_records
+from proxy.records.read import read_records
 from proxy.testing.process import spawn_proxy
 from proxy.tokens import LocalTokenizer, ServerTokenizer, tokenizer_for
 

@@ -29,8 +29,9 @@ from proxy.config.settings import KEEP_TAPES, EmbeddedSettings, Settings, defaul
 from proxy.core.errors import ProxyError
 from proxy.core.log import LOG_FILE, LOG_FORMATS, configure, get_logger
 from proxy.core.private import UMASK, secure_data_dir
+from proxy.records.damage import guard_store
+from proxy.records.read import read_counters, read_records
 from proxy.records.stats import parse_since, render, summarize
-from proxy.records.store import guard_store, read_counters, read_records
 from proxy.rewrite.engine import RewriteConfig
 from proxy.slots.routing import RoutePolicy
 from proxy.web.app import create_app

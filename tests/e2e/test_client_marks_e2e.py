@@ -18,7 +18,7 @@ from aiohttp import web
 from proxy.backends.embedded import EmbeddedServer, free_port
 from proxy.backends.upstream import UpstreamSpec
 from proxy.config.settings import Settings
-from proxy.records.store import read_records
+from proxy.records.read import read_records
 from proxy.web.app import create_app
 from proxy.web.components import METRICS
 from proxy.web.warm import WARM_HEADER

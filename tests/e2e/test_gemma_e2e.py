@@ -19,7 +19,7 @@ from bench.rewrite import run
 from bench.workload import Conversation, play
 from proxy.backends.embedded import NAMED_TEMPLATES, EmbeddedServer, gemma3_270m
 from proxy.config.settings import EmbeddedSettings
-from proxy.records.store import read_records
+from proxy.records.read import read_records
 from tests.conftest import Proxy, start_proxy, stop_proxy
 from tests.e2e.test_rewrite_e2e import (
     compaction_session,

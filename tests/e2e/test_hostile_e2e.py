@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy.backends.embedded import EmbeddedServer, free_port
-from proxy.records.store import read_records
+from proxy.records.read import read_records
 from tests.conftest import Proxy, start_proxy, stop_proxy
 
 pytestmark = pytest.mark.e2e

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from proxy.cli.dashboard import Dashboard, LogFollower, events, render
-from proxy.records.store import read_records
+from proxy.records.read import read_records
 from tests.conftest import Proxy
 
 pytestmark = pytest.mark.e2e

@@ -15,7 +15,7 @@ from bench.rewrite import CallResult, Session, run
 from bench.scenarios import OPENCLAW_MARKER, Scenario
 from bench.workload import document
 from proxy.backends.embedded import EmbeddedServer
-from proxy.records.store import read_records
+from proxy.records.read import read_records
 from tests.conftest import Proxy, start_proxy, stop_proxy
 
 pytestmark = pytest.mark.e2e

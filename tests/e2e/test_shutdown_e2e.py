@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from proxy.backends.embedded import EmbeddedServer
-from proxy.records.store import read_records
+from proxy.records.read import read_records
 from tests.conftest import Proxy, start_proxy
 
 pytestmark = pytest.mark.e2e

@@ -14,7 +14,7 @@ import pytest
 
 from proxy.backends.embedded import EmbeddedServer
 from proxy.config.settings import EmbeddedSettings
-from proxy.records.store import read_records
+from proxy.records.read import read_records
 from tests.conftest import Proxy, start_proxy, stop_proxy
 
 pytestmark = pytest.mark.e2e

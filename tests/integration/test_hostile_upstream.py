@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from proxy.backends.upstream import UpstreamLimits
 from proxy.config.exposure import Exposure
-from proxy.records.store import read_records
+from proxy.records.read import read_records
 from proxy.web.components import SLOTS, STORE, UPSTREAMS
 from tests.integration.fakes import fake_upstream, kvproxy
 

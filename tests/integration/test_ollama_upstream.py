@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestServer
 
 from proxy.backends.upstream import UpstreamSpec
 from proxy.config.settings import Settings
-from proxy.records.store import read_records
+from proxy.records.read import read_records
 from proxy.web.app import create_app
 from proxy.web.components import STORE
 

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from proxy.backends.upstream import UpstreamSpec
 from proxy.config.settings import Settings
-from proxy.records.store import read_records
+from proxy.records.read import read_records
 from proxy.web.app import create_app
 from proxy.web.components import WARM_TOKEN
 from proxy.web.warm import WARM_HEADER

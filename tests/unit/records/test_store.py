@@ -6,8 +6,9 @@ import asyncio
 import threading
 from pathlib import Path
 
+from proxy.records.read import read_records
 from proxy.records.stats import parse_since, render, summarize
-from proxy.records.store import RecordStore, read_records
+from proxy.records.store import RecordStore
 
 
 def rec(i: int, **extra: object) -> dict[str, object]:
@@ -64,10 +65,6 @@ async def test_close_drains_what_is_queued(tmp_path: Path) -> None:
         store.put(rec(i))
     await asyncio.wait_for(store.close(), 30)
     assert len(list(read_records(tmp_path / "db"))) == 1000
-
-
-def test_missing_database_reads_as_empty(tmp_path: Path) -> None:
-    assert list(read_records(tmp_path / "nothing")) == []
 
 
 def test_summary_hit_rate_agreement_and_causes() -> None:
@@ -192,3 +189,14 @@ def test_client_strings_in_records_are_bounded() -> None:
     record.error = "e" * 100_000
     fields = record.fields()
     assert len(fields["model"]) <= MAX_FIELD_CHARS and len(fields["error"]) <= MAX_FIELD_CHARS
+
+
+async def test_the_open_store_reads_its_own_records(tmp_path: Path) -> None:
+    """--warm auto reads through the store serve opened (and checked), not a second open."""
+    store = RecordStore(tmp_path / "records")
+    store.start()
+    for i in range(10):
+        store.put({"time": 1_000_000 + i, "request_id": f"r{i}", "status": 200})
+    await store.flush()
+    assert [r["request_id"] for r in store.records(1_000_005)] == [f"r{i}" for i in range(5, 10)]
+    await store.close()

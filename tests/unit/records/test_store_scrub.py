@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from proxy.records.store import RecordStore, check_store, read_records
+from proxy.records.damage import check_store
+from proxy.records.read import read_records
+from proxy.records.store import RecordStore
 
 SECRET = b"PIN-4711-do-not-keep"
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.records.store import RecordStore, check_store, read_records
+from proxy.records.damage import check_store
+from proxy.records.store import RecordStore
 
 CLI = "import sys; from proxy.cli.main import main; sys.exit(main(sys.argv[1:]))"
 
@@ -86,7 +87,8 @@ def test_serve_store_start_moves_the_damage_aside(damaged: Path) -> None:
     code = textwrap.dedent("""
         import asyncio, json, sys
         from pathlib import Path
-        from proxy.records.store import RecordStore, read_records
+        from proxy.records.read import read_records
+        from proxy.records.store import RecordStore
 
         async def main():
             store = RecordStore(Path(sys.argv[1]))
@@ -110,7 +112,7 @@ def test_serve_store_start_moves_the_damage_aside(damaged: Path) -> None:
 
 def test_read_records_on_damage_reads_nothing_and_keeps_the_files(damaged: Path) -> None:
     """read_records is what stats, explain and --warm auto read through."""
-    code = "import sys; from pathlib import Path; from proxy.records.store import read_records; " \
+    code = "import sys; from pathlib import Path; from proxy.records.read import read_records; " \
         "print(len(list(read_records(Path(sys.argv[1])))))"  # fmt: skip
     done = child(code, str(damaged / "records"))
     assert done.returncode == 0, done.stderr[-2000:]
@@ -151,25 +153,3 @@ def test_a_damaged_store_in_use_is_left_in_place_by_readers(tmp_path: Path) -> N
         assert damaged_dirs(tmp_path) == [] and (tmp_path / "records" / "data.mdb").exists()
     finally:
         holder.communicate("", timeout=30)
-
-
-def test_undecodable_records_are_skipped(tmp_path: Path) -> None:
-    """A flipped byte inside a value is no structural damage, but it is not JSON either."""
-    populate(tmp_path / "records", n=20)
-    data = tmp_path / "records" / "data.mdb"
-    raw = data.read_bytes()
-    at = raw.index(b'"request_id":"r7"')
-    data.write_bytes(raw[:at] + b"\xff" + raw[at + 1 :])
-    ids = [r["request_id"] for r in read_records(tmp_path / "records")]
-    assert "r7" not in ids and len(ids) == 19
-
-
-async def test_the_open_store_reads_its_own_records(tmp_path: Path) -> None:
-    """--warm auto reads through the store serve opened (and checked), not a second open."""
-    store = RecordStore(tmp_path / "records")
-    store.start()
-    for i in range(10):
-        store.put({"time": 1_000_000 + i, "request_id": f"r{i}", "status": 200})
-    await store.flush()
-    assert [r["request_id"] for r in store.records(1_000_005)] == [f"r{i}" for i in range(5, 10)]
-    await store.close()

@@ -14,7 +14,8 @@ from typing import Any
 
 import lmdb
 
-from proxy.records.store import RecordStore, read_counters, read_records
+from proxy.records.read import read_counters, read_records
+from proxy.records.store import RecordStore
 
 
 class FullDisk:
@@ -134,7 +135,8 @@ def test_a_file_size_limit_refuses_writes_and_nothing_is_lost(tmp_path: Path) ->
     code = textwrap.dedent("""
         import asyncio, json, resource, signal, sys
         from pathlib import Path
-        from proxy.records.store import RecordStore, read_records
+        from proxy.records.read import read_records
+        from proxy.records.store import RecordStore
 
         async def main():
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
