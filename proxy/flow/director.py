@@ -26,7 +26,8 @@ from proxy.dialects.base import DialectBase
 from proxy.records.record import RequestRecord, new_request_id
 from proxy.rewrite.engine import Plan, Rewriter
 from proxy.rewrite.identity import identify
-from proxy.slots.manager import Lease, SlotManager, miss_cause
+from proxy.slots.manager import SlotManager
+from proxy.slots.servers import Lease, miss_cause
 from proxy.slots.table import PUBLIC
 
 log = get_logger("kvproxy.director")

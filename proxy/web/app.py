@@ -26,7 +26,8 @@ from proxy.records.metrics import Metrics
 from proxy.records.store import RecordStore
 from proxy.rewrite.engine import Rewriter
 from proxy.rewrite.tape import TapeStore
-from proxy.slots.manager import ServerSlots, SlotManager
+from proxy.slots.manager import SlotManager
+from proxy.slots.servers import ServerSlots
 from proxy.tokens import tokenizer_for
 from proxy.tokens.gguf import AttentionKind, attention_kind
 from proxy.web import security

@@ -18,8 +18,9 @@ from proxy.dialects import REGISTRY
 from proxy.flow.director import CACHE_HEADER, REQUEST_ID_HEADER, Director, Exchange
 from proxy.rewrite.engine import RewriteConfig, Rewriter
 from proxy.rewrite.tape import TapeStore
-from proxy.slots.manager import ServerSlots, SlotManager
+from proxy.slots.manager import SlotManager
 from proxy.slots.routing import RoutePolicy
+from proxy.slots.servers import ServerSlots
 
 CHAT = REGISTRY["/v1/chat/completions"]
 SYSTEM = "You are a careful agent.\n" * 40
