@@ -140,38 +140,55 @@ def choose(
         if best.busy >= policy.max_queue or gain <= policy.busy_wait_tokens:
             best, reason = idle[0], "load-guard"
     elif best.busy:
-        # Every slot is busy: queue behind the prefix only when that saves more than
-        # busy_wait_tokens over the shallowest queue and stays under max_queue
-        # ("all-busy"); otherwise "all-busy-least-queued", which the slot manager does
-        # not pin: the request waits in kvproxy's queue and is routed when a slot frees.
-        shallow = min(ranked, key=lambda v: (v.busy, rank(v, prompt_len, policy, now)))
-        others = [usable(v.cached, prompt_len) for v in ranked if v.key != best.key]
-        gain = usable(best.cached, prompt_len) - max(others, default=0)
-        if best.busy < policy.max_queue and gain > policy.busy_wait_tokens:
-            reason = "all-busy"
-        else:
-            best, reason = shallow, "all-busy-least-queued"
-    if (
-        saved is not None
-        and idle
-        and usable(saved.cached, prompt_len)
-        >= usable(best.cached, prompt_len) + policy.min_restore_gain
-    ):
-        target = victim([v for v in idle if v.server == saved.server] or idle, policy, now)
-        if target.server == saved.server:
-            base = route_to(target, prompt_len, "restore", policy)
-            lost = target.held  # a restore replaces the slot's whole content
-            return Route(
-                server=base.server,
-                slot=base.slot,
-                predicted=usable(saved.cached, prompt_len),
-                reason="restore",
-                restore=saved.name,
-                save_first=lost >= policy.min_save_tokens and not target.saved,
-                lost=lost,
-            )
+        best, reason = all_busy(ranked, prompt_len, policy, now)
+    restore = restore_route(prompt_len, idle, best, saved, policy, now)
+    if restore is not None:
+        return restore
     if reason == "no-match":
         reason = (
             "empty" if best.held == 0 else ("cold" if not is_hot(best, policy, now) else "evict")
         )
     return route_to(best, prompt_len, reason, policy)
+
+
+def all_busy(ranked: list[SlotView], prompt_len: int, policy: RoutePolicy,
+             now: float) -> tuple[SlotView, str]:  # fmt: skip
+    """Every slot is busy: queue behind the prefix only when that saves more than
+    busy_wait_tokens over the shallowest queue and stays under max_queue ("all-busy");
+    otherwise "all-busy-least-queued", which the slot manager does not pin: the request
+    waits in kvproxy's queue and is routed when a slot frees."""
+    best = ranked[0]
+    shallow = min(ranked, key=lambda v: (v.busy, rank(v, prompt_len, policy, now)))
+    others = [usable(v.cached, prompt_len) for v in ranked if v.key != best.key]
+    gain = usable(best.cached, prompt_len) - max(others, default=0)
+    if best.busy < policy.max_queue and gain > policy.busy_wait_tokens:
+        return best, "all-busy"
+    return shallow, "all-busy-least-queued"
+
+
+def restore_route(prompt_len: int, idle: list[SlotView], best: SlotView,
+                  saved: SavedView | None, policy: RoutePolicy,
+                  now: float) -> Route | None:  # fmt: skip
+    """Restore the saved prefix into an idle slot of its upstream, when it beats ``best``
+    by ``min_restore_gain`` tokens; None otherwise."""
+    if (
+        saved is None
+        or not idle
+        or usable(saved.cached, prompt_len)
+        < usable(best.cached, prompt_len) + policy.min_restore_gain
+    ):
+        return None
+    target = victim([v for v in idle if v.server == saved.server] or idle, policy, now)
+    if target.server != saved.server:
+        return None
+    base = route_to(target, prompt_len, "restore", policy)
+    lost = target.held  # a restore replaces the slot's whole content
+    return Route(
+        server=base.server,
+        slot=base.slot,
+        predicted=usable(saved.cached, prompt_len),
+        reason="restore",
+        restore=saved.name,
+        save_first=lost >= policy.min_save_tokens and not target.saved,
+        lost=lost,
+    )
