@@ -21,15 +21,8 @@ from proxy.core.conversation import Conversation, Message
 from proxy.core.log import get_logger
 from proxy.rewrite import compaction, contract, tools, volatile
 from proxy.rewrite.identity import Identity, digest
-from proxy.rewrite.tape import (
-    Lineage,
-    Request,
-    Tape,
-    TapeStore,
-    find_lineage,
-    first_user_index,
-    text_hash,
-)
+from proxy.rewrite.lineage import Lineage, Request, find_lineage, first_user_index
+from proxy.rewrite.tape import Tape, TapeStore, text_hash
 
 log = get_logger("kvproxy.rewrite")
 
