@@ -60,9 +60,11 @@ class SlotActions:
 
     async def sync(self, server: ServerSlots) -> None:
         """Reconcile with the server's own ``/slots``: a restarted server, or another client
-        talking to it directly, leaves slots that hold less than the table says. A slow or
-        failing answer skips the check. At most once per SYNC_INTERVAL: a restart takes
-        longer than that, and a burst of requests need not pay a round trip each."""
+        talking to it directly, leaves slots that hold less than the table says or other
+        content (``SlotTable.reconcile``). A slow or failing answer skips the check. At
+        most once per SYNC_INTERVAL: a restart takes longer than that, and a burst of
+        requests need not pay a round trip each. A stale server stays stale while /slots
+        shows a request kvproxy did not send still running."""
         now = self.clock()
         if server.synced is not None and now - server.synced < SYNC_INTERVAL:
             return
@@ -71,10 +73,11 @@ class SlotActions:
             slots = await asyncio.wait_for(server.upstream.get_json("/slots"), SYNC_TIMEOUT)
         except (ProxyError, TimeoutError):
             return
-        for cut in server.table.reconcile(slots):
+        for cut in server.table.reconcile(slots, stale=server.stale):
             log.info("slot_out_of_sync", slot=cut.slot, index_tokens=cut.index_tokens,
-                     server_tokens=cut.server_tokens)  # fmt: skip
+                     server_tokens=cut.server_tokens, foreign=cut.foreign)  # fmt: skip
             self.mirror.slot(server, cut.slot)
+        server.stale = server.stale and server.table.unaccounted(slots)
 
     async def prepare(self, lease: Lease) -> None:
         """Save the victim first, restore a saved prefix: the slot's I/O, serialized with
@@ -109,13 +112,18 @@ class SlotActions:
         """Save every slot idle for ``idle_seconds`` whose content is not yet on disk (at
         least ``min_save_tokens`` of it): a crashed or restarted server, or one that
         unloaded the model, then gets its conversations back by restore. Deferred while
-        any request is routed to that server. Returns how many slots were saved."""
+        any request is routed to that server, and on a stale server until /slots has
+        been read again. Returns how many slots were saved."""
         saved = 0
         for server in self.servers:
             # A checkpoint supersedes the slot's previous file: only where kvproxy can
             # delete that file (the embedded server's directory, or --slot-dir).
             if not server.can_save or server.slot_dir is None:
                 continue
+            if server.stale:
+                await self.sync(server)
+                if server.stale:
+                    continue
             now = self.clock()
             for slot in server.table.to_checkpoint(now, idle_seconds, self.min_save_tokens):
                 lock = server.prep[slot]
@@ -135,10 +143,12 @@ class SlotActions:
                 log.warning("checkpoint_failed", error=err.message)
 
     async def save(self, server: ServerSlots, slot: int) -> int:
-        """Save what the slot holds; 1 if a file was written."""
+        """Save what the slot holds; 1 if a file was written. Never content kvproxy did
+        not put there: nothing on a stale server, nor on a slot /slots cut back (the file
+        would carry kvproxy's name for another client's prompt)."""
         held = server.table.held.get(slot)
         name = save_name(held) if held is not None else None
-        if held is None or name is None:
+        if held is None or name is None or server.stale or server.table.states[slot].unverified:
             return 0
         owner = server.table.states[slot].owner
         if name in self.catalog:

@@ -74,6 +74,18 @@ class SlotManager:
         """Reconcile the table with the server's ``/slots`` (``SlotActions.sync``)."""
         await self.actions.sync(server)
 
+    def mark_stale(self, server_index: int | None = None) -> None:
+        """A request kvproxy did not route (a forwarded generating path) went to server
+        ``server_index`` (every server when None): it may have overwritten any idle slot.
+        The next acquire reads ``/slots`` from it before routing, whatever the server is
+        doing and however recently it was read, so that the table stops predicting reuse
+        on a slot whose last task kvproxy did not send; no slot of it is saved until then.
+        The mark holds while /slots shows a request running on a slot kvproxy has none on,
+        so it may be set when the forwarded request starts or when it ends."""
+        for server in self.servers:
+            if server.pins and server_index in (None, server.index):
+                server.stale, server.synced = True, None
+
     async def checkpoint(self, idle_seconds: float) -> int:
         """Save the slots idle for ``idle_seconds`` (``SlotActions.checkpoint``)."""
         return await self.actions.checkpoint(idle_seconds)
@@ -177,11 +189,14 @@ class SlotManager:
     async def _sync_before_routing(self) -> None:
         """Reconcile with ``/slots`` before routing while the server is idle (a restart
         shows then, and the answer is quick); while it is busy, /slots waits for the
-        server's loop, so the check runs in the background instead of delaying dispatch."""
+        server's loop, so the check runs in the background instead of delaying dispatch.
+        A stale server (``mark_stale``) is read first in any case."""
         for server in self.servers:
             if not server.pins:
                 continue
-            if any(state.busy for state in server.table.states):
+            if server.stale:
+                await self.actions.sync(server)  # a request kvproxy did not route went there
+            elif any(state.busy for state in server.table.states):
                 if server.sync_task is None or server.sync_task.done():
                     server.sync_task = asyncio.create_task(self.actions.sync(server))
             else:

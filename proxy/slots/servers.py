@@ -30,6 +30,9 @@ class ServerSlots:
     can_save: bool
     slot_dir: Path | None = None  # where its save files are, when they are on this host
     synced: float | None = None  # when /slots was last read
+    # A request kvproxy did not route went to it (``SlotManager.mark_stale``): /slots is
+    # read before the next routing, and no slot is saved until it has been.
+    stale: bool = False
     sync_task: asyncio.Task[None] | None = field(default=None, repr=False)
     max_inflight: int = 0  # requests sent to it at once; 0: 4 per slot
     swa_tail: int | None = None  # sliding-window model: see slot_table.reusable

@@ -49,6 +49,14 @@ class SlotState:
     # after a request cut the slot back (see ``swa_end_after``)
     swa_end: int = 0
     owner: str | None = None  # the principal whose request wrote what it holds (PUBLIC)
+    # The server's last task on the slot (``id_task`` in /slots) when kvproxy last read
+    # it, and whether kvproxy has sent a request to the slot since: a new task nobody
+    # sent through kvproxy means another client overwrote the slot.
+    task: int | None = None
+    own: bool = False
+    # The server holds something else than kvproxy put there (``reconcile`` cut it
+    # back): routing may still count on the prefix, but no save may name it kvproxy's.
+    unverified: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,7 @@ class CutBack:
     slot: int
     index_tokens: int
     server_tokens: int
+    foreign: bool = False  # a task kvproxy did not send overwrote it: the table forgot it
 
 
 # llama-server's defaults (common/common.h): context checkpoints kept per slot.
@@ -250,6 +259,7 @@ class SlotTable:
         state = self.states[slot]
         state.busy += 1
         state.last_used = now
+        state.own = True
 
     def unreserve(self, slot: int) -> None:
         """A reservation given up before the request was sent (cancelled, failed)."""
@@ -270,6 +280,7 @@ class SlotTable:
         state = self.states[slot]
         if holds is not None and holds.tokens:
             state.owner = owner
+        state.unverified = False
         state.busy = max(0, state.busy - 1)
         state.last_used = now
         if self.swa_tail is not None:
@@ -317,10 +328,14 @@ class SlotTable:
         self.states[slot].owner = owner
         self.states[slot].saved_len = len(prompt)
         self.states[slot].checkpoints = []
+        self.states[slot].unverified = False
 
-    def reconcile(self, server_slots: Any) -> list[CutBack]:
-        """Compare with llama-server's ``/slots`` (``n_prompt_tokens`` per slot) and cut back
-        the idle slots that hold less than the table says."""
+    def reconcile(self, server_slots: Any, stale: bool = False) -> list[CutBack]:
+        """Compare with llama-server's ``/slots`` (``n_prompt_tokens`` and ``id_task`` per
+        slot) for the idle slots: one a task kvproxy did not send ran on is forgotten
+        (``overwritten``); one that holds less than the table says is cut back, and its
+        content is no longer known to be kvproxy's (``unverified``). ``stale``: a request
+        kvproxy did not route went to this server (``SlotManager.mark_stale``)."""
         if not isinstance(server_slots, list):
             return []
         cuts = []
@@ -328,21 +343,60 @@ class SlotTable:
             slot = info.get("id") if isinstance(info, dict) else None
             if not isinstance(slot, int) or not 0 <= slot < len(self.states):
                 continue
-            held = self.held.get(slot)
-            if held is None or self.states[slot].busy or info.get("is_processing"):
+            if self.states[slot].busy or info.get("is_processing"):
                 continue
+            held = self.held.get(slot)
             has = info.get("n_prompt_tokens") or 0
-            if not isinstance(has, int) or has >= len(held) - DIVERGE_SLACK:
+            if self._overwritten(slot, info.get("id_task"), has, stale) and held is not None:
+                cuts.append(CutBack(slot, len(held), has if isinstance(has, int) else 0, True))
+                self.put(slot, None)
+                self.states[slot].checkpoints = []
+                continue
+            if held is None or not isinstance(has, int) or has >= len(held) - DIVERGE_SLACK:
                 continue
             cuts.append(CutBack(slot, len(held), max(0, has)))
-            state = self.states[slot]
-            state.checkpoints, state.swa_end = [], 0
-            if has > 0:
-                self.held.put(slot, Prompt.of(held.tokens[:has]))
-            else:
-                self.held.remove(slot)
-            state.saved_len = min(state.saved_len, max(0, has))
+            self._cut(slot, held, has)
         return cuts
+
+    def _overwritten(self, slot: int, task: Any, has: Any, stale: bool) -> bool:
+        """A new task on the slot that kvproxy did not send (or, on a ``stale`` server,
+        one that left more than kvproxy's own request could have: the table's content
+        plus the reply slack). The first task seen is taken as it is."""
+        state = self.states[slot]
+        if not isinstance(task, int) or task == state.task:
+            return False
+        known, own = state.task is not None, state.own
+        state.task, state.own = task, False
+        if not known:
+            return False
+        if not own:
+            return True
+        held = self.held.get(slot)
+        longer = isinstance(has, int) and held is not None and has > len(held) + DIVERGE_SLACK
+        return stale and longer
+
+    def _cut(self, slot: int, held: Prompt, has: int) -> None:
+        state = self.states[slot]
+        state.checkpoints, state.swa_end = [], 0
+        if has > 0:
+            self.held.put(slot, Prompt.of(held.tokens[:has]))
+        else:
+            self.held.remove(slot)
+        state.saved_len = min(state.saved_len, max(0, has))
+        state.unverified = has > 0
+
+    def unaccounted(self, server_slots: Any) -> bool:
+        """Does ``/slots`` show a request running on a slot kvproxy has none on (one it
+        did not route, still overwriting the slot)?"""
+        if not isinstance(server_slots, list):
+            return False
+        for info in server_slots:
+            slot = info.get("id") if isinstance(info, dict) else None
+            if not isinstance(slot, int) or not 0 <= slot < len(self.states):
+                continue
+            if info.get("is_processing") and not self.states[slot].busy:
+                return True
+        return False
 
     def to_checkpoint(self, now: float, idle_seconds: float, min_tokens: int) -> list[int]:
         """Slots whose unsaved content should go to disk now. Nothing while any request is
@@ -355,6 +409,7 @@ class SlotTable:
             held = self.held.get(slot)
             if (
                 held is not None
+                and not state.unverified
                 and now - state.last_used >= idle_seconds
                 and len(held) - state.saved_len >= min_tokens
             ):

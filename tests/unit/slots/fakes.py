@@ -4,6 +4,7 @@ sets (or fails), and slot saves and restores are answered in process (or never).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from proxy.core.conversation import Conversation
@@ -62,17 +63,37 @@ def answering(actions: list[str], hang: bool = False) -> SlotAction:
 
 def manager(slots: int = 2, *, tokenizer: Any = None, can_save: bool = False,
             persist: Persist | None = None, slot_action: SlotAction | None = None,
-            n_ctx: int = 4096, queue_timeout: float = 300.0) -> SlotManager:  # fmt: skip
+            n_ctx: int = 4096, queue_timeout: float = 300.0,
+            clock: Callable[[], float] | None = None) -> SlotManager:  # fmt: skip
     server = ServerSlots(0, NoServer(), tokenizer or ListTokenizer(), slots, n_ctx,  # type: ignore[arg-type]
                          can_save=can_save)  # fmt: skip
     extra: dict[str, Any] = {} if slot_action is None else {"slot_action": slot_action}
-    return SlotManager([server], RoutePolicy(), 1 << 30, clock=iter(range(1, 10_000)).__next__,
+    return SlotManager([server], RoutePolicy(), 1 << 30,
+                       clock=clock or iter(range(1, 10_000)).__next__,
                        queue_timeout=queue_timeout, persist=persist, **extra)  # fmt: skip
 
 
-def saving_manager(slots: int, actions: list[str], hang: bool = False) -> SlotManager:
+def saving_manager(slots: int, actions: list[str], hang: bool = False,
+                   clock: Callable[[], float] | None = None) -> SlotManager:  # fmt: skip
     """A manager whose slot saves and restores are answered in process (or never)."""
-    return manager(slots, can_save=True, slot_action=answering(actions, hang))
+    return manager(slots, can_save=True, slot_action=answering(actions, hang), clock=clock)
+
+
+class Clock:
+    """Seconds that move only when a test says so."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def slots_answer(*slots: tuple[int, int, int],
+                 processing: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """What /slots says: (id, id_task, n_prompt_tokens) per slot, ``processing`` busy."""
+    return [{"id": i, "id_task": task, "n_prompt_tokens": n, "is_processing": i == processing}
+            for i, task, n in slots]  # fmt: skip
 
 
 async def acquire(m: SlotManager, conv: Conversation, bodies: dict[int, dict[str, Any]]) -> Lease:

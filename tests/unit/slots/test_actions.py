@@ -8,8 +8,18 @@ from pathlib import Path
 import pytest
 
 from proxy.core.prefix_index import Prompt
+from proxy.slots.manager import SlotManager
+from proxy.slots.servers import Lease
 from proxy.slots.table import SavedFile
-from tests.unit.slots.fakes import CHAT, acquire, manager, saving_manager
+from tests.unit.slots.fakes import (
+    CHAT,
+    Clock,
+    NoServer,
+    acquire,
+    manager,
+    saving_manager,
+    slots_answer,
+)
 
 
 def test_evicted_saved_files_are_deleted_and_remembered_as_ghosts(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -90,3 +100,100 @@ async def test_files_kvproxy_cannot_delete_stay_counted_and_stop_further_saves()
     assert m.catalog.total_bytes() == 20 and len(m.catalog) == 2
     lease = await acquire(m, CHAT, {0: {"tokens": list(range(20000, 21000))}})
     assert calls == ["save", "save"]
+
+
+async def served(m: SlotManager, clock: Clock, tokens: list[int], task: int) -> Lease:
+    """One request through kvproxy, answered by the server as task ``task``; then the
+    server's /slots shows it, a second later."""
+    lease = await acquire(m, CHAT, {0: {"tokens": tokens}})
+    m.release(lease, completed=True, generated=[], finish_reason="stop")
+    server: NoServer = m.servers[0].upstream  # type: ignore[assignment]
+    assert server.slots is not None
+    server.slots[lease.route.slot].update(id_task=task, n_prompt_tokens=len(tokens))
+    clock.now += 5
+    return lease
+
+
+async def overwritten_by_another_client() -> tuple[SlotManager, Clock, NoServer, Lease]:
+    """Two conversations through kvproxy, read back from /slots; then a request kvproxy
+    did not route overwrites the first one's slot with a longer prompt of its own (the
+    slot holds more than before, so its length alone does not tell)."""
+    clock = Clock()
+    m = manager(2, clock=clock)
+    server: NoServer = m.servers[0].upstream  # type: ignore[assignment]
+    server.slots = slots_answer((0, 1, 0), (1, 2, 0))
+    first = await served(m, clock, list(range(1000)), 10)
+    await served(m, clock, list(range(5000, 5100)), 11)
+    await m.sync(m.servers[0])  # the server's tasks as kvproxy's own, read back
+    server.slots[first.route.slot].update(id_task=12, n_prompt_tokens=1500)
+    return m, clock, server, first
+
+
+async def test_mark_stale_rereads_the_slots_before_the_next_request_is_routed() -> None:
+    """Issue 19: a forwarded generating request overwrote a slot, and the table went on
+    predicting reuse there until the next regular /slots read (and then only if the slot
+    held fewer tokens than before)."""
+    m, _, server, first = await overwritten_by_another_client()
+    reads = server.reads
+    m.mark_stale(0)  # within SYNC_INTERVAL of the last read: only the mark makes it
+    lease = await acquire(m, CHAT, {0: {"tokens": [*range(1000), 1, 2]}})
+    assert server.reads == reads + 1
+    assert lease.route.predicted == 0 and m.servers[0].table.held.get(first.route.slot) is None
+
+
+async def test_a_task_kvproxy_did_not_send_is_seen_at_the_next_regular_read() -> None:
+    m, clock, _, _ = await overwritten_by_another_client()
+    clock.now += 5
+    lease = await acquire(m, CHAT, {0: {"tokens": [*range(1000), 1, 2]}})
+    assert lease.route.predicted == 0
+
+
+async def test_the_stale_mark_holds_while_a_request_kvproxy_did_not_send_runs() -> None:
+    m, clock, server, first = await overwritten_by_another_client()
+    assert server.slots is not None
+    server.slots[first.route.slot]["is_processing"] = True  # the forwarded request, running
+    m.mark_stale()
+    await acquire(m, CHAT, {0: {"tokens": list(range(7000, 7100))}})
+    assert m.servers[0].stale
+    server.slots[first.route.slot]["is_processing"] = False
+    clock.now += 5
+    await acquire(m, CHAT, {0: {"tokens": list(range(8000, 8100))}})
+    assert not m.servers[0].stale
+
+
+@pytest.mark.parametrize(
+    ("case", "saved"),
+    [
+        ("in-sync", 1),
+        ("cut-back", 0),  # /slots: the slot holds fewer tokens than kvproxy put there
+        ("overwritten", 0),  # /slots: a task kvproxy did not send ran on the slot
+        ("stale-unread", 0),  # marked stale, and /slots did not answer
+        ("stale-reread", 1),  # marked stale, and /slots shows the slot as kvproxy left it
+    ],
+)
+async def test_a_checkpoint_saves_only_what_kvproxy_put_in_the_slot(
+    case: str, saved: int, tmp_path: Path
+) -> None:
+    """Issue 19: a checkpoint saved whatever the server held under the name of what
+    kvproxy had put there, so a later restore brought another client's prompt back."""
+    actions: list[str] = []
+    clock = Clock()
+    m = saving_manager(1, actions, clock=clock)
+    m.servers[0].slot_dir = tmp_path
+    server: NoServer = m.servers[0].upstream  # type: ignore[assignment]
+    server.slots = slots_answer((0, 1, 0))
+    await served(m, clock, list(range(1000)), 10)
+    await m.sync(m.servers[0])
+    clock.now += 5
+    if case == "cut-back":
+        server.slots = slots_answer((0, 10, 600))
+        await m.sync(m.servers[0])
+    elif case == "overwritten":
+        server.slots = slots_answer((0, 11, 1000))
+        await m.sync(m.servers[0])
+    elif case.startswith("stale"):
+        m.mark_stale(0)
+        if case == "stale-unread":
+            server.slots = None
+    assert await m.checkpoint(0) == saved
+    assert actions == ["save"] * saved

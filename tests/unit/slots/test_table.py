@@ -433,3 +433,73 @@ def test_the_best_saved_file_by_attention_kind(
         catalog.add(SavedFile(name, 0, 10), Prompt.of(tokens))
     best = catalog.best(Prompt.of(prompt), whole=frozenset({0}) if whole else frozenset())
     assert (None if best is None else (best.name, best.cached)) == expected
+
+
+# Issue 19: nothing unaccounted reaches a slot. The table holds 500 tokens on slot 0, and
+# the last /slots read saw task 5 there; ``own``: kvproxy sent a request to the slot since.
+@pytest.mark.parametrize(
+    ("task", "has", "own", "stale", "foreign", "left"),
+    [
+        (5, 500, False, False, False, 500),  # the same task: nothing ran since
+        (9, 500, False, False, True, 0),  # a task kvproxy did not send overwrote it
+        (9, 500, True, False, False, 500),  # kvproxy's own request
+        (9, 520, True, False, False, 500),  # its own, with a reply not yet tokenized here
+        (9, 520, True, True, True, 0),  # stale (mark_stale): longer than its own could be
+        (9, 501, True, True, False, 500),  # stale, within the reply slack: its own
+        (None, 500, False, False, False, 500),  # a server that names no task
+    ],
+)
+def test_reconcile_sees_a_task_kvproxy_did_not_send(task: int | None, has: int, own: bool,
+                                                    stale: bool, foreign: bool,
+                                                    left: int) -> None:  # fmt: skip
+    table = table_with(500)
+    assert table.reconcile([{"id": 0, "id_task": 5, "n_prompt_tokens": 500}]) == []
+    if own:
+        table.reserve(0, 2.0)
+        table.settle(0, Prompt.of(range(500)), 3.0)
+    cuts = table.reconcile([{"id": 0, "id_task": task, "n_prompt_tokens": has}], stale=stale)
+    assert cuts == ([CutBack(0, 500, has, foreign=True)] if foreign else [])
+    held = table.held.get(0)
+    assert (len(held) if held is not None else 0) == left
+
+
+def test_the_first_task_seen_is_taken_as_it_is() -> None:
+    """kvproxy cannot judge a slot before it has read it once (a start with state loaded
+    from the previous run)."""
+    table = table_with(500)
+    assert table.reconcile([{"id": 0, "id_task": 9, "n_prompt_tokens": 500}]) == []
+    assert len(table.held.get(0) or ()) == 500
+
+
+@pytest.mark.parametrize(
+    ("has", "settled", "expect"),
+    [
+        (500, False, [0]),  # the server holds what the table says
+        (300, False, []),  # cut back: what the slot holds is not known to be kvproxy's
+        (300, True, [0]),  # kvproxy wrote the slot again since
+    ],
+)
+def test_a_slot_cut_back_by_the_server_is_not_checkpointed(has: int, settled: bool,
+                                                          expect: list[int]) -> None:  # fmt: skip
+    table = table_with(500)
+    table.reconcile([{"id": 0, "n_prompt_tokens": has}])
+    if settled:
+        table.reserve(0, 2.0)
+        table.settle(0, Prompt.of(range(400)), 3.0)
+    assert table.to_checkpoint(1000.0, 0.0, 1) == expect
+
+
+@pytest.mark.parametrize(
+    ("server", "busy", "unaccounted"),
+    [
+        ([{"id": 0, "is_processing": False}], 0, False),
+        ([{"id": 0, "is_processing": True}], 1, False),  # kvproxy's own request
+        ([{"id": 0, "is_processing": True}], 0, True),  # a request kvproxy did not send
+        ([{"id": 3, "is_processing": True}, "x"], 0, False),  # not a slot of this table
+        ({"error": "x"}, 0, False),
+    ],
+)
+def test_a_request_kvproxy_did_not_send_is_seen_running(server: Any, busy: int,
+                                                       unaccounted: bool) -> None:  # fmt: skip
+    table = table_with(500, busy=busy)
+    assert table.unaccounted(server) is unaccounted
