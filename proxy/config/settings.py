@@ -1,8 +1,9 @@
-"""Runtime configuration, built once from flags and KVPROXY_* environment variables."""
+"""Runtime configuration, built once by the CLI from flags, KVPROXY_* variables and the
+--config file (``proxy.config.resolve``)."""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,10 @@ from proxy.slots.routing import RoutePolicy
 KEEP_TAPES = ("lmdb", "memory")
 
 
-def default_data_dir() -> Path:
-    """$XDG_STATE_HOME/kvproxy, else ~/.local/state/kvproxy (the user's state dir)."""
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+def default_data_dir(environ: Mapping[str, str]) -> Path:
+    """$XDG_STATE_HOME/kvproxy, else ~/.local/state/kvproxy (the user's state dir), from
+    the environment the CLI was given (nothing here reads the process's)."""
+    base = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "kvproxy"
 
 
@@ -34,7 +36,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 11435
     upstreams: tuple[UpstreamSpec, ...] = ()
-    data_dir: Path = field(default_factory=default_data_dir)
+    data_dir: Path = field(default_factory=lambda: default_data_dir({}))
     max_body_bytes: int = 32 * 1024 * 1024
     max_inflight_body_bytes: int = 256 * 1024 * 1024  # all request bodies held at once
     connect_timeout: float = 10.0

@@ -58,9 +58,8 @@ async def test_a_rebound_host_name_reads_nothing() -> None:
 async def test_each_key_of_the_file_is_accepted_and_no_other(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     keys.write_text("# team keys\nkey-alice\n\nkey-bob\n")
-    parser = cli.build_parser()
-    args = parser.parse_args(["serve", "--api-key-file", str(keys)])
-    exposure = cli.exposure_from(args)
+    args = cli.build_parser({}).parse_args(["serve", "--api-key-file", str(keys)])
+    exposure = cli.configured(args, {})[1].exposure
     assert exposure.api_keys == frozenset({"key-alice", "key-bob"})
     client = await client_for(exposure)
     try:
