@@ -21,6 +21,10 @@ from proxy.core.errors import ProxyError
 from proxy.dialects.base import DialectBase
 
 NATIVE, OLLAMA_ON_LLAMA, OPENAI_ON_OLLAMA = "native", "ollama-on-llama", "openai-on-ollama"
+# Anthropic Messages and OpenAI Responses requests go as chat: to llama-server's chat
+# endpoint (its own endpoints for them drop ``id_slot``), or to ollama's /api/chat.
+VIA_CHAT, VIA_OLLAMA_CHAT = "via-chat", "via-ollama-chat"
+BRIDGED_FAMILIES = ("anthropic", "responses")
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,11 @@ class LlamaServer:
             endpoint = "chat" if conv.kind == "chat" else "generate"
             path, body = ollama_bridge.upstream_request(conv, endpoint)
             return UpstreamCall(path, body, OLLAMA_ON_LLAMA)
+        if dialect.family in BRIDGED_FAMILIES:
+            body = dialect.render(conv)
+            if conv.stream:  # usage before the first byte, as llama-server's own endpoints do
+                body["timings_per_token"] = True
+            return UpstreamCall("/v1/chat/completions", body, VIA_CHAT)
         return UpstreamCall(raw_path, dialect.render(conv))
 
     def prepare(self, call: UpstreamCall, dialect: DialectBase, where: Placement,
@@ -138,11 +147,13 @@ class Ollama:
     def call(self, dialect: DialectBase, conv: Conversation, raw_path: str) -> UpstreamCall:
         if dialect.name == "openai_chat":
             return UpstreamCall("/api/chat", openai_bridge.chat_request(conv), OPENAI_ON_OLLAMA)
+        if dialect.family in BRIDGED_FAMILIES:
+            return UpstreamCall("/api/chat", openai_bridge.chat_request(conv), VIA_OLLAMA_CHAT)
         return UpstreamCall(raw_path, dialect.render(conv))
 
     def prepare(self, call: UpstreamCall, dialect: DialectBase, where: Placement,
                 keep: KeepPolicy) -> Prepared:  # fmt: skip
-        if dialect.family != "ollama" and call.how != OPENAI_ON_OLLAMA:
+        if dialect.family != "ollama" and call.how not in (OPENAI_ON_OLLAMA, VIA_OLLAMA_CHAT):
             return Prepared(call.body)
         kept = ollama_keep.keep(call.body, keep, where.ollama_ctx,
                                 ollama_keep.prompt_chars(call.body))  # fmt: skip

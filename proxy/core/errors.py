@@ -35,6 +35,11 @@ class BadRequest(ClientError):
     status = 400
 
 
+class NotFound(ClientError):
+    status = 404
+    code = "not_found"
+
+
 class UnsupportedMedia(ClientError):
     status = 415
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from proxy.dialects import (
+    anthropic_messages,
     llamacpp_completion,
     ollama_chat,
     ollama_generate,
     openai_chat,
     openai_completions,
+    openai_responses,
 )
 from proxy.dialects.base import Dialect, DialectBase
 
@@ -21,6 +23,8 @@ REGISTRY: Mapping[str, DialectBase] = {
     "/completions": llamacpp_completion.DIALECT,
     "/api/chat": ollama_chat.DIALECT,
     "/api/generate": ollama_generate.DIALECT,
+    "/v1/messages": anthropic_messages.DIALECT,
+    "/v1/responses": openai_responses.DIALECT,
 }
 
 __all__ = ["REGISTRY", "Dialect", "DialectBase"]

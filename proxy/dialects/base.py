@@ -18,7 +18,7 @@ from proxy.core.conversation import (
 from proxy.core.errors import BadRequest, ProxyError
 
 Framing = Literal["sse", "ndjson"]
-Family = Literal["openai", "ollama", "llamacpp"]
+Family = Literal["openai", "ollama", "llamacpp", "anthropic", "responses"]
 
 
 class Dialect(Protocol):

@@ -17,15 +17,17 @@ from typing import Any, Protocol
 from proxy.backends.kinds import Placement, UpstreamCall, backend_for
 from proxy.config.settings import Settings
 from proxy.core.conversation import Conversation, MessageMemo
-from proxy.core.errors import BadRequest, Overloaded
+from proxy.core.errors import BadRequest, NotFound, Overloaded
 from proxy.core.limits import MAX_TOKEN_BYTES, BodyHold, cannot_fit
 from proxy.core.log import get_logger
 from proxy.core.prefix_index import Prompt
 from proxy.core.streaming import UsageObserver
+from proxy.dialects import openai_responses
 from proxy.dialects.base import DialectBase
+from proxy.flow.responses import ResponseStore, StoredResponse
 from proxy.records.record import RequestRecord, new_request_id
 from proxy.rewrite.engine import Plan, Rewriter
-from proxy.rewrite.identity import identify
+from proxy.rewrite.identity import identify, principal_of
 from proxy.slots.manager import SlotManager
 from proxy.slots.servers import Lease, miss_cause
 from proxy.slots.table import PUBLIC
@@ -73,6 +75,8 @@ class Exchange:
     waited_ms: float = 0.0
     call: UpstreamCall | None = None  # what goes upstream, once dispatched
     headers: dict[str, str] = field(default_factory=dict)  # kvproxy's response headers
+    items: list[dict[str, Any]] | None = None  # a Responses request's whole input
+    answer: dict[str, Any] | None = None  # a Responses request's finished response
 
 
 @dataclass
@@ -83,6 +87,7 @@ class Director:
     settings: Settings
     sink: Callable[[dict[str, Any]], None]
     gatekeeper: Gatekeeper
+    responses: ResponseStore = field(default_factory=ResponseStore)
 
     # -- phases -------------------------------------------------------------------------
     def admit(self, dialect: DialectBase, path: str, hold: BodyHold,
@@ -106,6 +111,8 @@ class Director:
         """Parse into the canonical conversation, rewrite it (``Rewriter.plan``), build each
         upstream's call and tokens; a malformed body is a 400."""
         try:
+            if ex.dialect.family == "responses":
+                body = self.earlier_responses(ex, body, headers)
             ex.conv = ex.dialect.parse(body, self.messages)
             ex.rec.model, ex.rec.stream = ex.conv.model, ex.conv.stream
             await self._plan(ex, headers, raw_path)
@@ -205,6 +212,8 @@ class Director:
         if completed and rec.warm is None:
             # a warm-up is no conversation: no tape (its text may come from another's)
             self.rewriter.commit(plan, reply=ex.observer.text)
+        if completed and ex.answer is not None and ex.items is not None:
+            self.keep_response(ex, plan.identity.principal)
 
     def close(self, ex: Exchange) -> None:
         """Whatever happened: the body budget, the gate and the slot are given back, and
@@ -222,6 +231,45 @@ class Director:
         rec.done()
 
     # -- helpers ------------------------------------------------------------------------
+    def earlier_responses(self, ex: Exchange, body: Any, headers: Mapping[str, str]) -> Any:
+        """A Responses body with the stored conversation ``previous_response_id`` names put
+        before its input (only the principal that stored it can name it)."""
+        if not isinstance(body, dict) or not isinstance(body.get("input", ""), str | list):
+            return body
+        earlier = body.get("previous_response_id")
+        if earlier is not None:
+            stored = self.responses.get(str(earlier), principal_of(headers, body.get("user")))
+            if stored is None:
+                raise NotFound(f"Previous response with id '{earlier}' not found.")
+            body = openai_responses.expand(body, stored.items)
+        ex.items = openai_responses.as_items(body)
+        return body
+
+    async def count_tokens(self, dialect: DialectBase, body: Any, raw_path: str) -> int | None:
+        """The prompt tokens of a request as the client sent it, from the first server's
+        exact tokenizer; None where kvproxy only estimates (the upstream answers)."""
+        server = self.slots.servers[0]
+        if not server.tokenizer.exact:
+            return None
+        try:
+            conv = dialect.parse(body, self.messages)
+            call = backend_for(server.upstream.kind).call(dialect, conv, raw_path)
+        except MALFORMED as exc:
+            raise BadRequest(f"malformed request: {type(exc).__name__}") from exc
+        bodies = {s.index: call.body for s in self.slots.servers}
+        prompts = await self.slots.tokens_for(conv, bodies)
+        prompt = prompts.get(server.index)
+        return None if prompt is None else len(prompt)
+
+    def keep_response(self, ex: Exchange, owner: str) -> None:
+        """A finished response, for a later ``previous_response_id`` (unless ``store`` is
+        false) and for ``GET /v1/responses/{id}``."""
+        assert ex.answer is not None and ex.items is not None and ex.conv is not None
+        if ex.conv.extra.get("store") is False:
+            return
+        items = [*ex.items, *openai_responses.output_items(ex.answer)]
+        self.responses.put(StoredResponse(owner, ex.answer, items))
+
     def calls_for(self, dialect: DialectBase, conv: Conversation, raw_path: str) -> Calls:
         return {server.index: backend_for(server.upstream.kind).call(dialect, conv, raw_path)
                 for server in self.slots.servers}  # fmt: skip

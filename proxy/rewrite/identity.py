@@ -70,17 +70,23 @@ def session_in_body(params: Mapping[str, Any]) -> str | None:
     return key if isinstance(key, str) and key else None
 
 
-def identify(headers: Mapping[str, str], conv: Conversation) -> Identity:
+def principal_of(headers: Mapping[str, str], user: Any) -> str:
+    """Who is asking: a hash of the credential and the ``user`` field."""
     lowered = {k.lower(): v for k, v in headers.items()}
     credential = next((lowered[h] for h in CREDENTIAL_HEADERS if lowered.get(h)), "")
-    user = conv.params.get("user")
     user = user if isinstance(user, str) and user else ""
-    principal = digest(credential, user) if credential or user else ANONYMOUS
+    return digest(credential, user) if credential or user else ANONYMOUS
+
+
+def identify(headers: Mapping[str, str], conv: Conversation) -> Identity:
+    lowered = {k.lower(): v for k, v in headers.items()}
+    user = conv.params.get("user")
+    principal = principal_of(headers, user)
     session = (
         session_in_messages(conv)
         or next((lowered[h] for h in SESSION_HEADERS if lowered.get(h)), None)
-        or session_in_body(conv.params)
-        or user
+        or session_in_body({**conv.extra, **conv.params})
+        or (user if isinstance(user, str) else None)
         or None
     )
     return Identity(principal=principal, session=digest(session) if session else None)

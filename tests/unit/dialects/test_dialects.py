@@ -218,6 +218,8 @@ def test_registry_covers_every_dialect_path() -> None:
         "llamacpp_completion",
         "ollama_chat",
         "ollama_generate",
+        "anthropic_messages",
+        "openai_responses",
     }
     for path, dialect in REGISTRY.items():
         assert path == dialect.path or path in ("/chat/completions", "/completions")
