@@ -33,6 +33,7 @@ from proxy.web.components import (
     LIFECYCLE,
     METRICS,
     SETTINGS,
+    SLOTS,
     UPSTREAMS,
     WARM_TOKEN,
 )
@@ -43,6 +44,9 @@ from proxy.web.warm import WARM_HEADER
 log = get_logger("kvproxy.handlers")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Forwarded POSTs that never run a task on a slot (llama-server's tools/server/server.cpp).
+SLOT_FREE = frozenset({"/tokenize", "/detokenize", "/apply-template", "/v1/messages/count_tokens",
+                       "/v1/responses/input_tokens", "/api/show"})  # fmt: skip
 COUNTERS = {"/v1/messages/count_tokens": anthropic_messages.DIALECT,
             "/v1/responses/input_tokens": openai_responses.DIALECT}  # fmt: skip
 
@@ -132,9 +136,13 @@ def error_response(request: web.Request, ex: Exchange, err: ProxyError, lifecycl
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
-    """Any other method and path goes to the primary upstream byte for byte."""
+    """Any other method and path goes to the primary upstream byte for byte. A POST kvproxy
+    does not parse may make the server use a slot (``/infill``, embeddings, rerank, a slot
+    action): the slot view is marked stale before and after, so the next request re-reads
+    ``/slots`` before routing and no checkpoint saves what kvproxy did not put there."""
     upstream, settings = request.app[UPSTREAMS].primary, request.app[SETTINGS]
     lifecycle = request.app[LIFECYCLE]
+    touches_slots = request.method == "POST" and request.path not in SLOT_FREE
     lifecycle.enter()
     try:
         lifecycle.check()  # after SIGTERM: a 503
@@ -143,7 +151,13 @@ async def forward(request: web.Request) -> web.StreamResponse:
             if request.can_read_body:
                 body = await read_body(request, settings.max_body_bytes, settings.body_timeout,
                                        hold)  # fmt: skip
-            return await forward_body(request, upstream, body)
+            if touches_slots:
+                request.app[SLOTS].mark_stale(0)
+            try:
+                return await forward_body(request, upstream, body)
+            finally:
+                if touches_slots:
+                    request.app[SLOTS].mark_stale(0)
     except ProxyError as err:
         log.warning("forward_failed", path=request.path, status=err.status, error=err.message)
         headers = {"Retry-After": RETRY_AFTER} if err.status == 503 else None
