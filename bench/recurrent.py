@@ -22,7 +22,8 @@ from bench.report import publish
 from proxy.backends.embedded import EmbeddedServer
 from proxy.config.settings import EmbeddedSettings
 from proxy.core.prefix_index import Prompt
-from proxy.slots.table import SavedCatalog, SavedFile, checkpoints_after, reusable
+from proxy.slots.catalog import SavedCatalog, SavedFile
+from proxy.slots.table import checkpoints_after, reusable
 from tests.synthetic_gguf import ARCHES, write
 
 N_UBATCH = 512

@@ -1,7 +1,8 @@
 """What kvproxy does to the server's slots beyond sending requests: llama-server's slot
 save and restore actions, idle checkpoints, reconciliation with ``/slots``, and deleting
-the files the catalog drops. The table and the catalog decide (``proxy.slots.table``);
-this module performs it and mirrors the result (``proxy.slots.mirror``).
+the files the catalog drops. The table and the catalog decide (``proxy.slots.table``,
+``proxy.slots.catalog``); this module performs it and mirrors the result
+(``proxy.slots.mirror``).
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from typing import Any
 
 from proxy.core.errors import ProxyError
 from proxy.core.log import get_logger
+from proxy.slots.catalog import Drop, Ghosts, SavedCatalog, SavedFile
 from proxy.slots.mirror import Mirror
 from proxy.slots.routing import Route
 from proxy.slots.servers import Lease, ServerSlots
-from proxy.slots.table import PUBLIC, Drop, Ghosts, SavedCatalog, SavedFile, save_name
+from proxy.slots.table import PUBLIC, save_name
 
 log = get_logger("kvproxy.slots")
 

@@ -1,11 +1,12 @@
 """The async shell around the slot table: requests wait for, take and give back slots.
 
-The decisions are pure: ``routing.choose`` picks the slot, and ``proxy.slots.table`` keeps
-what every slot holds and which saved files exist. This module runs kvproxy's queue in
-front of the slots, tokenizes once per distinct tokenizer, reserves the chosen slot, and
-records what it holds once the request is done (learning server-tokenized replies in the
-background). The slot I/O it asks for (saves, restores, checkpoints, ``/slots`` checks) is
-``proxy.slots.actions``; the durable copy of the state is ``proxy.slots.mirror``.
+The decisions are pure: ``routing.choose`` picks the slot, ``proxy.slots.table`` keeps what
+every slot holds and ``proxy.slots.catalog`` which saved files exist. This module runs
+kvproxy's queue in front of the slots, tokenizes once per distinct tokenizer, reserves the
+chosen slot, and records what it holds once the request is done (learning server-tokenized
+replies in the background). The slot I/O it asks for (saves, restores, checkpoints,
+``/slots`` checks) is ``proxy.slots.actions``; the durable copy of the state is
+``proxy.slots.mirror``.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from proxy.core.errors import Overloaded, ProxyError
 from proxy.core.log import get_logger
 from proxy.core.prefix_index import Prompt
 from proxy.slots.actions import SlotAction, SlotActions, post_slot_action
+from proxy.slots.catalog import Ghosts, SavedCatalog, known_best
 from proxy.slots.mirror import Mirror, Persist
 from proxy.slots.routing import RoutePolicy, choose
 from proxy.slots.servers import Lease, ServerSlots
-from proxy.slots.table import Ghosts, Outcome, SavedCatalog, held_after, known_best
+from proxy.slots.table import Outcome, held_after
 
 log = get_logger("kvproxy.slots")
 

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 from proxy.core.prefix_index import Prompt
+from proxy.slots.catalog import SavedCatalog, SavedFile
 from proxy.slots.servers import ServerSlots
-from proxy.slots.table import SavedCatalog, SavedFile
 
 Persist = Callable[[str, Callable[[], bytes] | None], None]
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from proxy.core.prefix_index import Prompt
+from proxy.slots.catalog import SavedFile
 from proxy.slots.manager import SlotManager
 from proxy.slots.servers import Lease
-from proxy.slots.table import SavedFile
 from tests.unit.slots.fakes import (
     CHAT,
     Clock,

@@ -9,10 +9,11 @@ import pytest
 
 from proxy.core.conversation import Conversation
 from proxy.core.prefix_index import Prompt
+from proxy.slots.catalog import SavedCatalog, SavedFile
 from proxy.slots.manager import SlotManager
 from proxy.slots.routing import RoutePolicy
 from proxy.slots.servers import ServerSlots
-from proxy.slots.table import PUBLIC, SavedCatalog, SavedFile, SlotTable, visible
+from proxy.slots.table import PUBLIC, SlotTable, visible
 from tests.unit.slots.fakes import ListTokenizer, NoServer
 
 VICTIM, ATTACKER = "victim", "attacker"

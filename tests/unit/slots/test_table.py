@@ -1,4 +1,4 @@
-"""The slot table, the saved-file catalog and their rules, one table per decision."""
+"""The slot table and its rules, one table per decision."""
 
 from __future__ import annotations
 
@@ -7,17 +7,11 @@ from typing import Any
 import pytest
 
 from proxy.core.prefix_index import Prompt
-from proxy.slots.routing import SlotView
 from proxy.slots.table import (
     CutBack,
-    Ghosts,
-    Known,
     Outcome,
-    SavedCatalog,
-    SavedFile,
     SlotTable,
     held_after,
-    known_best,
     save_name,
 )
 
@@ -118,84 +112,6 @@ def test_which_slots_an_idle_checkpoint_saves(tokens, saved_len, busy_other, now
     assert table.to_checkpoint(now, idle_seconds=5.0, min_tokens=256) == expect
 
 
-def f(name: str, size: int = 100, deletable: bool = True) -> SavedFile:
-    return SavedFile(name, 0, size, deletable)
-
-
-@pytest.mark.parametrize(
-    ("existing", "new", "budget", "dropped", "kept"),
-    [
-        # a deletable file holding a prefix of the new one is superseded
-        ([(f("a"), range(500))], (f("b"), range(800)), 1000, [("a", False)], ["b"]),
-        # ... an undeletable one stays (and stays counted)
-        ([(f("a", deletable=False), range(500))], (f("b"), range(800)), 1000, [], ["a", "b"]),
-        # not a prefix: both stay
-        ([(f("a"), range(1, 500))], (f("b"), range(800)), 1000, [], ["a", "b"]),
-        # over budget: least recently used deletable files go, evicted
-        ([(f("a"), range(1, 99)), (f("c"), range(2, 99))], (f("b"), range(800)), 250,
-         [("a", True)], ["c", "b"]),
-        ([(f("a", deletable=False), range(1, 99)), (f("c"), range(2, 99))],
-         (f("b"), range(800)), 250, [("c", True)], ["a", "b"]),
-    ],
-)  # fmt: skip
-def test_catalog_add(existing, new, budget, dropped, kept) -> None:  # type: ignore[no-untyped-def]
-    catalog = SavedCatalog(budget)
-    for file, tokens in existing:
-        catalog.load(file, Prompt.of(tokens))
-    drops = catalog.add(new[0], Prompt.of(new[1]))
-    assert [(d.file.name, d.evicted) for d in drops] == dropped
-    assert list(catalog.files) == kept
-
-
-@pytest.mark.parametrize(
-    ("stuck", "deletable", "room"),
-    [(0, False, True), (150, False, True), (250, False, False), (250, True, True)],
-)
-def test_catalog_room(stuck: int, deletable: bool, room: bool) -> None:
-    catalog = SavedCatalog(200)
-    if stuck:
-        catalog.load(f("x", stuck, deletable=False), P)
-    assert catalog.has_room(deletable) is room
-
-
-def test_catalog_best_and_touch() -> None:
-    catalog = SavedCatalog(1000)
-    catalog.load(f("a"), Prompt.of(range(300)))
-    catalog.load(f("b"), Prompt.of(range(600)))
-    best = catalog.best(Prompt.of(range(700)))
-    assert best is not None and (best.name, best.cached) == ("b", 600)
-    catalog.touch("a")
-    assert list(catalog.files) == ["b", "a"]
-    assert catalog.best(Prompt.of(range(5, 700))) is None
-
-
-def test_ghosts_keep_the_newest() -> None:
-    ghosts = Ghosts(limit=2)
-    for i in range(3):
-        ghosts.add(i, Prompt.of(range(i * 1000, i * 1000 + 64)))
-    assert ghosts.index.keys() == [1, 2]
-
-
-@pytest.mark.parametrize(
-    ("live", "saved", "evicted", "known"),
-    [
-        (0, 0, 0, Known(0, "live", 0)),
-        (500, 300, 0, Known(500, "live", 500)),
-        (100, 640, 0, Known(640, "saved", 640)),
-        (100, 320, 960, Known(960, "evicted", 960)),
-    ],
-)
-def test_known_best(live: int, saved: int, evicted: int, known: Known) -> None:
-    prompt = Prompt.of(range(2000))
-    views = [SlotView(0, 0, cached=live, held=live)]
-    catalog, ghosts = SavedCatalog(1 << 20), Ghosts()
-    if saved:
-        catalog.load(f("s"), Prompt.of(range(saved)))
-    if evicted:
-        ghosts.add("g", Prompt.of(range(evicted)))
-    assert known_best(prompt, views, catalog, ghosts) == known
-
-
 def test_save_names_follow_content() -> None:
     assert save_name(Prompt.of(range(100))) == save_name(Prompt.of(list(range(100))))
     assert save_name(Prompt.of(range(100))) != save_name(Prompt.of(range(1, 101)))
@@ -280,8 +196,7 @@ def test_checkpoints_after_a_prompt(kept: list[int], prompt_len: int, reused: in
         # the last user message always gets one; others only min_step past the newest
         ([], 3000, 0, [1, 1200, 2000], [1, 2000, 2484, 2996]),
         ([], 3000, 0, [1], [1, 2484, 2996]),
-        ([], 30000, 0, [1, 9000, 9500, 20000, 29000],
-         [1, 9000, 20000, 29000, 29484, 29996]),
+        ([], 30000, 0, [1, 9000, 9500, 20000, 29000], [1, 9000, 20000, 29000, 29484, 29996]),
         # an append after a reply: the new user message is the last one
         # (its first batch, up to that message, ends near the prompt's end: one there too)
         ([1, 2484, 2996], 3400, 3050, [1, 3060], [1, 2484, 2996, 3050, 3060, 3396]),
@@ -407,32 +322,6 @@ def test_a_recurrent_slot_predicts_from_its_checkpoints() -> None:
     assert table.views(Prompt.of(range(3100)))[0].cached == 3002
     assert table.views(Prompt.of([*range(2990), *range(90_000, 90_050)]))[0].cached == 2485
     assert table.views(Prompt.of(range(3002)))[0].cached == 2997  # no new token
-
-
-@pytest.mark.parametrize(
-    ("files", "prompt", "whole", "expected"),
-    [
-        # dense: the longest common prefix of any file
-        ({"b": [*range(2000), *range(9000, 9500)], "a": range(1000)}, range(2400), False,
-         ("b", 2000)),
-        # recurrent: only a file the prompt extends whole (measured: a restored file
-        # resumes all of it when the prompt extends it, nothing when it diverges)
-        ({"b": [*range(2000), *range(9000, 9500)], "a": range(1000)}, range(2400), True,
-         ("a", 1000)),
-        ({"a": range(1000)}, range(1000), True, None),  # no new token: nothing to resume
-        ({"b": [*range(2000), *range(9000, 9500)]}, range(2400), True, None),
-    ],
-)
-def test_the_best_saved_file_by_attention_kind(
-    files: dict[str, Any], prompt: Any, whole: bool, expected: tuple[str, int] | None
-) -> None:
-    from proxy.slots.table import SavedCatalog, SavedFile
-
-    catalog = SavedCatalog(1 << 30)
-    for name, tokens in files.items():
-        catalog.add(SavedFile(name, 0, 10), Prompt.of(tokens))
-    best = catalog.best(Prompt.of(prompt), whole=frozenset({0}) if whole else frozenset())
-    assert (None if best is None else (best.name, best.cached)) == expected
 
 
 # Issue 19: nothing unaccounted reaches a slot. The table holds 500 tokens on slot 0, and
