@@ -153,58 +153,79 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         await store.close()
 
 
-async def slots_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Slot tables and tokenizers, one per upstream, from what each server reports."""
+async def server_slots(app: web.Application, index: int, upstream: Upstream) -> ServerSlots:
+    """One upstream's slots and tokenizer, from what its server reports (``/props``, and the
+    model file's attention kind where kvproxy can read it)."""
     settings = app[SETTINGS]
-    servers = []
-    for index, upstream in enumerate(app[UPSTREAMS].upstreams):
-        props = upstream.props or {}
-        generation = props.get("default_generation_settings") or {}
-        backend = backend_for(upstream.kind)
-        llama = backend.pins  # a server with slots of its own, /props and slot files
-        kind = AttentionKind()
-        if llama and props.get("model_path") and Path(props["model_path"]).is_file():
-            kind = await asyncio.to_thread(attention_kind, Path(props["model_path"]))
-            log.info("model_attention", upstream=upstream.url, kind=kind.kind,
-                     window=kind.window, arch=kind.arch)  # fmt: skip
-        servers.append(
-            ServerSlots(
-                index=index,
-                upstream=upstream,
-                tokenizer=await tokenizer_for(upstream, settings.tokenizer, settings.server_tokens),
-                n_slots=backend.slot_count(props),
-                n_ctx=generation.get("n_ctx"),
-                # Slot files only where the server resumes from them (not sliding window).
-                can_save=llama and bool(props.get("endpoint_slots", True))
-                and kind.resumes_from_file,
-                slot_dir=settings.slot_dir if EMBEDDED in app else settings.shared_slot_dir,
-                max_inflight=settings.upstream_max_inflight,
-                swa_window=kind.window,
-                swa_tail=SWA_TAIL_TOKENS
-                if kind.kind == "recurrent"
-                or (kind.kind == "sliding-window" and not settings.upstream_swa_full)
-                else None,
-                recurrent=kind.kind == "recurrent",
-            )
-        )
-    for server in servers:
-        await backend_for(server.upstream.kind).learn_context(server.upstream, server.ollama_ctx,
-                                                           settings.ollama_keep.num_ctx)
-    store = app[STORE]
+    props = upstream.props or {}
+    generation = props.get("default_generation_settings") or {}
+    backend = backend_for(upstream.kind)
+    llama = backend.pins  # a server with slots of its own, /props and slot files
+    kind = AttentionKind()
+    if llama and props.get("model_path") and Path(props["model_path"]).is_file():
+        kind = await asyncio.to_thread(attention_kind, Path(props["model_path"]))
+        log.info("model_attention", upstream=upstream.url, kind=kind.kind,
+                 window=kind.window, arch=kind.arch)  # fmt: skip
+    return ServerSlots(
+        index=index,
+        upstream=upstream,
+        tokenizer=await tokenizer_for(upstream, settings.tokenizer, settings.server_tokens),
+        n_slots=backend.slot_count(props),
+        n_ctx=generation.get("n_ctx"),
+        # Slot files only where the server resumes from them (not sliding window).
+        can_save=llama and bool(props.get("endpoint_slots", True)) and kind.resumes_from_file,
+        slot_dir=settings.slot_dir if EMBEDDED in app else settings.shared_slot_dir,
+        max_inflight=settings.upstream_max_inflight,
+        swa_window=kind.window,
+        swa_tail=swa_tail(kind, settings.upstream_swa_full),
+        recurrent=kind.kind == "recurrent",
+    )
+
+
+def swa_tail(kind: AttentionKind, swa_full: bool) -> int | None:
+    """How far from a slot's end a prompt may diverge and still be reused (None: any
+    common prefix is): recurrent models, and sliding-window ones unless ``--swa-full``."""
+    if kind.kind == "recurrent" or (kind.kind == "sliding-window" and not swa_full):
+        return SWA_TAIL_TOKENS
+    return None
+
+
+async def slot_manager(app: web.Application, servers: list[ServerSlots]) -> SlotManager:
+    """The slot manager over ``servers``, its state loaded from the store."""
+    settings, store = app[SETTINGS], app[STORE]
     manager = SlotManager(servers, settings.route, settings.slot_cache_max_bytes,
                           queue_timeout=settings.queue_timeout,
                           persist=lambda key, raw: store.put_state(b"slots", key, raw))  # fmt: skip
     loaded = manager.load_state(await asyncio.to_thread(store.load_items, b"slots"))
     log.info("slot_state_loaded", entries=loaded)
-    app[SLOTS] = manager
-    metrics = app[METRICS]
+    return manager
+
+
+def director(app: web.Application, manager: SlotManager) -> Director:
+    """The request director; each request's record goes to the store and the metrics."""
+    store, metrics = app[STORE], app[METRICS]
 
     def sink(fields: dict[str, Any]) -> None:
         store.put(fields)
         metrics.observe(fields)
 
-    app[DIRECTOR] = Director(manager, app[REWRITER], app[MESSAGES], settings, sink,
-                             app[LIFECYCLE])  # fmt: skip
+    return Director(manager, app[REWRITER], app[MESSAGES], app[SETTINGS], sink, app[LIFECYCLE])
+
+
+async def slots_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Slot tables and tokenizers, one per upstream, from what each server reports; the
+    slot manager and the director over them; the idle checkpoint loop."""
+    settings = app[SETTINGS]
+    servers = [await server_slots(app, index, upstream)
+               for index, upstream in enumerate(app[UPSTREAMS].upstreams)]  # fmt: skip
+    for server in servers:
+        backend = backend_for(server.upstream.kind)
+        await backend.learn_context(
+            server.upstream, server.ollama_ctx, settings.ollama_keep.num_ctx
+        )
+    manager = await slot_manager(app, servers)
+    app[SLOTS] = manager
+    app[DIRECTOR] = director(app, manager)
     checkpoints = None
     if settings.slot_checkpoint_idle > 0 and any(p.can_save for p in servers):
         checkpoints = asyncio.create_task(manager.checkpoint_loop(settings.slot_checkpoint_idle))
