@@ -107,7 +107,7 @@ def fresh_state(state: State, cause: MissCause | None, reason: str) -> State:
 
 
 def continue_tape(state: State, ctx: Context) -> Decision:
-    """Which conversation this request continues (``proxy.rewrite.tape.find_lineage``), and
+    """Which conversation this request continues (``proxy.rewrite.lineage.find_lineage``), and
     what the slot holds for it: the tape's messages, then the client's new ones."""
     if not ctx.on("tape"):
         return Decision("tape", False, "tapes off", state)
