@@ -132,9 +132,19 @@ class Blocks:
                 extra["tool_calls"] = self.calls
             if self.reasoning:
                 extra["reasoning_content"] = self.reasoning
-            content: Any = self.content or ""
+            content: Any = one_text(self.content) if self.content else ""
             out.append(Message(role, content, frozen_map(extra)))
         return out + self.results
+
+
+def one_text(parts: list[dict[str, Any]]) -> Any:
+    """A single text part as its string. llama-server renders the two alike (a part list
+    is joined, a string made a part, as the template takes content), and clients turn one
+    into the other between requests (Claude Code: its newest message is a block list, then
+    a string): as a string, the message is the same message in both requests."""
+    if len(parts) == 1 and parts[0].keys() == {"type", "text"} and parts[0]["type"] == "text":
+        return parts[0]["text"]
+    return parts
 
 
 def convert_message(item: Any, where: str) -> list[Message]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from proxy.core.conversation import Conversation, Message, MessageMemo, frozen_map, thaw
 from proxy.core.errors import BadRequest, ProxyError
-from proxy.dialects.anthropic_messages import chat_usage, typed_events
+from proxy.dialects.anthropic_messages import chat_usage, one_text, typed_events
 from proxy.dialects.base import DialectBase, optional_bool, optional_str, require_object
 from proxy.dialects.openai_chat import DIALECT as CHAT
 
@@ -158,7 +158,8 @@ def convert_input(body: Mapping[str, Any]) -> list[Message]:
             items.add(dict(item))
     else:
         raise BadRequest("'input' must be a string or array of objects")
-    return [Message(m["role"], m.get("content"), frozen_map(_rest(m))) for m in items.messages]
+    return [Message(m["role"], one_text(m["content"]) if isinstance(m.get("content"), list)
+                    else m.get("content"), frozen_map(_rest(m))) for m in items.messages]
 
 
 def convert_tools(tools: Any) -> tuple[Mapping[str, Any], ...] | None:

@@ -18,6 +18,9 @@ SHAPES: tuple[tuple[str, str | None, str, str], ...] = (
      "start"),
     ("hermes", None, "[CONTEXT COMPACTION", "in"),
     ("codex", "user", "Another language model started to solve this problem", "start"),
+    # Claude Code folds the summary into the first user message, after a reminder block
+    ("claude-code", "user", "This session is being continued from a previous conversation",
+     "in"),
 )  # fmt: skip
 GENERIC_MIN_CHARS = 200
 

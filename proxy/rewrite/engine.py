@@ -165,22 +165,37 @@ def move_volatile(state: State, ctx: Context) -> Decision:
             blocks.append(volatile.context_block(split.added, split.removed))
             told = split.told
     if state.lineage.kind == "splice":
-        f = first_user_index(state.request.roles)
-        assert f is not None
-        new_text = volatile.line_text(state.conv.messages[f])
-        kept = tape.sent[f].content if f < len(tape.sent) else None
-        plain = isinstance(kept, str) and isinstance(state.conv.messages[f].content, str)
-        change = volatile.changed_lines(tape.first_user, new_text) if plain else None
-        if change is None or not volatile.is_volatile_change(new_text, change[1]):
+        block = spliced_block(state, tape)
+        if block is None:
+            f = state.lineage.spliced
             return fresh_volatile(
                 fresh_state(state, MissCause("edited-history", message=f), "edited"), ctx
             )
-        blocks.append(volatile.context_block(change[1], opening=volatile.FIRST_USER_OPEN))
+        blocks.append(block)
     if not blocks:
         return Decision("volatile", False, "nothing new", replace(state, told=told))
     return Decision("volatile", True, "moved to the newest turn",
                     replace(state, blocks=tuple(blocks), told=told,
                             applied=(*state.applied, "volatile")))  # fmt: skip
+
+
+def spliced_block(state: State, tape: Tape) -> str | None:
+    """The changed lines of the context message the client rewrote in place, as a block
+    for the newest turn (the slot keeps the message as it holds it); None when the change
+    is no volatile part of it (a new text: an edit)."""
+    f = state.lineage.spliced
+    assert f is not None
+    message = state.conv.messages[f]
+    new_text = volatile.line_text(message)
+    kept = tape.sent[f].content if f < len(tape.sent) else None
+    if not (isinstance(kept, str) and isinstance(message.content, str)):
+        return None
+    first = f == first_user_index(state.request.roles)
+    change = volatile.changed_lines(tape.first_user if first else kept, new_text)
+    if change is None or not volatile.is_volatile_change(new_text, change[1]):
+        return None
+    opening = volatile.FIRST_USER_OPEN if first else volatile.CONTEXT_OPENS[message.role]
+    return volatile.context_block(change[1], opening=opening)
 
 
 def fresh_volatile(state: State, ctx: Context) -> Decision:

@@ -65,6 +65,7 @@ class Lineage:
     is_new: tuple[bool, ...] = ()
     shared: int = 0
     reason: str | None = None
+    spliced: int | None = None  # a splice: the index of the message the client changed
 
 
 def common_prefix(a: Sequence[str], b: Sequence[str]) -> int:
@@ -98,16 +99,25 @@ def first_user_index(roles: Sequence[str]) -> int | None:
     return next((i for i, role in enumerate(roles) if role == "user"), None)
 
 
-def splice_aligned(tape: Tape, req: Request) -> bool:
-    """The request is the tape's last request with only its first user message changed,
-    plus new messages; at least one message after the first user message is shared."""
-    f = first_user_index(tape.client_roles)
+def context_indices(roles: Sequence[str]) -> list[int]:
+    """The messages clients rewrite in place to carry context (a date, a working
+    directory, a session name): the first user message, and a system or developer message
+    after the first message and before the first reply (Claude Code's environment)."""
+    end = next((i for i, role in enumerate(roles) if role == "assistant"), len(roles))
+    f = first_user_index(roles)
+    return [i for i in range(end)
+            if i == f or (i > 0 and roles[i] in ("system", "developer"))]  # fmt: skip
+
+
+def splice_aligned(tape: Tape, req: Request, f: int) -> bool:
+    """The request is the tape's last request with only message ``f`` changed (its role
+    kept), plus new messages; at least one message after it is shared."""
     n = len(tape.client)
     hashes = req.hashes
     return (
-        f is not None
-        and n > f + 1
+        n > f + 1
         and len(hashes) > n
+        and tape.client_roles[f] == req.roles[f]
         and list(hashes[:f]) == tape.client[:f]
         and hashes[f] != tape.client[f]
         and list(hashes[f + 1 : n]) == tape.client[f + 1 :]
@@ -214,18 +224,29 @@ def changed_system(c: Candidates) -> Lineage | None:
     return only_match(c, matches, lineage)
 
 
-def changed_first_user(c: Candidates) -> Lineage | None:
-    """Rule 5 (volatile): a tape matching all but the first user message, when that
-    message is new to this client."""
-    f = first_user_index(c.req.roles)
-    if not c.volatile or f is None:
+def is_new_at(c: Candidates, f: int) -> bool:
+    """Whether message ``f`` is new to this client: no tape of its own holds it there (the
+    first user message: at that tape's own first user message)."""
+    first = f == first_user_index(c.req.roles)
+    for tape in c.own:
+        g = first_user_index(tape.client_roles) if first else f
+        if g is not None and g < len(tape.client) and tape.client[g] == c.req.hashes[f]:
+            return False
+    return True
+
+
+def changed_context(c: Candidates) -> Lineage | None:
+    """Rule 5 (volatile): a tape matching all but one context message (``context_indices``),
+    when that message is new to this client."""
+    if not c.volatile:
         return None
-    fresh_first = not any(
-        (g := first_user_index(t.client_roles)) is not None and g < len(t.client)
-        and t.client[g] == c.req.hashes[f] for t in c.own
-    )  # fmt: skip
-    matches = [t for t in c.own if splice_aligned(t, c.req)] if fresh_first else []
-    return only_match(c, matches, lambda tape: Lineage("splice", tape, len(tape.client)))
+    for f in context_indices(c.req.roles):
+        matches = [t for t in c.own if splice_aligned(t, c.req, f)] if is_new_at(c, f) else []
+        found = only_match(c, matches, lambda tape, f=f: Lineage(
+            "splice", tape, len(tape.client), spliced=f))  # fmt: skip
+        if found is not None:
+            return found
+    return None
 
 
 def compacted(c: Candidates) -> Lineage | None:
@@ -245,7 +266,7 @@ LINEAGE_RULES: tuple[tuple[str, LineageRule], ...] = (
     ("first-turn", first_turn),
     ("exact", exact_continuation),
     ("system", changed_system),
-    ("splice", changed_first_user),
+    ("splice", changed_context),
     ("compaction", compacted),
 )
 
@@ -262,8 +283,9 @@ def find_lineage(
        transient tail) is continued, if the longest such tapes all sent the same;
     4. (volatile) a tape matching all but the system message, when the request's system
        text is new to this client and exactly one tape matches;
-    5. (volatile) a tape matching all but the first user message, when exactly one does
-       and that message is new to this client;
+    5. (volatile) a tape matching all but one context message (the first user message,
+       or a system or developer message before the first reply), when exactly one does and
+       that message is new to this client;
     6. (compaction) a compacted request tied to exactly one tape by its session or by
        kept messages no other candidate holds.
 

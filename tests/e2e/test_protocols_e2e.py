@@ -83,6 +83,32 @@ def test_anthropic_prompt_equals_llama_servers_own_conversion(
         stop_proxy(proxy)
 
 
+CLIENTS = Path(__file__).parents[1] / "data" / "clients"
+COUNTERS = {"/v1/messages": "/v1/messages/count_tokens",
+            "/v1/responses": "/v1/responses/input_tokens"}  # fmt: skip
+
+
+def test_every_captured_client_request_gives_the_model_the_same_prompt(
+    llama: EmbeddedServer, tmp_path: Path
+) -> None:
+    """What Claude Code and Codex really sent (tests/data/clients), counted by llama-server
+    from its own conversion and by kvproxy from its own: the same tokens, every request."""
+    proxy = start_proxy(tmp_path / "proxy", "--upstream", llama.url)
+    try:
+        checked = 0
+        for fixture in sorted(CLIENTS.glob("*/*.json")):
+            for request in json.loads(fixture.read_text())["requests"]:
+                counter = COUNTERS[request["path"]]
+                direct = httpx.post(llama.url + counter, json=request["body"], timeout=60)
+                ours = httpx.post(proxy.url + counter, json=request["body"], timeout=60)
+                assert direct.status_code == ours.status_code == 200, (fixture, ours.text)
+                assert ours.json() == direct.json(), fixture
+                checked += 1
+        assert checked >= 12
+    finally:
+        stop_proxy(proxy)
+
+
 def test_anthropic_turns_are_routed_recorded_and_reused(
     llama: EmbeddedServer, tmp_path: Path
 ) -> None:

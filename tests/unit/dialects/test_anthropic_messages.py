@@ -23,10 +23,10 @@ CASES = [
                                                   "cache_control": {"type": "ephemeral"}}],
       "messages": []},
      [{"role": "system", "content": "AB"}]),
-    ("cache marker dropped from a text block",
+    ("cache marker dropped; one text block is its string (rendered alike)",
      {"messages": [{"role": "user", "content": [
          {"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}}]}]},
-     [{"role": "user", "content": [{"type": "text", "text": "x"}]}]),
+     [{"role": "user", "content": "x"}]),
     ("tool use becomes a tool call, thinking the reasoning",
      {"messages": [{"role": "assistant", "content": [
          {"type": "thinking", "thinking": "hmm"},
@@ -39,7 +39,7 @@ CASES = [
          {"type": "tool_result", "tool_use_id": "t1",
           "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
          {"type": "text", "text": "next"}]}]},
-     [{"role": "user", "content": [{"type": "text", "text": "next"}]},
+     [{"role": "user", "content": "next"},
       {"role": "tool", "content": "ab", "tool_call_id": "t1"}]),
     ("an assistant message without content is skipped",
      {"messages": [{"role": "assistant"}, {"role": "user", "content": "x"}]},
@@ -57,6 +57,12 @@ def test_messages_convert_as_llama_server_converts_them(
     name: str, body: dict[str, Any], messages: list[dict[str, Any]]
 ) -> None:
     assert chat(body)["messages"] == messages
+
+
+def test_several_text_blocks_stay_parts() -> None:
+    parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+    assert chat({"messages": [{"role": "user", "content": parts}]})["messages"] == [
+        {"role": "user", "content": parts}]
 
 
 def test_parameters_convert_and_other_fields_stay_out_of_the_chat_body() -> None:

@@ -265,6 +265,54 @@ def test_content_spliced_into_the_first_user_message_moves_to_the_newest_turn() 
     )
 
 
+ENV = ("# Environment\nWorking directory: /repo\nPlatform: linux\nShell: bash\n"
+       "Model: local\nToday's date is 2026-12-03.\n")
+
+
+@pytest.mark.parametrize("role", ["system", "developer"])
+def test_a_changed_context_message_after_the_first_user_turn_moves_to_the_newest_turn(
+    role: str,
+) -> None:
+    """Claude Code keeps its environment (date, cwd) in a system message after the first
+    user message; at midnight only its date line changes. The slot keeps the message as it
+    holds it; the new line goes to the newest turn, under the message's role."""
+    rw = rewriter()
+    head = [m("system", SYSTEM), m("user", "Fix the parser."), m(role, ENV)]
+    turns = [m("assistant", "ok"), m("user", "step 1")]
+    sent1, _, _ = send(rw, chat(*head, *turns))
+    moved = ENV.replace("2026-12-03", "2026-12-04")
+    sent2, applied, cause = send(
+        rw, chat(*head[:2], m(role, moved), *turns, m("assistant", "done"), m("user", "step 2"))
+    )  # fmt: skip
+    assert applied == ["volatile"] and cause is None and extends(sent1, sent2)
+    assert sent2[-1].content.endswith(
+        f'<context-update source="{role} message">\n'
+        "Today's date is 2026-12-04.\n</context-update>"
+    )
+
+
+def test_a_changed_context_message_needs_a_named_session() -> None:
+    rw = rewriter()
+    head = [m("system", SYSTEM), m("user", "Fix the parser."), m("system", ENV)]
+    turns = [m("assistant", "ok"), m("user", "step 1")]
+    rw.commit(rw.plan(chat(*head, *turns), Identity()))
+    moved = [*head[:2], m("system", ENV.replace("03", "04")), *turns, m("assistant", "d"),
+             m("user", "step 2")]  # fmt: skip
+    plan = rw.plan(chat(*moved), Identity())
+    assert plan.applied == [] and list(plan.conv.messages) == moved
+
+
+def test_a_context_message_rewritten_whole_is_an_edit_not_a_volatile_change() -> None:
+    rw = rewriter()
+    head = [m("system", SYSTEM), m("user", "Fix the parser."), m("system", ENV)]
+    turns = [m("assistant", "ok"), m("user", "step 1")]
+    send(rw, chat(*head, *turns))
+    other = [*head[:2], m("system", "Something else entirely.\n"), *turns,
+             m("assistant", "d"), m("user", "step 2")]  # fmt: skip
+    sent, applied, cause = send(rw, chat(*other))
+    assert applied == [] and sent == other and cause == "edited-history"
+
+
 def test_second_turn_of_another_conversation_is_not_a_splice() -> None:
     rw = rewriter()
     send(rw, chat(m("system", SYSTEM), m("user", "Task A\nline\nline\n")))
