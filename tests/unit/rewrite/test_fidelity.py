@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from proxy.core.conversation import Conversation, Message
 from proxy.rewrite.compaction import SHAPES
 from proxy.rewrite.engine import RewriteConfig, Rewriter
+from proxy.rewrite.identity import Identity
 from proxy.rewrite.tape import TapeStore
 from proxy.rewrite.tools import canonical
 
@@ -20,7 +21,7 @@ TOOLS = [
     for i in range(4)
 ]
 ACTION = st.sampled_from(
-    ["turn", "turn", "tool", "transient", "volatile", "compact", "edit", "splice"]
+    ["turn", "turn", "tool", "transient", "volatile", "compact", "edit", "splice", "env"]
 )
 
 
@@ -69,13 +70,17 @@ def check(client: Conversation, sent: Conversation) -> None:
     words=st.lists(WORD, min_size=40, max_size=40),
     rules=st.sets(st.sampled_from(["tape", "volatile", "compaction", "tools"])),
     order=st.permutations(range(4)),
+    named=st.booleans(),
 )
 def test_every_client_line_and_tool_reaches_the_upstream(
-    actions: list[str], words: list[str], rules: set[str], order: list[int]
+    actions: list[str], words: list[str], rules: set[str], order: list[int], named: bool
 ) -> None:
     rw = Rewriter(RewriteConfig(frozenset(rules)), TapeStore())
+    identity = Identity(session="s") if named else Identity()
     system = "Stable rules.\nDate: 1\nMore rules.\n"
-    history: list[Message] = [Message.make("user", words[0])]
+    # a context message after the first user turn (Claude Code's environment)
+    env = Message.make("system", "Env\ncwd: /repo\nDate: 0\n")
+    history: list[Message] = [Message.make("user", words[0]), env]
     transient: Message | None = None
     for step, action in enumerate(actions):
         word = words[(step + 1) % len(words)]
@@ -83,6 +88,8 @@ def test_every_client_line_and_tool_reaches_the_upstream(
             system = f"Stable rules.\nDate: {step + 1}\nMore rules.\n"
         if action == "edit" and len(history) > 2:
             history[0] = Message.make("user", "edited " + word)
+        if action == "env" and len(history) > 1 and history[1].role == "system":
+            history[1] = Message.make("system", f"Env\ncwd: /repo\nDate: {step}\n")
         if action == "splice":
             first = history[0].text().split("\n")
             history[0] = Message.make("user", "\n".join([f"Runtime {step}", *first[1:], "keep"]))
@@ -104,7 +111,7 @@ def test_every_client_line_and_tool_reaches_the_upstream(
             messages.append(transient)
         tools = tuple(TOOLS[i] for i in (order if step % 2 else range(4)))
         conv = Conversation(kind="chat", messages=tuple(messages), tools=tools)
-        plan = rw.plan(conv)
+        plan = rw.plan(conv, identity)
         check(conv, plan.conv)
         if plan.fallback is not None:
             check(conv, plan.fallback.conv)
