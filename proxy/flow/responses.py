@@ -4,7 +4,8 @@
 Each stored response belongs to the principal that created it (a hash of its credential and
 ``user``): another principal gets a 404, exactly as for an id that never existed. The store is
 bounded in number and bytes, least recently used first out; ``persist`` mirrors it to the
-LMDB state (``--keep-tapes lmdb``) or nothing (``memory``).
+LMDB state database ``responses`` (``--keep-tapes lmdb``, the default) or nothing
+(``memory``: nothing reaches the disk, and what an earlier run left is scrubbed).
 """
 
 from __future__ import annotations

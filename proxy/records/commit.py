@@ -25,6 +25,7 @@ from proxy.records.layout import (
     RECORDS,
     SCRUBBED,
     STATE_DBS,
+    TEXT_DBS,
     delete_oldest,
     open_env,
     record_key,
@@ -288,7 +289,7 @@ class Committer:
                 txn.delete(key, db=self.state_dbs[db])
             else:
                 txn.put(key, raw, db=self.state_dbs[db])
-            if db == b"tapes":  # tape text in the file again: a later drop must scrub
+            if db in TEXT_DBS:  # text in the file again: a later drop must scrub
                 txn.delete(SCRUBBED, db=self.state_dbs[b"meta"])
 
     def used_bytes(self, txn: Any) -> int:

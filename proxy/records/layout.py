@@ -13,7 +13,9 @@ from typing import Any
 import lmdb
 
 RECORDS = b"records"
-STATE_DBS = (b"tapes", b"slots", b"meta")
+STATE_DBS = (b"tapes", b"slots", b"meta", b"responses")
+# State that holds conversation text: dropped by a compacting copy (``drop_state``).
+TEXT_DBS = (b"tapes", b"responses")
 MIN_MAP = 1024 * 1024
 # Set in the meta database once the freed pages are known to hold no tape text.
 SCRUBBED = b"scrubbed:tapes"
@@ -32,7 +34,7 @@ def open_env(path: Path, map_size: int, readonly: bool = False) -> lmdb.Environm
     if not readonly:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return lmdb.open(
-        str(path), map_size=map_size, max_dbs=4, readonly=readonly, lock=True, mode=0o600
+        str(path), map_size=map_size, max_dbs=8, readonly=readonly, lock=True, mode=0o600
     )
 
 

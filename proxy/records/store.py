@@ -21,7 +21,7 @@ import lmdb
 
 from proxy.core.log import get_logger
 from proxy.records.commit import Committer, Item, StateValue
-from proxy.records.layout import SCRUBBED, open_env, walk_records
+from proxy.records.layout import SCRUBBED, TEXT_DBS, open_env, walk_records
 
 log = get_logger("kvproxy.store")
 
@@ -103,7 +103,7 @@ class RecordStore(Committer):
                 had = txn.stat(self.state_dbs[db])["entries"]
                 scrubbed = txn.get(SCRUBBED, db=self.state_dbs[b"meta"]) is not None
                 txn.drop(self.state_dbs[db], delete=False)
-            if db == b"tapes" and (had or not scrubbed) and self._compact():
+            if db in TEXT_DBS and (had or not scrubbed) and self._compact():
                 with self.env.begin(write=True) as txn:
                     txn.put(SCRUBBED, b"1", db=self.state_dbs[b"meta"])
 

@@ -22,6 +22,7 @@ from proxy.core.limits import BodyBudget
 from proxy.core.log import get_logger
 from proxy.dialects import REGISTRY
 from proxy.flow.director import Director
+from proxy.flow.responses import ResponseStore
 from proxy.records.metrics import Metrics
 from proxy.records.store import RecordStore
 from proxy.rewrite.engine import Rewriter
@@ -37,6 +38,7 @@ from proxy.web.components import (
     LIFECYCLE,
     MESSAGES,
     METRICS,
+    RESPONSES,
     REWRITER,
     SETTINGS,
     SLOTS,
@@ -147,10 +149,21 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         )
         tapes.restore(await asyncio.to_thread(store.load_state, b"tapes"))
     app[REWRITER] = Rewriter(settings.rewrite, tapes)
+    app[RESPONSES] = await response_store(settings, store)
     try:
         yield
     finally:
         await store.close()
+
+
+async def response_store(settings: Settings, store: RecordStore) -> ResponseStore:
+    """Stored Responses hold conversation text: kept like the tapes (``--keep-tapes``)."""
+    if settings.keep_tapes == "memory":
+        await asyncio.to_thread(store.drop_state, b"responses")
+        return ResponseStore()
+    responses = ResponseStore(persist=lambda rid, raw: store.put_state(b"responses", rid, raw))
+    responses.restore(await asyncio.to_thread(store.load_state, b"responses"))
+    return responses
 
 
 async def server_slots(app: web.Application, index: int, upstream: Upstream) -> ServerSlots:
@@ -209,7 +222,8 @@ def director(app: web.Application, manager: SlotManager) -> Director:
         store.put(fields)
         metrics.observe(fields)
 
-    return Director(manager, app[REWRITER], app[MESSAGES], app[SETTINGS], sink, app[LIFECYCLE])
+    return Director(manager, app[REWRITER], app[MESSAGES], app[SETTINGS], sink, app[LIFECYCLE],
+                    app[RESPONSES])
 
 
 async def slots_ctx(app: web.Application) -> AsyncIterator[None]:

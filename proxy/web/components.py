@@ -11,6 +11,7 @@ from proxy.config.settings import Settings
 from proxy.core.conversation import MessageMemo
 from proxy.core.limits import BodyBudget
 from proxy.flow.director import Director
+from proxy.flow.responses import ResponseStore
 from proxy.records.metrics import Metrics
 from proxy.records.store import RecordStore
 from proxy.rewrite.engine import Rewriter
@@ -40,3 +41,4 @@ MESSAGES = web.AppKey("messages", MessageMemo)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 WARM_TOKEN = web.AppKey("warm_token", WarmToken)
 DIRECTOR = web.AppKey("director", Director)
+RESPONSES = web.AppKey("responses", ResponseStore)

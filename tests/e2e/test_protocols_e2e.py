@@ -167,8 +167,40 @@ def test_responses_previous_response_id_is_served_and_private(
         assert httpx.get(f"{proxy.url}/v1/responses/{rid}", headers=mallory).status_code == 404
         got = httpx.get(f"{proxy.url}/v1/responses/{rid}", headers=alice)
         assert got.status_code == 200 and got.json()["id"] == rid
+        stop_proxy(proxy)  # kept in the LMDB state (--keep-tapes lmdb): a restart keeps it
+        proxy = start_proxy(tmp_path / "proxy", "--upstream", llama.url,
+                            "--api-key-file", str(keys))  # fmt: skip
+        assert httpx.get(f"{proxy.url}/v1/responses/{rid}", headers=alice).status_code == 200
         gone = httpx.delete(f"{proxy.url}/v1/responses/{rid}", headers=alice)
         assert gone.json()["deleted"] is True
         assert httpx.get(f"{proxy.url}/v1/responses/{rid}", headers=alice).status_code == 404
+    finally:
+        stop_proxy(proxy)
+
+
+def test_the_real_sdks_read_kvproxys_answers(llama: EmbeddedServer, tmp_path: Path) -> None:
+    """The ``anthropic`` and ``openai`` SDKs, as Claude Code's and Codex's own parsers
+    would, read the events kvproxy writes: text, usage with the cached tokens."""
+    import anthropic
+    import openai
+
+    proxy = start_proxy(tmp_path / "proxy", "--upstream", llama.url)
+    try:
+        claude = anthropic.Anthropic(base_url=proxy.url, api_key="x", max_retries=0)
+        for turns in (1, 3):
+            with claude.messages.stream(model="m", max_tokens=8,
+                                        system=SYSTEM_BLOCKS, tools=TOOLS,  # type: ignore[arg-type]
+                                        messages=ANTHROPIC_TURNS[:turns]) as stream:  # type: ignore[arg-type]
+                message = stream.get_final_message()
+        assert message.usage.cache_read_input_tokens and message.usage.cache_read_input_tokens > 100
+        codex = openai.OpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
+        first = codex.responses.create(model="m", instructions=SYSTEM, input="hi",
+                                       max_output_tokens=8, temperature=0)
+        second = codex.responses.create(model="m", instructions=SYSTEM, input="again",
+                                        previous_response_id=first.id, max_output_tokens=8,
+                                        temperature=0, stream=True)
+        done = [e for e in second if e.type == "response.completed"]
+        assert done and done[0].response.usage is not None
+        assert done[0].response.usage.input_tokens_details.cached_tokens > 100
     finally:
         stop_proxy(proxy)

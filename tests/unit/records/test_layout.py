@@ -20,6 +20,6 @@ def test_record_keys_sort_by_time_then_sequence() -> None:
 def test_database_names() -> None:
     assert (RECORDS, STATE_DBS, SCRUBBED) == (
         b"records",
-        (b"tapes", b"slots", b"meta"),
+        (b"tapes", b"slots", b"meta", b"responses"),
         b"scrubbed:tapes",
     )
