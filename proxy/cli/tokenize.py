@@ -168,8 +168,11 @@ def run(args: argparse.Namespace) -> int:
             text = rendered
         ours = vocab.tokenize(text or "", add_special, parse_special)
     print(json.dumps(ours, separators=(", ", ": ")))
-    if theirs is None:
-        return 0
+    return 0 if theirs is None else report_difference(ours, theirs)
+
+
+def report_difference(ours: list[int], theirs: list[int]) -> int:
+    """0 when kvproxy's tokens equal the server's, else 1 and where they first differ."""
     where = first_difference(ours, theirs)
     if where is None:
         print(f"server: equal ({len(theirs)} tokens)", file=sys.stderr)
