@@ -110,7 +110,9 @@ class LlamaServer:
             body = dialect.render(conv)
             if conv.stream:  # usage before the first byte, as llama-server's own endpoints do
                 body["timings_per_token"] = True
-            return UpstreamCall("/v1/chat/completions", body, VIA_CHAT)
+            query = raw_path.partition("?")[2]  # Claude Code's ?beta=true goes along
+            return UpstreamCall("/v1/chat/completions" + (f"?{query}" if query else ""), body,
+                                VIA_CHAT)  # fmt: skip
         return UpstreamCall(raw_path, dialect.render(conv))
 
     def prepare(self, call: UpstreamCall, dialect: DialectBase, where: Placement,
