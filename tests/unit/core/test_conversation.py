@@ -72,3 +72,11 @@ def test_a_hash_kept_with_a_message_does_not_follow_a_changed_copy() -> None:
     changed = replace(message, content="43")
     assert "hash" not in changed.derived
     assert message_hash(changed) != before
+
+
+def test_message_text_joins_text_parts_only() -> None:
+    msg = Message.make(
+        "user",
+        [{"type": "text", "text": "a"}, {"type": "image_url"}, {"type": "text", "text": "b"}],
+    )
+    assert msg.text() == "ab"
