@@ -9,8 +9,8 @@ import pytest
 from proxy.core.conversation import Conversation, Message
 from proxy.rewrite.engine import RewriteConfig, Rewriter
 from proxy.rewrite.identity import Identity
-from proxy.rewrite.tape import Tape, TapeStore
-from proxy.rewrite.volatile import BLOCK_OPEN, changed_lines
+from proxy.rewrite.tape import TapeStore
+from proxy.rewrite.volatile import BLOCK_OPEN
 
 SYSTEM = "You are an agent.\nFollow the rules.\nCurrent date: 2026-11-21\nBe brief.\n"
 OPENCLAW_SUMMARY = (
@@ -193,31 +193,6 @@ def test_off_is_a_pure_router() -> None:
     assert rw.plan(conv).conv is conv
 
 
-@pytest.mark.parametrize(
-    ("old", "new", "expected"),
-    [("a\nb\nc\n", "a\nX\nc\n", ("b\n", "X\n")), ("a\n", "a\n", None),
-     ("a\nb\n", "a\nb\nnote\n", ("", "note\n"))],
-)  # fmt: skip
-def test_changed_lines(old: str, new: str, expected: tuple[str, str] | None) -> None:
-    assert changed_lines(old, new) == expected
-
-
-def test_tapes_round_trip_through_bytes() -> None:
-    tape = Tape("l1", ["h"], ["user"], [m("user", [{"type": "text", "text": "é"}], name="n")])
-    assert Tape.load(tape.dump()) == tape
-
-
-def test_tape_store_is_bounded_and_mirrored() -> None:
-    mirror: dict[str, bytes | None] = {}
-    store = TapeStore(max_tapes=2, persist=lambda k, v: mirror.__setitem__(k, v and v()))
-    for i in range(3):
-        store.put(Tape(f"l{i}", [str(i)], ["user"], []))
-    assert len(store) == 2 and mirror["l0"] is None and mirror["l2"] is not None
-    again = TapeStore()
-    again.restore([v for v in mirror.values() if v])
-    assert again.get("l2") is not None and again.get("l0") is None
-
-
 def test_block_pattern_in_config_is_compiled() -> None:
     config = RewriteConfig.parse("all", [r"Current date: \S+"])
     assert config.patterns[0].pattern == re.compile(r"Current date: \S+").pattern
@@ -321,35 +296,3 @@ def test_second_turn_of_another_conversation_is_not_a_splice() -> None:
                  m("user", "y"))
     )  # fmt: skip
     assert applied == [] and sent[1].content == "Task B\nline\nline\n"
-
-
-@pytest.mark.parametrize(
-    "message",
-    [
-        Message.make("user", "plain"),
-        Message.make("tool", 'x"\\\n\u2028é\ud800', tool_call_id='c"1', name="zz"),
-        Message.make("tool", "", tool_call_id=""),
-        Message.make("assistant", None, tool_calls=[{"id": "1", "type": "function",
-                     "function": {"name": "f", "arguments": '{"a": 1}'}}]),
-        Message.make("user", [{"type": "text", "text": "a"}, {"type": "image_url",
-                     "image_url": {"url": "data:x"}}]),
-        Message.make("user", "x", weird=3, nested={"b": [1, {"c": None}]}),
-    ],
-)  # fmt: skip
-def test_a_message_hash_is_that_of_its_canonical_json(message: Message) -> None:
-    """Tapes persist these hashes: the fast paths must give what the definition gives (the
-    sorted, compact JSON of role, content and extra; a plain message: role NUL content)."""
-    import json
-
-    import xxhash
-
-    from proxy.core.conversation import thaw
-    from proxy.rewrite.tape import message_hash
-
-    if isinstance(message.content, str) and not message.extra:
-        raw = f"{message.role}\x00{message.content}"
-    else:
-        data = {"role": message.role, "content": thaw(message.content),
-                "extra": thaw(message.extra)}  # fmt: skip
-        raw = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    assert message_hash(message) == xxhash.xxh3_64_hexdigest(raw.encode("utf-8", "surrogatepass"))
