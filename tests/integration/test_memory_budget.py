@@ -9,58 +9,13 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from proxy.core.conversation import Conversation, Message
-from proxy.core.errors import Overloaded
-from proxy.core.limits import MAX_TOKEN_BYTES, PARSED_FACTOR, BodyBudget, surely_prompted_bytes
+from proxy.core.limits import MAX_TOKEN_BYTES
 from tests.integration.fakes import fake_upstream, kvproxy
 
 ANSWER = {"choices": [{"message": {"content": "ok"}}]}
-
-
-def test_a_hold_charges_the_parsed_forms_too() -> None:
-    budget = BodyBudget(10_000)
-    first = budget.hold()
-    first.add(1000)
-    first.charge_parsed()
-    assert first.size == budget.used == PARSED_FACTOR * 1000
-    second = budget.hold()
-    second.add(1000)
-    second.charge_parsed()
-    third = budget.hold()
-    third.add(1000)
-    with pytest.raises(Overloaded, match="--max-inflight-body-bytes"):
-        third.charge_parsed()
-    assert budget.refused == 1
-    for hold in (first, second, third):
-        hold.release()
-    assert budget.used == 0
-
-
-def test_one_body_alone_is_never_refused_for_its_parsed_forms() -> None:
-    """Its charge is capped at the whole budget: a body that fits --max-body-bytes and the
-    budget goes through when nothing else is in flight."""
-    budget = BodyBudget(1000)
-    with budget.hold() as hold:
-        hold.add(700)
-        hold.charge_parsed()
-        assert budget.used == 1000
-    assert budget.used == 0
-
-
-def test_the_bytes_a_prompt_surely_holds() -> None:
-    chat = Conversation(kind="chat", messages=(
-        Message.make("system", "s" * 50), Message.make("user", "héllo"),
-        Message.make("assistant", "<think>" + "r" * 500 + "</think>ok"),
-        Message.make("user", [{"type": "text", "text": "abc"}, {"type": "image_url"}]),
-    ))  # fmt: skip
-    # user text only: a template may drop the system message or earlier reasoning
-    assert surely_prompted_bytes(chat) == len("héllo".encode()) + 3
-    assert surely_prompted_bytes(Conversation(kind="completion", prompt="xyz")) == 3
-    assert surely_prompted_bytes(Conversation(kind="completion", prompt=[1, 2])) == 0
 
 
 async def start(tmp_path: Path, routes: dict[str, Any], props: dict[str, Any] | None = None,
