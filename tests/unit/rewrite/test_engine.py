@@ -296,3 +296,23 @@ def test_second_turn_of_another_conversation_is_not_a_splice() -> None:
                  m("user", "y"))
     )  # fmt: skip
     assert applied == [] and sent[1].content == "Task B\nline\nline\n"
+
+
+def test_claude_codes_billing_line_leaves_the_system_message_from_its_second_session() -> None:
+    """Claude Code's first system line carries a suffix derived from each session's first
+    prompt (``cc_version=2.1.328.593``): learned as volatile from the second session on, it
+    goes to the newest turn, so sessions share the rest of the system prompt."""
+    rw = rewriter()
+    rules = "".join(f"Rule {i}: read before you edit.\n" for i in range(20))
+    firsts = []
+    for i, suffix in enumerate(("593", "281", "777")):
+        system = (f"x-anthropic-billing-header: cc_version=2.1.328.{suffix}; "
+                  f"cc_entrypoint=sdk-cli;You are a Claude agent.\n{rules}")  # fmt: skip
+        plan = rw.plan(chat(m("system", system), m("user", f"task {i}")),
+                       Identity(session=f"session-{i}"))  # fmt: skip
+        rw.commit(plan)
+        firsts.append(plan.conv.messages[0].content)
+        if i:
+            assert plan.applied == ["volatile"]
+            assert f"cc_version=2.1.328.{suffix}" in plan.conv.messages[-1].content
+    assert firsts[1] == firsts[2] == rules
