@@ -4,6 +4,11 @@ The inputs are what the prefix index predicts for this prompt on every slot and 
 saved prefix on disk; the output names the slot, whether to restore a saved prefix into it
 first, and whether the slot's own content must be saved before it is overwritten. The
 thresholds are in ``RoutePolicy`` and documented in docs/config.md.
+
+A slot given up is the one whose loss costs the least expected prefill (``eviction_cost``:
+the tokens it would lose that no saved file holds, times the chance its session speaks
+again, which halves every ``idle_half_life`` seconds), not merely the least recently used;
+with equal lengths and savedness that is the least recently used (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -22,11 +27,16 @@ class SlotView:
     busy: int = 0  # requests in flight on it
     last_used: float = 0.0  # monotonic seconds; 0 = never
     unsaved: int = -1  # tokens held beyond what a saved file covers (-1: all of them)
+    public: bool = False  # a warm-up prefix (PUBLIC): no session of its own comes back to it
 
     @property
     def saved(self) -> bool:
         """Everything it holds can come back from disk."""
         return self.held == 0 or self.unsaved == 0
+
+    @property
+    def unsaved_tokens(self) -> int:
+        return self.held if self.unsaved < 0 else min(self.unsaved, self.held)
 
     @property
     def key(self) -> tuple[int, int]:
@@ -44,11 +54,14 @@ class SavedView:
 
 @dataclass(frozen=True)
 class RoutePolicy:
-    # Tokens used within hot_seconds count against overwriting a slot (an unrelated prompt
-    # goes to an empty or cold slot instead); a slot that would lose at least hot_tokens of
-    # them is hot: a restore picks any other victim first.
+    # A slot that would lose at least hot_tokens tokens used within hot_seconds is hot:
+    # the route's reason says "evict" rather than "cold" (the choice is eviction_cost's).
     hot_tokens: int = 512
     hot_seconds: float = 1800.0
+    # The chance that a slot's session speaks again halves every idle_half_life seconds
+    # it stays idle (eviction_cost): ten minutes, between an agent's tool turns (seconds)
+    # and a person coming back after a break (tens of minutes).
+    idle_half_life: float = 600.0
     # Restore a saved prefix only when it beats every live slot by this many tokens.
     min_restore_gain: int = 256
     # Save a slot before overwriting it when it would lose at least this many tokens (and
@@ -92,12 +105,30 @@ def is_recent(view: SlotView, policy: RoutePolicy, now: float) -> bool:
     return view.last_used > 0 and now - view.last_used < policy.hot_seconds
 
 
-def value(view: SlotView, prompt_len: int, policy: RoutePolicy, now: float) -> int:
-    """Tokens this prompt reuses on the slot, minus the recently used tokens it would throw
-    away (unless they are saved, in which case a restore brings them back): an empty or
-    cold slot beats a few shared tokens on a slot that another conversation still uses."""
-    recent_loss = is_recent(view, policy, now) and not view.saved
-    return usable(view.cached, prompt_len) - (discards(view) if recent_loss else 0)
+def comeback(view: SlotView, policy: RoutePolicy, now: float) -> float:
+    """The chance the slot's session speaks again soon: 1 just after it was used, halving
+    every ``idle_half_life`` idle seconds; 0 for a slot never used (kvproxy does not know
+    when: content a previous run left) and for a warm-up prefix, which no session of its
+    own comes back to (a prompt that shares it still counts it as reuse)."""
+    if view.last_used <= 0 or view.public:
+        return 0.0
+    return 0.5 ** (max(0.0, now - view.last_used) / policy.idle_half_life)
+
+
+def eviction_cost(view: SlotView, kept: int, policy: RoutePolicy, now: float) -> float:
+    """Expected prefill of giving the slot up to a request that keeps its first ``kept``
+    tokens: the tokens it loses that no saved file holds (those a file holds come back by a
+    restore, on every model kind: the session's next prompt extends the file, so even a
+    recurrent model, which resumes only whole files, resumes it), times ``comeback``."""
+    lost = max(0, min(view.held - kept, view.unsaved_tokens))
+    return lost * comeback(view, policy, now) if lost else 0.0
+
+
+def value(view: SlotView, prompt_len: int, policy: RoutePolicy, now: float) -> float:
+    """Tokens this prompt reuses on the slot, minus the expected prefill of what it throws
+    away (``eviction_cost``): an empty, saved or long-idle slot beats a few shared tokens
+    on a slot that another conversation still uses."""
+    return usable(view.cached, prompt_len) - eviction_cost(view, view.cached, policy, now)
 
 
 def rank(view: SlotView, prompt_len: int, policy: RoutePolicy, now: float) -> tuple:
@@ -106,8 +137,10 @@ def rank(view: SlotView, prompt_len: int, policy: RoutePolicy, now: float) -> tu
 
 
 def victim(idle: list[SlotView], policy: RoutePolicy, now: float) -> SlotView:
-    """Where a restored prefix goes: empty, then cold, then the least recently used."""
-    return min(idle, key=lambda v: (v.held > 0, is_hot(v, policy, now), v.last_used, v.key))
+    """Where a restored prefix goes (it replaces all the slot holds): the least expected
+    prefill lost (``eviction_cost``), then empty first, then the least recently used."""
+    return min(idle, key=lambda v: (eviction_cost(v, 0, policy, now), v.held > 0, v.last_used,
+                                    v.key))  # fmt: skip
 
 
 def route_to(view: SlotView, prompt_len: int, reason: str, policy: RoutePolicy) -> Route:

@@ -243,6 +243,7 @@ class SlotTable:
                     busy=state.busy,
                     last_used=state.last_used,
                     unsaved=(len(held) - state.saved_len) if held is not None else 0,
+                    public=held is not None and state.owner == PUBLIC,
                 )
             )
         return out

@@ -92,3 +92,11 @@ async def test_a_warm_prefix_is_shared_with_everybody() -> None:
     m.release(warm, completed=True, generated=[], finish_reason="stop")
     lease = await lease_for(m, [*SECRET[:1024], 5, 6], ATTACKER)
     assert lease.route.predicted == 1024 and not lease.isolated
+
+
+def test_a_warm_up_slot_is_public_to_the_router() -> None:
+    """A warm-up prefix has no session of its own to come back: free to give up (routing)."""
+    table = SlotTable(0, 2)
+    table.settle(0, Prompt.of(SECRET), 1.0, owner=PUBLIC)
+    table.settle(1, Prompt.of(SECRET), 1.0, owner=VICTIM)
+    assert [v.public for v in table.views(None, ATTACKER)] == [True, False]

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 
-from proxy.slots.routing import RoutePolicy, SavedView, SlotView, choose
+from proxy.slots.routing import RoutePolicy, SavedView, SlotView, choose, eviction_cost
 
 NOW = 10_000.0
 P = RoutePolicy()
 
 
 def slot(i: int, cached: int = 0, held: int = 0, busy: int = 0, age: float = 60.0,
-         unsaved: int = -1, server: int = 0) -> SlotView:  # fmt: skip
+         unsaved: int = -1, server: int = 0, public: bool = False) -> SlotView:  # fmt: skip
     return SlotView(
         server=server,
         slot=i,
@@ -20,6 +23,7 @@ def slot(i: int, cached: int = 0, held: int = 0, busy: int = 0, age: float = 60.
         busy=busy,
         last_used=NOW - age if held or age < 60 else 0.0,
         unsaved=held if unsaved < 0 else unsaved,
+        public=public,
     )
 
 
@@ -91,3 +95,78 @@ def test_restore_goes_to_the_upstream_that_saved_it() -> None:
 def test_spread_across_upstreams_by_prefix() -> None:
     slots = [slot(0, 10, 10, server=0), slot(0, 1200, 1200, server=1)]
     assert choose(2000, slots, None, P, NOW).server == 1
+
+
+# Issue 20, point 4: the slot given up is the one whose loss costs the least expected prefill
+# (the tokens no saved file holds, times the chance its session speaks again, halving every
+# idle_half_life seconds), not the least recently used.
+H = P.idle_half_life
+
+EVICTIONS = [
+    # (name, prompt_len, slots, saved, expected (slot, reason, predicted, save_first, restore))
+    ("restore: a saved slot goes before an older unsaved one", 3000,
+     [slot(0, 0, 4000, age=100), slot(1, 0, 3000, age=10, unsaved=0)], SavedView("f", 2500, 0),
+     (1, "restore", 2500, False, "f")),
+    ("restore: a short recent slot goes before a long older one", 3000,
+     [slot(0, 0, 4000, age=100), slot(1, 0, 600, age=10)], SavedView("f", 2500, 0),
+     (1, "restore", 2500, True, "f")),
+    ("restore: only the unsaved tail counts", 3000,
+     [slot(0, 0, 4000, age=100, unsaved=100), slot(1, 0, 600, age=10)], SavedView("f", 2500, 0),
+     (0, "restore", 2500, True, "f")),
+    ("cold slots: the short one goes, not the long least recently used one", 300,
+     [slot(0, 0, 6000, age=4000), slot(1, 0, 200, age=3000)], None, (1, "cold", 0, False, None)),
+    ("hot slots: a long slot idle for 28 minutes goes before a short one just used", 300,
+     [slot(0, 0, 3000, age=2.8 * H), slot(1, 0, 1000, age=5)], None, (0, "evict", 0, True, None)),
+    ("a public warm-up slot is free to give up", 300,
+     [slot(0, 0, 2000, age=1, public=True), slot(1, 0, 800, age=H)], None,
+     (0, "evict", 0, True, None)),
+    ("equal length and savedness: the least recently used goes (no match)", 300,
+     [slot(0, 0, 2000, age=50), slot(1, 0, 2000, age=100)], None, (1, "evict", 0, True, None)),
+    ("equal length and savedness: the least recently used goes (restore)", 3000,
+     [slot(0, 0, 2000, age=50), slot(1, 0, 2000, age=100)], SavedView("f", 2500, 0),
+     (1, "restore", 2500, True, "f")),
+    ("equal length, both saved: the least recently used goes", 300,
+     [slot(0, 0, 2000, age=50, unsaved=0), slot(1, 0, 2000, age=100, unsaved=0)], None,
+     (1, "evict", 0, False, None)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("prompt_len", "slots", "saved", "expected"),
+                         [c[1:] for c in EVICTIONS], ids=[c[0] for c in EVICTIONS])  # fmt: skip
+def test_victim_by_expected_prefill(prompt_len: int, slots: list[SlotView],
+                                    saved: SavedView | None, expected: tuple) -> None:  # fmt: skip
+    route = choose(prompt_len, slots, saved, P, NOW)
+    assert (route.slot, route.reason, route.predicted, route.save_first, route.restore) == expected
+
+
+COSTS = [
+    # (name, view, tokens the request keeps, expected cost)
+    ("empty", slot(0), 0, 0.0),
+    ("saved", slot(0, 0, 2000, age=5, unsaved=0), 0, 0.0),
+    ("never used", SlotView(0, 0, cached=0, held=2000), 0, 0.0),
+    ("public warm-up", slot(0, 0, 2000, age=5, public=True), 0, 0.0),
+    ("just used", slot(0, 0, 2000, age=0.001), 0, 2000 * 0.5 ** (0.001 / H)),
+    ("one half-life idle", slot(0, 0, 2000, age=H), 0, 1000.0),
+    ("two half-lives idle", slot(0, 0, 2000, age=2 * H), 0, 500.0),
+    ("only the unsaved tail", slot(0, 0, 2000, age=H, unsaved=600), 0, 300.0),
+    ("kept prefix not lost", slot(0, 1500, 2000, age=H), 1500, 250.0),
+    ("kept prefix reaches into the unsaved tail", slot(0, 0, 2000, age=H, unsaved=600), 1800,
+     100.0),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("view", "kept", "cost"), [c[1:] for c in COSTS],
+                         ids=[c[0] for c in COSTS])  # fmt: skip
+def test_eviction_cost(view: SlotView, kept: int, cost: float) -> None:
+    assert eviction_cost(view, kept, P, NOW) == pytest.approx(cost)
+
+
+def test_half_life_is_a_policy_option() -> None:
+    """Idle time weighs nothing with an endless half-life: the shorter loss goes."""
+    slots = [slot(0, 0, 3000, age=2.8 * H), slot(1, 0, 1000, age=5)]
+    assert choose(300, slots, None, replace(P, idle_half_life=1e12), NOW).slot == 1
+    assert choose(300, slots, None, P, NOW).slot == 0
+
+
+def test_default_half_life_is_documented() -> None:
+    assert f"`{P.idle_half_life:g}`" in Path("docs/architecture.md").read_text()
