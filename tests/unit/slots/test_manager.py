@@ -8,7 +8,7 @@ import pytest
 
 from proxy.core.prefix_index import Prompt
 from proxy.slots.manager import SlotManager
-from tests.unit.slots.fakes import CHAT, ListTokenizer, acquire, manager
+from tests.unit.slots.fakes import CHAT, Clock, ListTokenizer, acquire, manager
 
 
 async def test_release_holds_prompt_and_fed_back_tokens() -> None:
@@ -194,3 +194,26 @@ async def test_routing_waits_for_a_reply_still_being_tokenized() -> None:
     asyncio.get_running_loop().call_later(0.05, late.answer.set_result, [7, 8])
     again = await acquire(m, CHAT, {0: {"tokens": [*range(100), 7, 8, 9]}})
     assert again.route.predicted == 102
+
+
+async def test_three_sessions_on_two_slots_give_up_the_cheap_one() -> None:
+    """Issue 20: a long conversation and a short one both idle past the hot window, and a
+    third needs a slot: the short one is given up (least expected prefill to bring back),
+    not the long least recently used one, so that the long one's return is a hit."""
+    clock = Clock(100.0)
+    m = manager(2, clock=clock, n_ctx=8192)
+    long, short = list(range(3000)), list(range(10_000, 10_200))
+    for tokens in (long, short):
+        lease = await acquire(m, CHAT, {0: {"tokens": tokens}})
+        m.release(lease, completed=True, generated=[1, 2], finish_reason="stop")
+        clock.now += 100.0
+    clock.now += 4000.0  # both cold (past hot_seconds): recency alone would evict the long one
+    third = await acquire(m, CHAT, {0: {"tokens": list(range(20_000, 20_300))}})
+    m.release(third, completed=True, generated=[1, 2], finish_reason="stop")
+    prefilled = 0
+    for tokens in (long, short):  # both come back
+        prompt = [*tokens, 1, 2, 3, 4]
+        lease = await acquire(m, CHAT, {0: {"tokens": prompt}})
+        m.release(lease, completed=True, generated=[1, 2], finish_reason="stop")
+        prefilled += len(prompt) - lease.route.predicted
+    assert prefilled == 2 + 204  # the long one resumes; only the short one is prefilled again
