@@ -77,8 +77,8 @@ SERVE_OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("--records-max-bytes", int,
      "the LMDB map grows up to this size; past 80 percent of it the oldest records are pruned"),
     ("--route-hot-tokens", int,
-     "a slot that would lose this many recently used tokens is hot: restores and "
-     "unrelated prompts go to empty or cold slots first"),
+     "a slot that would lose this many recently used tokens is hot (the route's reason "
+     "says evict); the slot given up is the one cheapest to bring back"),
     ("--route-busy-wait-tokens", int,
      "load guard: queue behind a busy slot only when it saves more prefill tokens than this"),
     ("--route-max-queue", int, "load guard: never queue this many requests on one slot"),
