@@ -1,7 +1,7 @@
-"""Keeping ollama's cache: the rules as tables, then kvproxy in front of a fake ollama that
-behaves as ollama's documentation and source say (a runner is reloaded, its prompt cache
-lost, when a request asks for another num_ctx; a model is unloaded after keep_alive). No
-ollama binary can be installed here (docs/ollama.md)."""
+"""Keeping ollama's cache (its rules as tables: tests/unit/backends/test_ollama_keep.py):
+kvproxy in front of a fake ollama that behaves as ollama's documentation and source say (a
+runner is reloaded, its prompt cache lost, when a request asks for another num_ctx; a model
+is unloaded after keep_alive). No ollama binary can be installed here (docs/ollama.md)."""
 
 from __future__ import annotations
 
@@ -9,64 +9,13 @@ import json
 from typing import Any
 
 import httpx
-import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.backends.ollama_keep import ContextMemory, KeepPolicy, keep, parse_duration
+from proxy.backends.ollama_keep import KeepPolicy
 from proxy.backends.upstream import UpstreamSpec
 from proxy.config.settings import Settings
-from proxy.core.errors import BadRequest
 from proxy.web.app import create_app
-
-
-@pytest.mark.parametrize(
-    ("value", "seconds"),
-    [(300, 300.0), ("5m", 300.0), ("1h30m", 5400.0), ("-1", -1.0), ("-1m", -60.0),
-     ("300", 300.0), ("250ms", 0.25), ("", None), ("soon", None), (True, None), (None, None)],
-)  # fmt: skip
-def test_parse_duration(value: Any, seconds: float | None) -> None:
-    assert parse_duration(value) == seconds
-
-
-@pytest.mark.parametrize(
-    ("client", "sent", "replaced"),
-    [
-        (None, "30m", None),  # absent: ollama's 5 minutes would apply
-        ("5m", "30m", "5m"),
-        (0, "30m", 0),  # "unload now" would drop the cache before the next turn
-        ("2h", "2h", None),  # longer: the client's
-        (-1, -1, None),  # forever: the client's
-    ],
-)
-def test_keep_alive_is_at_least_the_policys(client: Any, sent: Any, replaced: Any) -> None:
-    body = {"model": "m", "messages": []} | ({} if client is None else {"keep_alive": client})
-    kept = keep(body, KeepPolicy(), ContextMemory(), 0)
-    assert kept.body["keep_alive"] == sent and kept.keep_alive_replaced == replaced
-
-
-def test_num_ctx_stays_what_the_model_runs_at() -> None:
-    memory = ContextMemory()
-    memory.learn_loaded({"models": [{"name": "qwen2.5:7b", "context_length": 32768}]})
-    body = {"model": "qwen2.5:7b", "options": {"num_ctx": 262144, "temperature": 0}}
-    kept = keep(body, KeepPolicy(), memory, 100)
-    assert kept.body["options"] == {"num_ctx": 32768, "temperature": 0}
-    assert kept.num_ctx_replaced == 262144 and body["options"]["num_ctx"] == 262144
-    # not loaded: the first value seen for the model becomes its context
-    first = keep({"model": "llama3.2", "options": {"num_ctx": 8192}}, KeepPolicy(), memory, 0)
-    later = keep({"model": "llama3.2"}, KeepPolicy(), memory, 0)
-    assert first.num_ctx_replaced is None and later.body["options"]["num_ctx"] == 8192
-    fixed = keep({"model": "x"}, KeepPolicy(num_ctx=16384), ContextMemory(fixed=16384), 0)
-    assert fixed.body["options"]["num_ctx"] == 16384
-    off = keep(body, KeepPolicy(stable_ctx=False, keep_alive=""), memory, 0)
-    assert off.body == body
-
-
-def test_a_prompt_that_cannot_fit_is_refused() -> None:
-    memory = ContextMemory(fixed=4096)
-    keep({"model": "m"}, KeepPolicy(num_ctx=4096), memory, 4096 * 5)  # fits at 5 chars a token
-    with pytest.raises(BadRequest, match="does not fit the model's context of 4096"):
-        keep({"model": "m"}, KeepPolicy(num_ctx=4096), memory, 4096 * 5 + 10)
 
 
 class FakeOllama:
