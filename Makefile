@@ -47,12 +47,13 @@ bench-routing: $(STAMP)
 bench-rewrite: $(STAMP)
 	$(BIN)/python -m bench.rewrite
 
-# The real OpenClaw and Hermes, installed at pinned versions into CLIENTS (default .clients,
-# ignored) by bench/install_clients.sh; docs/clients.md says how to drive them yourself.
+# The real OpenClaw, Hermes, Claude Code and Codex, installed at pinned versions into CLIENTS
+# (default .clients, ignored) by bench/install_clients.sh; docs/clients.md says how to drive
+# them yourself. CLIENTS_ONLY=claude,codex (openclaw, hermes, claude, codex) runs some.
 CLIENTS ?= .clients
 bench-clients: $(STAMP)
 	bench/install_clients.sh $(CLIENTS)
-	$(BIN)/python -m bench.clients --clients $(CLIENTS)
+	$(BIN)/python -m bench.clients --clients $(CLIENTS) $(if $(CLIENTS_ONLY),--only $(CLIENTS_ONLY))
 
 # N concurrent agent conversations on a 2-slot server, direct and through kvproxy.
 bench-load: $(STAMP)

