@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import aiohttp
+from aiohttp.payload import BytesPayload
 from yarl import URL
 
+from proxy.core import jsonio
 from proxy.core.errors import UpstreamError, UpstreamProtocol, UpstreamTimeout, UpstreamUnavailable
 
 UpstreamKind = Literal["llama", "ollama"]
@@ -161,11 +163,14 @@ class Upstream:
         self, method: str, url: URL, json_body: Any, data: Any, headers: dict[str, str] | None
     ) -> aiohttp.ClientResponse:
         """Send once more when a pooled connection turns out to be closed by the server
-        before it answered (a keep-alive race: the request was never read)."""
+        before it answered (a keep-alive race: the request was never read). A JSON body is
+        encoded once, by orjson (``jsonio.dumps``), not by aiohttp's ``json.dumps``."""
+        if json_body is not None:
+            data = BytesPayload(jsonio.dumps(json_body), content_type="application/json")
         for attempt in (1, 2):
             try:
                 return await self.session.request(
-                    method, url, json=json_body, data=data, headers=headers, allow_redirects=False
+                    method, url, data=data, headers=headers, allow_redirects=False
                 )
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                 if attempt == 2 or isinstance(exc, aiohttp.ClientConnectorError):
