@@ -60,6 +60,7 @@ class Backend(Protocol):
     pins: bool  # routes to a slot of its own choosing (``id_slot``), has /props and /slots
     state_path: str  # what it holds now: after a restart or an unload, nothing
     answers_ollama_reads: bool  # /api/tags, /api/show, /api/version synthesized by kvproxy
+    tokenizes: bool  # /tokenize and /apply-template: kvproxy's tokens can be exact
 
     def lost_cache(self, answer: Any) -> bool: ...
 
@@ -82,6 +83,7 @@ class LlamaServer:
     pins = True
     state_path = "/slots"
     answers_ollama_reads = True
+    tokenizes = True
 
     def lost_cache(self, answer: Any) -> bool:
         """``/slots`` with every slot idle and empty: a restart. Unknown shapes are not."""
@@ -130,6 +132,7 @@ class Ollama:
     pins = False
     state_path = "/api/ps"
     answers_ollama_reads = False  # its own
+    tokenizes = False  # no tokenizer endpoints: estimates
 
     def lost_cache(self, answer: Any) -> bool:
         """``/api/ps`` with no model loaded: an unload or a restart."""

@@ -31,11 +31,12 @@ def load_local(path: Path, template: str | None, server: ServerTokenizer) -> Loc
     raise TokenizerUnavailable(f"{path} is neither a GGUF file nor a tokenizer directory")
 
 
-async def tokenizer_for(upstream: Any, configured: Path | None,
-                        server_only: bool = False) -> Tokenizer:  # fmt: skip
+async def tokenizer_for(upstream: Any, configured: Path | None, server_only: bool = False,
+                        exact: bool = True) -> Tokenizer:  # fmt: skip
     """The best tokenizer for an upstream: configured, else the server's own GGUF when it is
-    readable on this host, else the server's endpoints; ollama gets estimates."""
-    if upstream.kind != "llama":
+    readable on this host, else the server's endpoints; a server kind with no tokenizer
+    endpoints (``exact`` false: ollama) gets estimates."""
+    if not exact:
         return EstimatedTokens()
     server = ServerTokenizer(upstream)
     props = upstream.props or {}

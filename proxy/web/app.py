@@ -182,7 +182,8 @@ async def server_slots(app: web.Application, index: int, upstream: Upstream) -> 
     return ServerSlots(
         index=index,
         upstream=upstream,
-        tokenizer=await tokenizer_for(upstream, settings.tokenizer, settings.server_tokens),
+        tokenizer=await tokenizer_for(upstream, settings.tokenizer, settings.server_tokens,
+                                      exact=backend.tokenizes),
         n_slots=backend.slot_count(props),
         n_ctx=generation.get("n_ctx"),
         # Slot files only where the server resumes from them (not sliding window).

@@ -69,9 +69,7 @@ def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
 
 
 SERVER_KINDS = {"llama", "ollama"}
-# tokens/ is below backends/: it tells an estimating upstream by its kind (documented in
-# docs/architecture.md as the one left).
-KIND_BRANCHES_ALLOWED = {"tokens/choice.py"}
+KIND_BRANCHES_ALLOWED: set[str] = set()
 
 
 def kind_branches(path: Path) -> list[int]:

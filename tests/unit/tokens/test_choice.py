@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from proxy.backends.kinds import KINDS
 from proxy.tokens import EstimatedTokens, ServerTokenizer, tokenizer_for
 from proxy.tokens.base import TokenizerUnavailable
 from proxy.tokens.choice import load_local
@@ -34,7 +35,8 @@ async def test_the_server_tokenizes_when_no_gguf_is_readable(
 
 
 async def test_ollama_gets_estimates() -> None:
-    assert isinstance(await tokenizer_for(Ollama(), None), EstimatedTokens)
+    exact = KINDS["ollama"].tokenizes  # no tokenizer endpoints
+    assert isinstance(await tokenizer_for(Ollama(), None, exact=exact), EstimatedTokens)
 
 
 def test_load_local_refuses_what_is_neither_file_nor_directory(tmp_path: Path) -> None:
