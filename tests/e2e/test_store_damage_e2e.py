@@ -11,7 +11,7 @@ import pytest
 
 from proxy.backends.embedded import EmbeddedServer
 from tests.conftest import start_proxy, stop_proxy
-from tests.unit.records.test_store_damage import DAMAGE, populate
+from tests.unit.records.test_damage import DAMAGE, populate
 
 pytestmark = pytest.mark.e2e
 
