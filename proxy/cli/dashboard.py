@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +20,8 @@ from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
+
+from proxy.records.stats import Totals
 
 SPARK = "▁▂▃▄▅▆▇█"
 RECENT = 15
@@ -59,8 +61,15 @@ class Dashboard:
     cached: int = 0
     prefilled: int = 0
     prefill_ms: float = 0.0
+    # the ceiling and the prefill lost under it, in all and per client (stats.Totals)
+    totals: Totals = field(default_factory=Totals)
+    clients: dict[str, Totals] = field(default_factory=lambda: defaultdict(Totals))
 
     def add(self, event: dict[str, Any]) -> None:
+        if event.get("status") in (None, 200):
+            self.totals.add_ceiling(event, event.get("miss_cause"))
+            client = self.clients[str(event.get("client") or "-")]
+            client.add(event)
         self.requests += 1
         self.recent.append(event)
         self.times.append(event.get("time") or time.time())
@@ -91,7 +100,9 @@ def render(board: Dashboard, now: float | None = None) -> Group:
         ("req/s (60 s) ", "bold"), f"{board.rate(now):.2f}  ",
         ("hit rate by tokens ", "bold"), f"{hit_rate:.1%}  ",
         ("tokens saved ", "bold"), f"{board.cached}  ",
-        ("prefill saved ", "bold"), f"~{board.seconds_saved:.1f} s\n",
+        ("prefill saved ", "bold"), f"~{board.seconds_saved:.1f} s  ",
+        ("of the ceiling ", "bold"), f"{board.totals.ceiling_share:.1%}  ",
+        ("prefill lost ", "bold"), f"{sum(board.totals.lost_ms.values()) / 1000:.1f} s\n",
         ("TTFT ", "bold"), sparkline(list(board.ttfts)),
     )  # fmt: skip
     slots = Table(title="slots", expand=True)
@@ -103,6 +114,13 @@ def render(board: Dashboard, now: float | None = None) -> Group:
             str(event.get("prompt_tokens") or "-"), str(event.get("cached_tokens") or 0),
             f"{now - (event.get('time') or now):.0f}",
         )  # fmt: skip
+    clients = Table(title="clients", expand=True)
+    for column in ("client", "requests", "hit rate", "of ceiling", "lost s", "lost to"):
+        clients.add_column(column)
+    for name, t in sorted(board.clients.items()):
+        worst = max(t.lost_ms.items(), key=lambda kv: kv[1], default=("", 0.0))[0]
+        clients.add_row(name, str(t.requests), f"{t.hit_rate:.1%}", f"{t.ceiling_share:.1%}",
+                        f"{sum(t.lost_ms.values()) / 1000:.1f}", worst)  # fmt: skip
     recent = Table(title=f"last {RECENT} requests", expand=True)
     for column in ("id", "dialect", "slot", "prompt", "cached", "", "cause", "rewrite", "TTFT ms"):
         recent.add_column(column)
@@ -116,7 +134,7 @@ def render(board: Dashboard, now: float | None = None) -> Group:
             event.get("miss_cause") or "", ",".join(event.get("rewrite") or []),
             f"{event['ttft_ms']:.0f}" if event.get("ttft_ms") is not None else "-",
         )  # fmt: skip
-    return Group(Panel(summary, title="kvproxy"), slots, recent)
+    return Group(Panel(summary, title="kvproxy"), slots, clients, recent)
 
 
 class LogFollower:

@@ -74,17 +74,21 @@ def run_stats(args: argparse.Namespace) -> int:
     damage = guard_store(records_dir, writer=False)  # a damaged file would crash the read
     if damage is not None:
         print(f"kvproxy stats: {damage.message()}", file=sys.stderr)
-    total, per_slot = summarize([] if damage else read_records(records_dir, since, guard=False))
+    records = [] if damage else read_records(records_dir, since, guard=False)
+    total, per_slot = summarize(records, args.by)
     losses = {} if damage else read_counters(records_dir, guard=False)
     if args.json:
         out = {k: v for k, v in vars(total).items() if k != "causes"}
         out["records_lost"] = losses
-        out.update(causes=dict(total.causes), hit_rate=total.hit_rate)
-        out["per_slot"] = {k: {"requests": t.requests, "hit_rate": t.hit_rate}
-                           for k, t in per_slot.items()}  # fmt: skip
+        out.update(causes=dict(total.causes), hit_rate=total.hit_rate,
+                   lost_ms=dict(total.lost_ms), ceiling_share=total.ceiling_share)
+        out[f"per_{args.by}"] = {k: {"requests": t.requests, "hit_rate": t.hit_rate,
+                                     "ceiling_share": t.ceiling_share,
+                                     "lost_ms": dict(t.lost_ms)}
+                                 for k, t in per_slot.items()}  # fmt: skip
         print(json.dumps(out))
     else:
-        print(render(total, per_slot))
+        print(render(total, per_slot, args.by))
         if any(losses.values()):
             # Records alone where the writer counted them apart (state changes aside).
             part = "records_" if "records_lost" in losses else ""

@@ -24,6 +24,7 @@ from proxy.core.prefix_index import Prompt
 from proxy.core.streaming import UsageObserver
 from proxy.dialects import openai_responses
 from proxy.dialects.base import DialectBase
+from proxy.flow.ceiling import SessionCeiling, client_label, session_of
 from proxy.flow.responses import ResponseStore, StoredResponse
 from proxy.records.record import RequestRecord, new_request_id
 from proxy.rewrite.engine import Plan, Rewriter
@@ -88,6 +89,7 @@ class Director:
     sink: Callable[[dict[str, Any]], None]
     gatekeeper: Gatekeeper
     responses: ResponseStore = field(default_factory=ResponseStore)
+    ceiling: SessionCeiling = field(default_factory=SessionCeiling)
 
     # -- phases -------------------------------------------------------------------------
     def admit(self, dialect: DialectBase, path: str, hold: BodyHold,
@@ -146,6 +148,8 @@ class Director:
                 break
             plan = plan.fallback
         ex.plan, ex.calls, ex.prompts = plan, calls, prompts
+        ex.rec.client = client_label(headers)
+        ex.rec.session = plan.identity.session[:12] if plan.identity.session else None
         if original:
             ex.original_cached = self.slots.best_predicted(original[0], plan.identity.principal)
 
@@ -157,6 +161,8 @@ class Director:
         with self.gatekeeper.queue():  # a drain ends the wait with a 503
             ex.lease = await self.slots.acquire_prompts(ex.prompts, owner)
         note_route(ex.rec, ex.lease)
+        if ex.lease.prompt is not None and ex.rec.warm is None:
+            ex.rec.ceiling_tokens = self.ceiling.reached(session_of(ex.plan), ex.lease.prompt)
 
     async def enter_gate(self, ex: Exchange) -> None:
         """One of the upstream's in-flight places; past ``--queue-timeout`` a 503."""
@@ -212,6 +218,8 @@ class Director:
         if completed and rec.warm is None:
             # a warm-up is no conversation: no tape (its text may come from another's)
             self.rewriter.commit(plan, reply=ex.observer.text)
+            if lease.prompt is not None:
+                self.ceiling.remember(session_of(plan), lease.prompt, generated)
         if completed and ex.answer is not None and ex.items is not None:
             self.keep_response(ex, plan.identity.principal)
 

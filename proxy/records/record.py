@@ -77,6 +77,12 @@ class RequestRecord:
     rewrite_saved_predicted: int | None = None
     rewrite_saved: int | None = None  # actual cached minus original_predicted
     error: str | None = None
+    # Issue 20: how far from the ideal. Leading prompt tokens the session already sent or
+    # was answered before (what a cache that never evicted would serve), and who asked:
+    # the client's User-Agent product, its session as a short hash.
+    ceiling_tokens: int | None = None
+    client: str | None = None
+    session: str | None = None
     sink: Callable[[dict[str, Any]], None] | None = field(default=None, repr=False)
     _emitted: bool = field(default=False, repr=False)
 

@@ -35,6 +35,8 @@ class Totals:
     exact: int = 0
     abs_error: int = 0
     causes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    ceiling: int = 0  # tokens the sessions had sent or been answered before
+    lost_ms: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
     def add(self, r: dict[str, Any]) -> None:
         self.requests += 1
@@ -50,6 +52,23 @@ class Totals:
         cause = r.get("miss_cause")
         if cause:
             self.causes[cause] += 1
+        self.add_ceiling(r, cause)
+
+    def add_ceiling(self, r: dict[str, Any], cause: str | None) -> None:
+        """Tokens under the ceiling that were prefilled anyway cost their prefill time,
+        lost to the request's miss cause (at its own measured rate per token)."""
+        ceiling, cached = r.get("ceiling_tokens"), r.get("cached_tokens") or 0
+        if ceiling is None:
+            return
+        self.ceiling += ceiling
+        prefilled, prefill_ms = r.get("prefilled_tokens"), r.get("prefill_ms")
+        if ceiling > cached and prefilled and prefill_ms:
+            self.lost_ms[cause or "unexplained"] += (ceiling - cached) * prefill_ms / prefilled
+
+    @property
+    def ceiling_share(self) -> float:
+        """Cached tokens over the ceiling: how much of what could be reused was."""
+        return min(1.0, self.cached / self.ceiling) if self.ceiling else 1.0
 
     @property
     def hit_rate(self) -> float:
@@ -63,17 +82,22 @@ class Totals:
         return self.cached * (self.prefill_ms / self.prefilled) / 1000
 
 
-def summarize(records: Iterable[dict[str, Any]]) -> tuple[Totals, dict[str, Totals]]:
-    total, per_slot = Totals(), defaultdict(Totals)
+GROUPS = ("slot", "client", "session")
+
+
+def summarize(records: Iterable[dict[str, Any]],
+              by: str = "slot") -> tuple[Totals, dict[str, Totals]]:  # fmt: skip
+    """Totals, and totals per ``by`` (a slot, a client's User-Agent product, a session)."""
+    total, groups = Totals(), defaultdict(Totals)
     for r in records:
         if r.get("status") not in (None, 200):
             continue
         total.add(r)
-        per_slot[r.get("slot") or "-"].add(r)
-    return total, dict(sorted(per_slot.items()))
+        groups[str(r.get(by) or "-")].add(r)
+    return total, dict(sorted(groups.items()))
 
 
-def render(total: Totals, per_slot: dict[str, Totals]) -> str:
+def render(total: Totals, per_slot: dict[str, Totals], by: str = "slot") -> str:
     if not total.requests:
         return "no records"
     lines = [
@@ -92,8 +116,18 @@ def render(total: Totals, per_slot: dict[str, Totals]) -> str:
     if total.causes:
         causes = ", ".join(f"{k} {v}" for k, v in sorted(total.causes.items()))
         lines.append(f"misses              {causes}")
+    if total.ceiling:
+        lines.append(f"ceiling             {total.ceiling} tokens sent before in their session; "
+                     f"{total.ceiling_share:.1%} of it reused")  # fmt: skip
+    if total.lost_ms:
+        lost = ", ".join(f"{k} {v / 1000:.1f} s" for k, v in sorted(total.lost_ms.items()))
+        lines.append(f"prefill lost        {lost}")
     lines.append("")
-    lines.append(f"{'slot':<8}{'requests':>9}{'prompt':>10}{'cached':>10}{'hit rate':>10}")
-    for slot, t in per_slot.items():
-        lines.append(f"{slot:<8}{t.requests:>9}{t.prompt:>10}{t.cached:>10}{t.hit_rate:>10.1%}")
+    width = max([8, *(len(k) + 2 for k in per_slot)])
+    lines.append(f"{by:<{width}}{'requests':>9}{'prompt':>10}{'cached':>10}{'hit rate':>10}"
+                 f"{'of ceiling':>12}{'lost s':>8}")  # fmt: skip
+    for key, t in per_slot.items():
+        lines.append(f"{key:<{width}}{t.requests:>9}{t.prompt:>10}{t.cached:>10}"
+                     f"{t.hit_rate:>10.1%}{t.ceiling_share:>12.1%}"
+                     f"{sum(t.lost_ms.values()) / 1000:>8.1f}")  # fmt: skip
     return "\n".join(lines)

@@ -139,6 +139,9 @@ def test_anthropic_turns_are_routed_recorded_and_reused(
     assert len(records) == 4
     ok = [r for r in records if r["status"] == 200]
     assert ok[1]["cached_tokens"] == ok[1]["predicted_cached"] > 100, ok[1]
+    # issue 20: the session had sent all of that before (the ceiling), and who asked
+    assert ok[1]["ceiling_tokens"] >= ok[1]["cached_tokens"], ok[1]
+    assert ok[0]["ceiling_tokens"] == 0 and ok[1]["client"].startswith("python-httpx/")
 
 
 def test_responses_previous_response_id_is_served_and_private(

@@ -75,3 +75,25 @@ def test_failed_requests_are_left_out_and_a_slotless_one_counts_as_dash() -> Non
 def test_empty_totals() -> None:
     assert (Totals().hit_rate, Totals().seconds_saved) == (0.0, 0.0)
     assert render(*summarize([])) == "no records"
+
+
+def test_the_ceiling_share_and_the_prefill_lost_by_cause_per_client() -> None:
+    records = [
+        {"status": 200, "client": "claude-cli/2.1.328", "prompt_tokens": 1000,
+         "cached_tokens": 900, "ceiling_tokens": 900, "prefilled_tokens": 100,
+         "prefill_ms": 1000.0},
+        {"status": 200, "client": "claude-cli/2.1.328", "prompt_tokens": 1000,
+         "cached_tokens": 0, "ceiling_tokens": 950, "prefilled_tokens": 1000,
+         "prefill_ms": 10000.0, "miss_cause": "evicted"},
+        {"status": 200, "client": "codex_exec/0.169.0", "prompt_tokens": 500,
+         "cached_tokens": 0, "ceiling_tokens": 0, "prefilled_tokens": 500, "prefill_ms": 50.0,
+         "miss_cause": "cold"},
+    ]  # fmt: skip
+    total, clients = summarize(records, by="client")
+    assert total.ceiling == 1850
+    assert total.ceiling_share == pytest.approx(900 / 1850)
+    assert dict(total.lost_ms) == {"evicted": pytest.approx(9500.0)}  # 950 tokens at 10 ms
+    assert clients["claude-cli/2.1.328"].ceiling_share == pytest.approx(900 / 1850)
+    assert clients["codex_exec/0.169.0"].ceiling_share == 1.0  # nothing could be reused
+    text = render(total, clients, by="client")
+    assert "evicted 9.5 s" in text and "codex_exec/0.169.0" in text
