@@ -19,8 +19,8 @@ from typing import Any
 
 from proxy.core.conversation import Conversation, Message, MessageMemo, frozen_map
 from proxy.core.errors import BadRequest, ProxyError
-from proxy.dialects.base import DialectBase, optional_bool, optional_str, require_object
-from proxy.dialects.openai_chat import DIALECT as CHAT
+from proxy.dialects.base import optional_bool, optional_str, require_object
+from proxy.dialects.bridged import ChatBridged, chat_usage, one_text
 
 # Fields the conversion reads; every other field is kept in ``extra`` (never sent upstream:
 # llama-server drops them too) so that the session and the record can see them.
@@ -137,16 +137,6 @@ class Blocks:
         return out + self.results
 
 
-def one_text(parts: list[dict[str, Any]]) -> Any:
-    """A single text part as its string. llama-server renders the two alike (a part list
-    is joined, a string made a part, as the template takes content), and clients turn one
-    into the other between requests (Claude Code: its newest message is a block list, then
-    a string): as a string, the message is the same message in both requests."""
-    if len(parts) == 1 and parts[0].keys() == {"type", "text"} and parts[0]["type"] == "text":
-        return parts[0]["text"]
-    return parts
-
-
 def convert_message(item: Any, where: str) -> list[Message]:
     if not isinstance(item, dict):
         raise BadRequest(f"{where} must be an object")
@@ -203,7 +193,7 @@ def chat_params(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class AnthropicMessages(DialectBase):
+class AnthropicMessages(ChatBridged):
     name: str = "anthropic_messages"
     family: str = "anthropic"
     framing: str = "sse"
@@ -232,41 +222,17 @@ class AnthropicMessages(DialectBase):
             extra=frozen_map(extra),
         )
 
-    def render(self, conv: Conversation) -> dict[str, Any]:
-        """The chat body llama-server's own conversion would make of the request."""
-        return CHAT.render(conv)
-
     def error_body(self, err: ProxyError) -> dict[str, Any]:
         kind = ERROR_TYPES.get(err.status, "api_error")
         return {"type": "error", "error": {"type": kind, "message": err.message}}
-
-    def stream_error(self, err: ProxyError) -> bytes:
-        return typed_events([self.error_body(err)])[0]
 
     def responder(self, conv: Conversation) -> MessagesResponder:
         return MessagesResponder(model=conv.model or "")
 
 
-def typed_events(objects: list[dict[str, Any]]) -> list[bytes]:
-    """Server-sent events named by their ``type`` (Anthropic's and Responses' framing)."""
-    return [f"event: {o['type']}\ndata: ".encode() + json.dumps(o, separators=(",", ":"),
-            ensure_ascii=False).encode() + b"\n\n" for o in objects]  # fmt: skip
-
 
 STOP_REASONS = {"stop": "end_turn", "tool_calls": "tool_use", "length": "max_tokens"}
 
-
-def chat_usage(chunk: Mapping[str, Any]) -> tuple[int, int, int] | None:
-    """(prompt, cached, generated) from a chat chunk's ``timings`` or ``usage``."""
-    timings, usage = chunk.get("timings"), chunk.get("usage")
-    if isinstance(timings, Mapping) and isinstance(timings.get("prompt_n"), int):
-        cached = int(timings.get("cache_n") or 0)
-        return timings["prompt_n"] + cached, cached, int(timings.get("predicted_n") or 0)
-    if isinstance(usage, Mapping) and isinstance(usage.get("prompt_tokens"), int):
-        details = usage.get("prompt_tokens_details") or {}
-        cached = int(details.get("cached_tokens") or 0) if isinstance(details, Mapping) else 0
-        return usage["prompt_tokens"], cached, int(usage.get("completion_tokens") or 0)
-    return None
 
 
 @dataclass

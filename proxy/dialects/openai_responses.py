@@ -19,9 +19,8 @@ from typing import Any
 
 from proxy.core.conversation import Conversation, Message, MessageMemo, frozen_map, thaw
 from proxy.core.errors import BadRequest, ProxyError
-from proxy.dialects.anthropic_messages import chat_usage, one_text, typed_events
-from proxy.dialects.base import DialectBase, optional_bool, optional_str, require_object
-from proxy.dialects.openai_chat import DIALECT as CHAT
+from proxy.dialects.base import optional_bool, optional_str, require_object
+from proxy.dialects.bridged import ChatBridged, chat_usage, one_text
 
 # Read by the conversion (or by kvproxy); the rest are chat parameters, as llama-server
 # keeps them.
@@ -189,7 +188,7 @@ def chat_params(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class OpenAIResponses(DialectBase):
+class OpenAIResponses(ChatBridged):
     name: str = "openai_responses"
     family: str = "responses"
     framing: str = "sse"
@@ -210,12 +209,8 @@ class OpenAIResponses(DialectBase):
             extra=frozen_map(extra),
         )
 
-    def render(self, conv: Conversation) -> dict[str, Any]:
-        return CHAT.render(conv)
-
-    def stream_error(self, err: ProxyError) -> bytes:
-        return typed_events([{"type": "error", "code": err.code, "message": err.message,
-                              "param": None}])[0]  # fmt: skip
+    def error_event(self, err: ProxyError) -> dict[str, Any]:
+        return {"type": "error", "code": err.code, "message": err.message, "param": None}
 
     def responder(self, conv: Conversation) -> ResponsesResponder:
         return ResponsesResponder(model=conv.model or "")

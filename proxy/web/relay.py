@@ -34,6 +34,7 @@ from proxy.core.streaming import (
     with_cached_tokens,
 )
 from proxy.dialects.base import DialectBase
+from proxy.dialects.bridged import ChatBridged, typed_events
 from proxy.records.record import RequestRecord
 
 log = get_logger("kvproxy.relay")
@@ -285,13 +286,6 @@ async def relay_openai_on_ollama(call: Relay) -> web.StreamResponse:
     ))  # fmt: skip
 
 
-def typed(objects: list[dict[str, Any]]) -> list[bytes]:
-    """Server-sent events named by their ``type`` (Anthropic's and Responses' framing)."""
-    return [f"event: {o.get('type', 'message')}\ndata: ".encode()
-            + json.dumps(o, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
-            for o in objects]  # fmt: skip
-
-
 def error_for(dialect: DialectBase) -> Callable[[str, int | None], dict[str, Any]]:
     """An upstream error in the client's own protocol: a whole body, or (``status`` None)
     the event that ends a stream (Anthropic's ``error``, Responses' ``error``)."""
@@ -299,8 +293,8 @@ def error_for(dialect: DialectBase) -> Callable[[str, int | None], dict[str, Any
     def error(message: str, status: int | None) -> dict[str, Any]:
         err = UpstreamError(message)
         err.status = status or err.status
-        if status is None and dialect.family == "responses":
-            return {"type": "error", "code": err.code, "message": message, "param": None}
+        if status is None and isinstance(dialect, ChatBridged):
+            return dialect.error_event(err)
         return dialect.error_body(err)
 
     return error
@@ -309,11 +303,12 @@ def error_for(dialect: DialectBase) -> Callable[[str, int | None], dict[str, Any
 async def relay_via_chat(call: Relay) -> web.StreamResponse:
     """An Anthropic or Responses request answered by llama-server's chat endpoint: chat
     chunks in, the client's typed events out (the dialect's responder)."""
-    responder = call.dialect.responder(call.conv)  # type: ignore[attr-defined]
+    assert isinstance(call.dialect, ChatBridged)
+    responder = call.dialect.responder(call.conv)
     call.answer = responder
     return await relay_translated(call, Translation(
-        splitter=SSESplitter(), events=responder.on_chunk, frame=typed,
-        closing=lambda: typed(responder.closing()), content_type="text/event-stream",
+        splitter=SSESplitter(), events=responder.on_chunk, frame=typed_events,
+        closing=lambda: typed_events(responder.closing()), content_type="text/event-stream",
         whole=responder.whole, error=error_for(call.dialect),
         counters=call.observer.counters,
     ))  # fmt: skip
@@ -322,7 +317,8 @@ async def relay_via_chat(call: Relay) -> web.StreamResponse:
 async def relay_via_ollama_chat(call: Relay) -> web.StreamResponse:
     """The same, answered by ollama's ``/api/chat``: its objects become chat chunks first
     (``openai_bridge``), then the client's events."""
-    responder = call.dialect.responder(call.conv)  # type: ignore[attr-defined]
+    assert isinstance(call.dialect, ChatBridged)
+    responder = call.dialect.responder(call.conv)
     chat = openai_bridge.OpenAIResponder(model=call.conv.model or "", include_usage=True)
     call.answer = responder
 
@@ -330,8 +326,8 @@ async def relay_via_ollama_chat(call: Relay) -> web.StreamResponse:
         return [e for chunk in chat.on_object(obj) for e in responder.on_chunk(chunk)]
 
     return await relay_translated(call, Translation(
-        splitter=NDJSONSplitter(), events=events, frame=typed,
-        closing=lambda: typed(responder.closing()), content_type="text/event-stream",
+        splitter=NDJSONSplitter(), events=events, frame=typed_events,
+        closing=lambda: typed_events(responder.closing()), content_type="text/event-stream",
         whole=lambda obj: responder.whole(chat.whole(obj)), error=error_for(call.dialect),
         counters=call.observer.counters,
     ))  # fmt: skip

@@ -12,6 +12,7 @@ from aiohttp.test_utils import make_mocked_request
 
 from proxy.dialects import REGISTRY
 from proxy.dialects.anthropic_messages import DIALECT as ANTHROPIC
+from proxy.dialects.bridged import typed_events
 from proxy.dialects.ollama_chat import DIALECT as OLLAMA_CHAT
 from proxy.dialects.openai_chat import DIALECT as OPENAI_CHAT
 from proxy.dialects.openai_responses import DIALECT as RESPONSES
@@ -23,7 +24,6 @@ from proxy.web.relay import (
     ndjson,
     plain_json,
     sse,
-    typed,
     upstream_error_message,
 )
 
@@ -33,7 +33,7 @@ OBJECTS = [{"type": "message_start", "a": "é"}, {"b": 1}]
 def test_framings() -> None:
     assert ndjson(OBJECTS) == [b'{"type":"message_start","a":"\\u00e9"}\n', b'{"b":1}\n']
     assert sse([{"b": 1}]) == [b'data: {"b":1}\n\n']
-    assert typed(OBJECTS) == [
+    assert typed_events(OBJECTS) == [
         'event: message_start\ndata: {"type":"message_start","a":"é"}\n\n'.encode(),
         b'event: message\ndata: {"b":1}\n\n',
     ]
