@@ -14,7 +14,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from proxy.backends.kinds import Placement, UpstreamCall, backend_for
+from proxy.backends.base import Placement, UpstreamCall
+from proxy.backends.kinds import backend_for
 from proxy.config.settings import Settings
 from proxy.core.conversation import Conversation, MessageMemo
 from proxy.core.errors import BadRequest, NotFound, Overloaded

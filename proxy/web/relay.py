@@ -12,7 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from proxy.backends import ollama_bridge, openai_bridge
-from proxy.backends.kinds import (
+from proxy.backends.base import (
     NATIVE,
     OLLAMA_ON_LLAMA,
     OPENAI_ON_OLLAMA,
