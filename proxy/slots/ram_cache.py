@@ -1,0 +1,180 @@
+"""llama-server's host-RAM prompt cache (``--cache-ram``), modelled: state and rules, no I/O.
+
+The server saves a slot's content to RAM when a completion task is given the slot and,
+with ``--cache-idle-slots`` (the default), every idle slot's content each time a task
+starts; it loads the best entry back into the slot a task lands on only under the
+conditions of ``lookup_fires``, and a load consumes the entry. Read in
+tools/server/server-context.cpp (``get_available_slot``) and server-task.cpp
+(``server_prompt_cache``), measured in docs/tokens.md ("llama-server's host-RAM prompt
+cache"). Dense attention only: a sliding-window or recurrent slot loaded from RAM also
+needs a usable checkpoint (``table.reusable``), which this model does not follow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from proxy.core.prefix_index import Prompt, match_length
+
+MIB = 1024 * 1024
+
+# llama-server's defaults (common/common.h).
+DEFAULT_CACHE_RAM_MIB = 8192  # --cache-ram: -1 no byte limit, 0 off
+DEFAULT_SIMILARITY = 0.1  # --slot-prompt-similarity
+# server_prompt_cache::load: an entry that keeps less than this share of its own tokens is
+# never loaded ("don't trash large prompts").
+MIN_ENTRY_KEEP = 0.25
+# get_available_slot: a prompt that keeps less than this share of its slot looks in RAM.
+LOOKUP_KEEP = 0.5
+
+
+def lookup_fires(held: int, shared: int, prompt_len: int, pinned: bool,
+                 similarity: float = DEFAULT_SIMILARITY) -> bool:  # fmt: skip
+    """Does the server look in RAM for a task that lands on a slot holding ``held``
+    tokens, ``shared`` of them a prefix of the ``prompt_len``-token prompt? Pinned
+    (``id_slot``): never on an empty slot (``f_keep`` is 0/0, NaN) nor with similarity 0;
+    otherwise when the prompt keeps less than half the slot (a similarity at or below the
+    threshold counts as keeping nothing). Unpinned, the server picked the slot: by
+    similarity when one shares more than the threshold (the same half rule), else the
+    least recently used, which always looks."""
+    if pinned and (held == 0 or similarity == 0):
+        return False
+    sim = shared / prompt_len if prompt_len else 0.0
+    if similarity == 0 or (not pinned and sim <= similarity):
+        return True  # unpinned: chosen by LRU
+    keep = shared / held if sim > similarity and held else 0.0
+    return keep < LOOKUP_KEEP
+
+
+@dataclass(frozen=True)
+class RamSettings:
+    """How the server's RAM cache is configured (0 MiB: off)."""
+
+    cache_ram_mib: int = DEFAULT_CACHE_RAM_MIB
+    n_ctx: int = 0  # the whole --ctx-size: the cache's token limit (0: none)
+    bytes_per_token: float = 1.0  # a slot state's size per token (saved files tell)
+    similarity: float = DEFAULT_SIMILARITY
+    idle_slots: bool = True  # --cache-idle-slots
+
+    @property
+    def enabled(self) -> bool:
+        return self.cache_ram_mib != 0
+
+    @property
+    def limit_bytes(self) -> int:
+        """0: no byte limit (``--cache-ram -1``)."""
+        return max(0, self.cache_ram_mib) * MIB
+
+
+class RamCache:
+    """The entries the server keeps in RAM, oldest first, with its size limits."""
+
+    def __init__(self, settings: RamSettings) -> None:
+        self.settings = settings
+        self.entries: list[Prompt] = []
+
+    def _bytes(self, n_tokens: int) -> float:
+        return n_tokens * self.settings.bytes_per_token
+
+    def size(self) -> float:
+        return self._bytes(self.n_tokens())
+
+    def n_tokens(self) -> int:
+        return sum(len(e) for e in self.entries)
+
+    def save(self, held: Prompt | None) -> bool:
+        """A slot's content goes to RAM (``alloc`` then ``update``): skipped when empty,
+        when an entry already starts with it, or when alone it exceeds the limit; entries
+        it extends are dropped, then the oldest while over the limits."""
+        if not self.settings.enabled or held is None or not held.tokens:
+            return False
+        if any(match_length(e, held) == len(held) for e in self.entries):
+            return False
+        limit = self.settings.limit_bytes
+        new = self._bytes(len(held))
+        if limit and new > limit:
+            return False
+        self.entries = [e for e in self.entries if match_length(e, held) != len(e)]
+        while limit and self.entries and self.size() + new > limit:
+            self.entries.pop(0)
+        self.entries.append(held)
+        self.update()
+        return True
+
+    def update(self) -> None:
+        """``server_prompt_cache::update``: the byte limit, then the token limit (the
+        context size, raised to what the byte limit holds at the current size per token)."""
+        limit = self.settings.limit_bytes
+        while limit and self.entries and self.size() > limit:
+            self.entries.pop(0)
+        n_ctx = self.settings.n_ctx
+        if not n_ctx:
+            return
+        per_token = max(1.0, self.size() / max(1, self.n_tokens()))
+        cap = max(n_ctx, math.floor(limit / per_token)) if limit else n_ctx
+        while self.entries and self.n_tokens() > cap:
+            self.entries.pop(0)
+
+    def best(self, held: Prompt | None, prompt: Prompt) -> tuple[int | None, int]:
+        """The entry ``server_prompt_cache::load`` would put into a slot holding ``held``
+        for ``prompt``, and the tokens then shared with it: (None, what the slot shares)
+        when no entry beats the slot. Oldest first, an entry must keep a quarter of its
+        own tokens and beat the best so far on both shares."""
+        base = match_length(held, prompt) if held is not None and held.tokens else 0
+        keep_best = base / len(held) if held is not None and held.tokens else -1.0
+        sim_best = base / len(prompt) if prompt.tokens else 0.0
+        found, shared = None, base
+        for i, entry in enumerate(self.entries):
+            n = match_length(entry, prompt)
+            keep, sim = n / len(entry), (n / len(prompt) if prompt.tokens else 0.0)
+            if keep < MIN_ENTRY_KEEP:
+                continue
+            if keep_best < keep and sim_best < sim:
+                keep_best, sim_best, found, shared = keep, sim, i, n
+        return found, shared
+
+    def predict(self, held: Prompt | None, prompt: Prompt, pinned: bool = True) -> int:
+        """Tokens the server shares with ``prompt`` on a slot holding ``held`` once its RAM
+        cache had its say (before ``routing.usable``'s one-token rule)."""
+        base = match_length(held, prompt) if held is not None and held.tokens else 0
+        if not self.settings.enabled or not lookup_fires(
+            len(held) if held is not None else 0, base, len(prompt), pinned,
+            self.settings.similarity,
+        ):  # fmt: skip
+            return base
+        probe = RamCache(self.settings)
+        probe.entries = list(self.entries)
+        probe.save(held)  # the slot goes to RAM first (its limits may drop old entries)
+        return probe.best(held, prompt)[1]
+
+    def dispatch(self, held: Prompt | None, prompt: Prompt, pinned: bool = True,
+                 idle: Iterable[Prompt | None] = ()) -> tuple[int, Prompt | None]:  # fmt: skip
+        """A task for ``prompt`` lands on a slot holding ``held``: the slot's content is
+        saved and the best entry loaded (consumed) when ``lookup_fires``; then, with
+        ``idle_slots``, the contents of the other idle slots (``idle``) are saved. Returns
+        the tokens shared and what the slot holds before the prompt is processed."""
+        base = match_length(held, prompt) if held is not None and held.tokens else 0
+        shared, holds = base, held
+        if self.settings.enabled and lookup_fires(
+            len(held) if held is not None else 0, base, len(prompt), pinned,
+            self.settings.similarity,
+        ):  # fmt: skip
+            self.save(held)
+            found, n = self.best(held, prompt)
+            if found is not None:
+                holds, shared = self.entries.pop(found), n
+            self.update()
+        if self.settings.enabled and self.settings.idle_slots:
+            for other in idle:
+                self.save(other)
+        return shared, holds
+
+    def lost(self, held: Prompt | None) -> int:
+        """Tokens of ``held`` no RAM entry keeps (what giving its slot up would lose, for a
+        server with room in RAM: the slot is saved before it is overwritten)."""
+        if held is None or not held.tokens:
+            return 0
+        kept = max((match_length(e, held) for e in self.entries), default=0)
+        return len(held) - kept
