@@ -70,6 +70,7 @@ GROUPS = (
 # Upstream paths that run a prompt: chat (kvproxy, OpenClaw, Hermes) and the two protocols
 # llama-server speaks itself (Claude Code and Codex direct).
 INFERENCE = ("/chat/completions", "/v1/messages", "/v1/responses")
+PROMPT_EVAL = re.compile(r"prompt eval time =\s*[\d.]+ ms /\s*(\d+) tokens")
 PROMPT_TOKENS = re.compile(r"^llamacpp:prompt_tokens_total\s+([0-9.e+]+)", re.M)
 
 
@@ -81,6 +82,7 @@ class Step:
     requests: int = 0
     violations: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    per_request: list[int] = field(default_factory=list)  # the server log's prompt eval lines
     ok: bool = True
 
 
@@ -95,6 +97,16 @@ def violations(body: dict[str, Any], owner: str, session_ids: dict[str, str]) ->
             found.append(f"sessionId {sid}")
     found += [f"session {sid}" for who, sid in session_ids.items() if who != owner and sid in text]
     return found
+
+
+def prompt_evals(log: Path, offset: int) -> list[int]:
+    """Tokens prefilled per request, from llama-server's log after ``offset``: the same
+    figures, split by request (a client's request count can differ between the two sides
+    when a sampled reply stops at the output limit and it sends continuations)."""
+    with log.open("rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    return [int(n) for n in PROMPT_EVAL.findall(text)]
 
 
 def prompt_tokens_total(llama_url: str) -> int:
@@ -115,6 +127,7 @@ class Side:
         self.steps: list[Step] = []
         self.session_ids = {"A": f"bench-a-{name}", "B": f"bench-b-{name}"}
         self.llama_url = ""
+        self.llama_log = Path()
 
     # -- environment -----------------------------------------------------------------
     def oc_env(self) -> dict[str, str]:
@@ -204,6 +217,7 @@ class Side:
         before = len(logged.exchanges)
         step = Step(label, owner)
         prefilled = prompt_tokens_total(self.llama_url)
+        offset = self.llama_log.stat().st_size
         t0 = time.monotonic()
         try:
             action()
@@ -212,6 +226,7 @@ class Side:
             print(f"  [{self.name}] {label}: {exc}", file=sys.stderr, flush=True)
         step.seconds = time.monotonic() - t0
         step.prefilled = prompt_tokens_total(self.llama_url) - prefilled
+        step.per_request = prompt_evals(self.llama_log, offset)
         for exchange in logged.exchanges[before:]:
             if exchange.path.endswith(INFERENCE) and isinstance(exchange.body, dict):
                 step.requests += 1
@@ -350,7 +365,7 @@ class Side:
             ),
             self.work / f"llama-{group}",
         )
-        self.llama_url = llama.url
+        self.llama_url, self.llama_log = llama.url, llama.log_path
         proxy = None
         try:
             with LoggingUpstream(llama.url) as logged:
@@ -564,14 +579,19 @@ def wait_idle(logged: LoggingUpstream, sock: str, name: str, timeout: float = 90
     raise RuntimeError("hermes REPL did not become idle")
 
 
+def split(step: Step) -> str:
+    return "+".join(str(n) for n in step.per_request) or "-"
+
+
 def table(direct: Side, proxied: Side, families: set[str]) -> str:
     """Direct versus kvproxy, one row per step of the given client families."""
     direct_steps = [s for s in direct.steps if family(s.owner) in families]
     proxied_steps = [s for s in proxied.steps if family(s.owner) in families]
     rows = [
         "| step | direct requests | direct prefilled | kvproxy requests | kvproxy prefilled "
-        "| direct/kvproxy | other-session text in kvproxy's upstream bodies |",
-        "|---|---|---|---|---|---|---|",
+        "| direct/kvproxy | per request, direct / kvproxy "
+        "| other-session text in kvproxy's upstream bodies |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     by_label = {s.label: s for s in proxied_steps}
     for d in direct_steps:
@@ -581,13 +601,13 @@ def table(direct: Side, proxied: Side, families: set[str]) -> str:
         flag = "" if d.ok and k.ok else " (a client failed, see the log)"
         rows.append(
             f"| {d.label}{flag} | {d.requests} | {d.prefilled} | {k.requests} | "
-            f"{k.prefilled} | {ratio} | {bad} |"
+            f"{k.prefilled} | {ratio} | {split(d)} / {split(k)} | {bad} |"
         )
     dt, kt = sum(s.prefilled for s in direct_steps), sum(s.prefilled for s in proxied_steps)
     rows.append(
         f"| **all** | {sum(s.requests for s in direct_steps)} | {dt} | "
         f"{sum(s.requests for s in proxied_steps)} | {kt} | "
-        f"{dt / kt if kt else 0:.2f}x | "
+        f"{dt / kt if kt else 0:.2f}x | | "
         f"{sum(len(s.violations) for s in proxied_steps)} |"
     )
     rows.append("")
