@@ -217,7 +217,8 @@ class SlotManager:
         async with self._lock:
             now = self.clock()
             views = [v for server in self.servers
-                     for v in server.table.views(prompts[server.index], owner)]  # fmt: skip
+                     for v in server.table.views(prompts[server.index], owner,
+                                                 server.can_save and not server.stale)]  # fmt: skip
             any_prompt = next((p for p in prompts.values() if p is not None), None)
             length = len(any_prompt) if any_prompt is not None else 0
             saved = self.catalog.best(any_prompt, self.whole_files, owner)

@@ -28,6 +28,7 @@ class SlotView:
     last_used: float = 0.0  # monotonic seconds; 0 = never
     unsaved: int = -1  # tokens held beyond what a saved file covers (-1: all of them)
     public: bool = False  # a warm-up prefix (PUBLIC): no session of its own comes back to it
+    savable: bool = False  # its server saves a slot to a file before overwriting it
 
     @property
     def saved(self) -> bool:
@@ -62,6 +63,9 @@ class RoutePolicy:
     # it stays idle (eviction_cost): ten minutes, between an agent's tool turns (seconds)
     # and a person coming back after a break (tens of minutes).
     idle_half_life: float = 600.0
+    # What bringing back a slot saved before it was given up costs, as a share of
+    # prefilling it again: reading its KV state from disk instead of computing it.
+    restore_cost: float = 0.1
     # Restore a saved prefix only when it beats every live slot by this many tokens.
     min_restore_gain: int = 256
     # Save a slot before overwriting it when it would lose at least this many tokens (and
@@ -119,9 +123,16 @@ def eviction_cost(view: SlotView, kept: int, policy: RoutePolicy, now: float) ->
     """Expected prefill of giving the slot up to a request that keeps its first ``kept``
     tokens: the tokens it loses that no saved file holds (those a file holds come back by a
     restore, on every model kind: the session's next prompt extends the file, so even a
-    recurrent model, which resumes only whole files, resumes it), times ``comeback``."""
+    recurrent model, which resumes only whole files, resumes it), times ``comeback``. On a
+    server that saves (``savable``), a loss of ``min_save_tokens`` or more is saved first
+    (``route_to``'s ``save_first``) and comes back by a restore: it costs ``restore_cost``
+    of its prefill."""
     lost = max(0, min(view.held - kept, view.unsaved_tokens))
-    return lost * comeback(view, policy, now) if lost else 0.0
+    if not lost:
+        return 0.0
+    if view.savable and lost >= policy.min_save_tokens:
+        return lost * policy.restore_cost * comeback(view, policy, now)
+    return lost * comeback(view, policy, now)
 
 
 def value(view: SlotView, prompt_len: int, policy: RoutePolicy, now: float) -> float:

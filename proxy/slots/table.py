@@ -225,9 +225,11 @@ class SlotTable:
         self.swa_window = swa_window  # the model's sliding window (None: as swa_tail)
         self.recurrent = recurrent  # one recurrent state per slot (swa_tail: n_ubatch)
 
-    def views(self, prompt: Prompt | None, principal: str | None = None) -> list[SlotView]:
+    def views(self, prompt: Prompt | None, principal: str | None = None,
+              savable: bool = False) -> list[SlotView]:  # fmt: skip
         """Every slot as the router sees it for ``prompt``; what ``principal`` may not
-        reuse (``visible``) counts as nothing shared."""
+        reuse (``visible``) counts as nothing shared; ``savable``: the server saves a slot
+        before it is overwritten."""
         out = []
         for slot, state in enumerate(self.states):
             held = self.held.get(slot)
@@ -244,6 +246,7 @@ class SlotTable:
                     last_used=state.last_used,
                     unsaved=(len(held) - state.saved_len) if held is not None else 0,
                     public=held is not None and state.owner == PUBLIC,
+                    savable=savable and not state.unverified,
                 )
             )
         return out

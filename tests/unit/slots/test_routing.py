@@ -170,3 +170,26 @@ def test_half_life_is_a_policy_option() -> None:
 
 def test_default_half_life_is_documented() -> None:
     assert f"`{P.idle_half_life:g}`" in Path("docs/architecture.md").read_text()
+
+
+@pytest.mark.parametrize(("savable", "expected"), [
+    # Claude Code's second session shares its system prompt (1,950 tokens) with the first,
+    # which just spoke. Where the server can save the first session before it is
+    # overwritten (and restore it when it comes back), sharing beats an empty slot, as
+    # llama-server's own choice does; where it cannot, the first session keeps its slot.
+    (True, (0, "prefix-hit", 1950, True)),
+    (False, (1, "empty", 0, False)),
+])  # fmt: skip
+def test_a_slot_the_server_can_save_is_cheap_to_give_up(
+    savable: bool, expected: tuple[int, str, int, bool]
+) -> None:
+    slots = [replace(slot(0, 1950, 4300, age=5), savable=savable), slot(1)]
+    route = choose(4281, slots, None, P, NOW)
+    assert (route.slot, route.reason, route.predicted, route.save_first) == expected
+
+
+def test_a_short_tail_under_the_save_threshold_is_not_saved_and_counts_whole() -> None:
+    cheap = replace(slot(0, 0, 300, age=5), savable=True)
+    assert eviction_cost(cheap, 100, P, NOW) == pytest.approx(200 * 0.5 ** (5 / 600))
+    big = replace(slot(0, 0, 4000, age=5), savable=True)
+    assert eviction_cost(big, 0, P, NOW) == pytest.approx(4000 * P.restore_cost * 0.5 ** (5 / 600))
