@@ -139,7 +139,10 @@ def append_compaction(state: State, ctx: Context) -> Decision:
     if lineage.kind != "compaction" or tape is None or lineage.summary is None:
         return Decision("compaction", False, "not compacted", state)
     conv = state.conv
-    new = [m for i, m in enumerate(conv.messages) if lineage.is_new[i] and i != lineage.summary]
+    # a changed system message stays as the slot holds it: move_volatile moves its lines
+    kept_system = 0 if state.request.has_system else -1
+    new = [m for i, m in enumerate(conv.messages)
+           if lineage.is_new[i] and i not in (lineage.summary, kept_system)]
     appended = compaction.append_order(new, conv.messages[lineage.summary])
     return Decision("compaction", True, f"summary ({lineage.shape})", replace(
         state, messages=(*tape.sent, *appended), new_start=len(tape.sent),

@@ -15,7 +15,7 @@ from functools import cached_property
 from typing import Literal, TypeVar
 
 from proxy.core.conversation import Message
-from proxy.rewrite import compaction
+from proxy.rewrite import compaction, volatile
 from proxy.rewrite.identity import Identity
 from proxy.rewrite.tape import Tape, client_hashes, text_hash
 
@@ -253,7 +253,7 @@ def compacted(c: Candidates) -> Lineage | None:
     """Rule 6 (compaction): a compacted request tied to exactly one tape (``find_compaction``)."""
     if not c.compacting:
         return None
-    found = find_compaction(c.own, c.req)
+    found = find_compaction(c.own, c.req, c.volatile)
     if found is not None and found.tape is not None and not c.named:
         return Lineage("fresh", shared=c.shared, reason="needs-session")
     return found
@@ -301,13 +301,26 @@ def find_lineage(
     return Lineage("fresh", shared=candidates.shared)
 
 
-def find_compaction(own: Sequence[Tape], req: Request) -> Lineage | None:
+def same_system(tape: Tape, req: Request, volatile_on: bool) -> bool:
+    """The request's system message is the tape's, or (volatile rule) differs from the one
+    the tape sent only by volatile lines (the move_volatile step then moves them)."""
+    if tape.client[:1] == list(req.hashes[:1]):
+        return True
+    if not (volatile_on and req.has_system and tape.client_roles[:1] == ["system"] and tape.sent):
+        return False
+    old, new = volatile.line_text(tape.sent[0]), volatile.line_text(req.messages[0])
+    change = volatile.changed_lines(old, new)
+    return change is not None and volatile.is_volatile_change(new, change[1])
+
+
+def find_compaction(own: Sequence[Tape], req: Request, volatile_on: bool = False
+                    ) -> Lineage | None:  # fmt: skip
     """A compacted request (a summary among its new messages) tied to exactly one tape:
     by a named session (every candidate is then that session's), or by kept messages that
     no other candidate holds."""
     candidates = []
     for tape in own:
-        if tape.client[:1] != list(req.hashes[:1]):
+        if not same_system(tape, req, volatile_on):
             continue
         is_new, kept = kept_messages(tape, req)
         found = compaction.find_summary(

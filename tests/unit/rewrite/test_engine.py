@@ -132,6 +132,25 @@ def test_openclaw_compaction_is_appended_to_the_tape() -> None:
     assert applied == [] and extends(sent2, sent3)
 
 
+def test_a_compaction_that_also_changed_a_system_line_is_appended_too() -> None:
+    """Claude Code's compacted request changes its first system line (the billing suffix
+    follows the new first user message): the summary is still appended to what the slot
+    holds, and the changed line goes to the newest turn."""
+    rw = rewriter()
+    history = [m("system", SYSTEM), m("user", "read a"), m("assistant", "read"),
+               m("user", "read b"), m("assistant", "read b too"), m("user", "fix it")]  # fmt: skip
+    sent1, _, _ = send(rw, chat(*history), reply="fixed")
+    changed = SYSTEM.replace("Current date: 2026-11-21", "Current date: 2026-11-22")
+    compacted = [m("system", changed), m("user", OPENCLAW_SUMMARY), m("assistant", "fixed"),
+                 m("user", "now test it")]  # fmt: skip
+    plan = rw.plan(chat(*compacted), NAMED)
+    sent2 = list(plan.conv.messages)
+    assert plan.applied == ["compaction:openclaw", "volatile"] and extends(sent1, sent2)
+    assert "Current date: 2026-11-22" in sent2[-1].content
+    other = [m("system", "Another agent entirely.\n"), *compacted[1:]]
+    assert rw.plan(chat(*other), NAMED).applied == []  # a new system text: no append
+
+
 def test_hermes_compaction_with_kept_head_and_tail() -> None:
     rw = rewriter()
     turns = [m("user" if i % 2 == 0 else "assistant", f"turn {i}") for i in range(10)]

@@ -21,7 +21,8 @@ TOOLS = [
     for i in range(4)
 ]
 ACTION = st.sampled_from(
-    ["turn", "turn", "tool", "transient", "volatile", "compact", "edit", "splice", "env"]
+    ["turn", "turn", "tool", "transient", "volatile", "compact", "edit", "splice", "env",
+     "compact-date"]
 )
 
 
@@ -84,7 +85,7 @@ def test_every_client_line_and_tool_reaches_the_upstream(
     transient: Message | None = None
     for step, action in enumerate(actions):
         word = words[(step + 1) % len(words)]
-        if action == "volatile":
+        if action in ("volatile", "compact-date"):
             system = f"Stable rules.\nDate: {step + 1}\nMore rules.\n"
         if action == "edit" and len(history) > 2:
             history[0] = Message.make("user", "edited " + word)
@@ -93,7 +94,7 @@ def test_every_client_line_and_tool_reaches_the_upstream(
         if action == "splice":
             first = history[0].text().split("\n")
             history[0] = Message.make("user", "\n".join([f"Runtime {step}", *first[1:], "keep"]))
-        if action == "compact" and len(history) > 3:
+        if action in ("compact", "compact-date") and len(history) > 3:
             marker = SHAPES[0][2]
             history = [Message.make("user", f"{marker}\n<summary>{word}</summary>"), *history[-2:]]
         if action == "tool":
