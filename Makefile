@@ -15,7 +15,7 @@ STAMP := $(VENV)/.kvproxy-installed
 SOAK_SECONDS ?= 1800
 
 .PHONY: run test lint bench bench-overhead bench-routing bench-rewrite bench-index bench-clients \
-	bench-load bench-soak bench-tokens bench-warm bench-recurrent bench-memory sizes clean
+	bench-load bench-soak bench-tokens bench-warm bench-recurrent bench-memory bench-trace sizes clean
 
 # MODEL=PATH.gguf (or a packaged name: smollm2-135m, gemma3-270m) serves another model.
 run: $(STAMP)
@@ -54,6 +54,11 @@ CLIENTS ?= .clients
 bench-clients: $(STAMP)
 	bench/install_clients.sh $(CLIENTS)
 	$(BIN)/python -m bench.clients --clients $(CLIENTS) $(if $(CLIENTS_ONLY),--only $(CLIENTS_ONLY))
+
+# 16 agent sessions in their clients' shapes on 2 slots against the ceiling (chart in docs/);
+# SESSIONS=8 for a smaller trace, SEED=N for another order.
+bench-trace: $(STAMP)
+	$(BIN)/python -m bench.trace $(if $(SESSIONS),--sessions $(SESSIONS)) $(if $(SEED),--seed $(SEED))
 
 # N concurrent agent conversations on a 2-slot server, direct and through kvproxy.
 bench-load: $(STAMP)
