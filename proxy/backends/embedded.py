@@ -105,11 +105,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _die_with_parent() -> None:
-    """Runs in the child: the kernel sends SIGTERM to llama-server if kvproxy dies, even by
-    SIGKILL, so no orphan keeps the port and the memory."""
+    """Runs in the child: the kernel kills llama-server if kvproxy dies, even by SIGKILL, so
+    no orphan keeps the port and the memory. SIGKILL, not SIGTERM: an orphan has nothing to
+    finish (a slot file it was writing is in no catalog), so its end need not wait on a
+    graceful stop, which a loaded machine can stretch."""
     os.setsid()
     with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def command_line(
