@@ -173,7 +173,8 @@ async def serve(settings: Settings) -> None:
         base = f"http://{settings.host}:{settings.port}"
         say(
             f"kvproxy {__version__} listening on {base}\n"
-            f"  OpenAI base URL: {base}/v1\n"
+            f"  OpenAI base URL: {base}/v1 (Codex: a provider with wire_api = \"responses\")\n"
+            f"  Anthropic base URL: {base} (Claude Code: ANTHROPIC_BASE_URL)\n"
             f"  ollama base URL: {base}\n"
             f"  try: curl -s {base}/v1/chat/completions -H 'Content-Type: application/json' "
             '-d \'{"messages":[{"role":"user","content":"Say hi"}],"max_tokens":16}\''
