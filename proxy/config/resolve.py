@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Field,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -132,6 +133,7 @@ class ServeOptions(BaseModel):
     log_content: bool = False
     allow_slot_actions: bool = False
     upstream_swa_full: bool = False
+    upstream_cache_ram: Annotated[int, Field(ge=-1)] = 8192
     allow_admin: bool = False
     volatile_pattern: Patterns = ()
     cors_origin: Items = ()
@@ -269,6 +271,7 @@ def settings_from(
         records_max=o.records_max, records_max_bytes=o.records_max_bytes,
         rewrite=RewriteConfig.parse(o.rewrite, o.volatile_pattern, o.rewrite_reserve_tokens),
         log_content=o.log_content, upstream_swa_full=o.upstream_swa_full,
+        upstream_cache_ram=o.upstream_cache_ram,
         max_tapes=o.max_tapes, keep_tapes=o.keep_tapes,
         route=RoutePolicy(hot_tokens=o.route_hot_tokens,
                           busy_wait_tokens=o.route_busy_wait_tokens,

@@ -79,6 +79,8 @@ class SlotActions:
             log.info("slot_out_of_sync", slot=cut.slot, index_tokens=cut.index_tokens,
                      server_tokens=cut.server_tokens, foreign=cut.foreign)  # fmt: skip
             self.mirror.slot(server, cut.slot)
+            if server.table.ram is not None:
+                server.table.ram.clear()  # a restart or another client: RAM unknown
         server.stale = server.stale and server.table.unaccounted(slots)
 
     async def prepare(self, lease: Lease) -> None:
@@ -168,6 +170,8 @@ class SlotActions:
         if data is None:
             return 0
         size = int(data.get("n_written") or 0)
+        if server.table.ram is not None:
+            server.table.ram.learn_size(data.get("n_written"), data.get("n_saved"))
         drops = self.catalog.add(SavedFile(name, server.index, size, deletable), held, owner)
         server.table.saved(slot, held)
         self.mirror.file(name)

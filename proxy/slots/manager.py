@@ -27,7 +27,7 @@ from proxy.core.prefix_index import Prompt
 from proxy.slots.actions import SlotAction, SlotActions, post_slot_action
 from proxy.slots.catalog import Ghosts, SavedCatalog, known_best
 from proxy.slots.mirror import Mirror, Persist
-from proxy.slots.routing import RoutePolicy, choose
+from proxy.slots.routing import Route, RoutePolicy, choose
 from proxy.slots.servers import Lease, ServerSlots
 from proxy.slots.table import Outcome, held_after
 
@@ -87,6 +87,8 @@ class SlotManager:
         for server in self.servers:
             if server.pins and server_index in (None, server.index):
                 server.stale, server.synced = True, None
+                if server.table.ram is not None:
+                    server.table.ram.clear()  # its task may have loaded or saved anything
 
     async def checkpoint(self, idle_seconds: float) -> int:
         """Save the slots idle for ``idle_seconds`` (``SlotActions.checkpoint``)."""
@@ -232,6 +234,7 @@ class SlotManager:
             server = self.servers[route.server]
             prompt = prompts[route.server]
             server.table.reserve(route.slot, now)
+            self._ram_dispatch(server, route, prompt)
             lease = Lease(server=server, route=route, prompt=prompt,
                           estimated=not server.tokenizer.exact, owner=owner)  # fmt: skip
             if prompt is not None:
@@ -251,6 +254,21 @@ class SlotManager:
         lease.isolated = server.pins and owner is not None and server.table.isolated(route.slot,
                                                                                  owner)  # fmt: skip
         return lease
+
+    def _ram_dispatch(self, server: ServerSlots, route: Route, prompt: Prompt | None) -> None:
+        """The server's RAM cache as this task starts (``RamCache.dispatch``), in the order
+        kvproxy sends the tasks: the slot saved and an entry loaded when the lookup fires,
+        the other idle slots saved. A restored file replaces the slot without a save and
+        the prompt extends it: no lookup."""
+        ram = server.table.ram
+        if ram is None or prompt is None:
+            return
+        held, states = server.table.held, server.table.states
+        slot = held.get(route.slot)
+        if route.restore is not None:
+            slot = self.catalog.get(route.restore) or slot
+        idle = [held.get(s) for s, state in enumerate(states) if s != route.slot and not state.busy]
+        ram.dispatch(slot, prompt, pinned=True, idle=idle)
 
     def unreserve(self, lease: Lease) -> None:
         """Give a reserved slot back before the request was sent (cancelled, refused)."""

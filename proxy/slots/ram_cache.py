@@ -13,8 +13,8 @@ needs a usable checkpoint (``table.reusable``), which this model does not follow
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 
 from proxy.core.prefix_index import Prompt, match_length
 
@@ -54,7 +54,9 @@ class RamSettings:
 
     cache_ram_mib: int = DEFAULT_CACHE_RAM_MIB
     n_ctx: int = 0  # the whole --ctx-size: the cache's token limit (0: none)
-    bytes_per_token: float = 1.0  # a slot state's size per token (saved files tell)
+    # A slot state's size per token (saved files tell); 0: not known yet, when only the
+    # token limit is applied (the server's is at least that: the model under-counts).
+    bytes_per_token: float = 1.0
     similarity: float = DEFAULT_SIMILARITY
     idle_slots: bool = True  # --cache-idle-slots
 
@@ -113,7 +115,8 @@ class RamCache:
         if not n_ctx:
             return
         per_token = max(1.0, self.size() / max(1, self.n_tokens()))
-        cap = max(n_ctx, math.floor(limit / per_token)) if limit else n_ctx
+        known = self.settings.bytes_per_token > 0
+        cap = max(n_ctx, math.floor(limit / per_token)) if limit and known else n_ctx
         while self.entries and self.n_tokens() > cap:
             self.entries.pop(0)
 
@@ -178,3 +181,55 @@ class RamCache:
             return 0
         kept = max((match_length(e, held) for e in self.entries), default=0)
         return len(held) - kept
+
+    def learn_size(self, n_written: object, n_saved: object) -> None:
+        """A slot save's answer (``n_written`` bytes for ``n_saved`` tokens) tells the size
+        of a slot state per token, and so how many tokens the byte limit holds."""
+        if isinstance(n_written, int) and isinstance(n_saved, int) and n_saved > 0:
+            self.settings = replace(self.settings, bytes_per_token=n_written / n_saved)
+            self.update()
+
+    def clear(self) -> None:
+        """The server's cache is no longer known (a restart, another client's task): the
+        model forgets it, so predictions fall back to the slots alone (under-count)."""
+        self.entries.clear()
+
+    def view(self, held: Prompt | None, prompt: Prompt | None, cached: int,
+             unsaved: int) -> tuple[int, int, int]:  # fmt: skip
+        """One slot for the router: the tokens cached (the slot's own ``cached``, or a
+        loaded entry's), and of the ``unsaved`` tokens (what no file holds) those RAM
+        keeps if the request lands on the slot (all when the lookup fires: the slot is
+        saved first) and if a restore replaces it (what an entry already keeps)."""
+        if held is None or not held.tokens or not self.settings.enabled:
+            return cached, 0, 0
+        copied = max(0, unsaved - self.lost(held))
+        if prompt is None:
+            return cached, copied, copied
+        base = match_length(held, prompt)
+        fires = lookup_fires(len(held), base, len(prompt), True, self.settings.similarity)
+        return max(cached, self.predict(held, prompt)), unsaved if fires else copied, copied
+
+
+def settings_from_args(args: Sequence[str], n_ctx: int,
+                       cache_ram_mib: int = DEFAULT_CACHE_RAM_MIB) -> RamSettings:  # fmt: skip
+    """The RAM cache a llama-server started with ``args`` has (the embedded server's
+    --llama-args), ``cache_ram_mib`` unless they say; unified KV (``-kvu``), which
+    clears idle slots after saving them, is not modelled: off."""
+    values = {"cache_ram_mib": cache_ram_mib, "similarity": DEFAULT_SIMILARITY}
+    idle, unified = True, False
+    flags = {"-cram": "cache_ram_mib", "--cache-ram": "cache_ram_mib",
+             "-sps": "similarity", "--slot-prompt-similarity": "similarity"}  # fmt: skip
+    for i, arg in enumerate(args):
+        name, _, inline = arg.partition("=")
+        if name in flags:
+            raw = inline or (args[i + 1] if i + 1 < len(args) else "")
+            try:
+                values[flags[name]] = float(raw)
+            except ValueError:
+                continue
+        idle = {"--no-cache-idle-slots": False, "--cache-idle-slots": True}.get(name, idle)
+        unified = {"-kvu": True, "--kv-unified": True, "-no-kvu": False,
+                   "--no-kv-unified": False}.get(name, unified)  # fmt: skip
+    mib = 0 if unified else int(values["cache_ram_mib"])
+    return RamSettings(cache_ram_mib=mib, n_ctx=n_ctx, bytes_per_token=0.0,
+                       similarity=values["similarity"], idle_slots=idle)  # fmt: skip

@@ -13,6 +13,7 @@ from proxy.backends.ollama_keep import ContextMemory
 from proxy.backends.upstream import Upstream
 from proxy.core.cause import MissCause
 from proxy.core.prefix_index import BLOCK, Prompt
+from proxy.slots.ram_cache import RamCache, RamSettings
 from proxy.slots.routing import Route
 from proxy.slots.table import DIVERGE_SLACK, SlotTable
 from proxy.tokens import Tokenizer
@@ -38,6 +39,9 @@ class ServerSlots:
     swa_tail: int | None = None  # sliding-window model: see slot_table.reusable
     swa_window: int | None = None
     recurrent: bool = False  # recurrent or hybrid model: see slot_table.reusable
+    # The server's host-RAM prompt cache (--cache-ram), modelled for dense models only: a
+    # sliding-window or recurrent slot loaded from RAM also needs a checkpoint.
+    ram: RamSettings | None = None
     # ollama: the context each model runs at (proxy/ollama_keep.py)
     ollama_ctx: ContextMemory = field(default_factory=ContextMemory)
     table: SlotTable = field(init=False)
@@ -47,9 +51,13 @@ class ServerSlots:
     def __post_init__(self) -> None:
         self.table = SlotTable(self.index, self.n_slots, self.swa_tail,
                                self.tokenizer.user_marker, self.swa_window,
-                               self.recurrent)  # fmt: skip
+                               self.recurrent, self._ram_cache())  # fmt: skip
         self.gate = asyncio.Semaphore(self.max_inflight or 4 * max(1, self.n_slots))
         self.prep = [asyncio.Lock() for _ in range(self.n_slots)]
+
+    def _ram_cache(self) -> RamCache | None:
+        dense = self.swa_tail is None and not self.recurrent
+        return RamCache(self.ram) if self.ram is not None and self.ram.enabled and dense else None
 
     @property
     def pins(self) -> bool:

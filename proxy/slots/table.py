@@ -17,6 +17,7 @@ from typing import Any
 import xxhash
 
 from proxy.core.prefix_index import PrefixIndex, Prompt, match_length
+from proxy.slots.ram_cache import RamCache
 from proxy.slots.routing import SlotView
 
 # The owner of content every principal may reuse: a warm-up prefix, shared on purpose.
@@ -216,8 +217,9 @@ class SlotTable:
 
     def __init__(self, server: int, n_slots: int, swa_tail: int | None = None,
                  user_marker: Sequence[int] = (), swa_window: int | None = None,
-                 recurrent: bool = False) -> None:  # fmt: skip
+                 recurrent: bool = False, ram: RamCache | None = None) -> None:  # fmt: skip
         self.server = server
+        self.ram = ram  # the server's host-RAM prompt cache (dense models; None: off)
         self.held = PrefixIndex()
         self.states = [SlotState() for _ in range(n_slots)]
         self.swa_tail = swa_tail  # None: dense attention, any common prefix is reused
@@ -229,26 +231,24 @@ class SlotTable:
               savable: bool = False) -> list[SlotView]:  # fmt: skip
         """Every slot as the router sees it for ``prompt``; what ``principal`` may not
         reuse (``visible``) counts as nothing shared; ``savable``: the server saves a slot
-        before it is overwritten."""
+        before it is overwritten. With the server's RAM cache (``ram``), what it loads
+        counts as cached and what it keeps as not lost (``RamCache.view``)."""
         out = []
         for slot, state in enumerate(self.states):
             held = self.held.get(slot)
             mine = visible(state.owner, principal)
-            out.append(
-                SlotView(
-                    server=self.server,
-                    slot=slot,
-                    cached=self._reusable(state, held, prompt)
-                    if prompt is not None and held is not None and mine
-                    else 0,
-                    held=len(held) if held is not None else 0,
-                    busy=state.busy,
-                    last_used=state.last_used,
-                    unsaved=(len(held) - state.saved_len) if held is not None else 0,
-                    public=held is not None and state.owner == PUBLIC,
-                    savable=savable and not state.unverified,
-                )
-            )
+            cached = (self._reusable(state, held, prompt)
+                      if prompt is not None and held is not None and mine else 0)  # fmt: skip
+            unsaved = (len(held) - state.saved_len) if held is not None else 0
+            kept = copied = 0
+            if self.ram is not None and mine:
+                cached, kept, copied = self.ram.view(held, prompt, cached, unsaved)
+            out.append(SlotView(server=self.server, slot=slot, cached=cached,
+                                held=len(held) if held is not None else 0, busy=state.busy,
+                                last_used=state.last_used, unsaved=unsaved, ram_kept=kept,
+                                ram_copied=copied,
+                                public=held is not None and state.owner == PUBLIC,
+                                savable=savable and not state.unverified))  # fmt: skip
         return out
 
     def _reusable(self, state: SlotState, held: Prompt, prompt: Prompt) -> int:

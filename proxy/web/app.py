@@ -28,6 +28,7 @@ from proxy.records.store import RecordStore
 from proxy.rewrite.engine import Rewriter
 from proxy.rewrite.tape import TapeStore
 from proxy.slots.manager import SlotManager
+from proxy.slots.ram_cache import RamSettings, settings_from_args
 from proxy.slots.servers import ServerSlots
 from proxy.tokens import tokenizer_for
 from proxy.tokens.gguf import AttentionKind, attention_kind
@@ -193,7 +194,19 @@ async def server_slots(app: web.Application, index: int, upstream: Upstream) -> 
         swa_window=kind.window,
         swa_tail=swa_tail(kind, settings.upstream_swa_full),
         recurrent=kind.kind == "recurrent",
+        ram=ram_settings(app, props) if llama else None,
     )
+
+
+def ram_settings(app: web.Application, props: dict[str, Any]) -> RamSettings:
+    """The server's host-RAM prompt cache: the embedded server's from its --llama-args,
+    an external one's from --upstream-cache-ram; its token limit is the whole context."""
+    settings = app[SETTINGS]
+    per_slot = (props.get("default_generation_settings") or {}).get("n_ctx") or 0
+    n_ctx = per_slot * max(1, int(props.get("total_slots") or 1))
+    if EMBEDDED in app:
+        return settings_from_args(settings.embedded.extra_args, n_ctx)
+    return settings_from_args((), n_ctx, settings.upstream_cache_ram)
 
 
 def swa_tail(kind: AttentionKind, swa_full: bool) -> int | None:
