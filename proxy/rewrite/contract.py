@@ -9,6 +9,11 @@ at least as often as the client sent it); the tape's pieces are allowed by prese
 rule may repeat an earlier line of the same conversation, as a removed-lines block
 does). A plan that fails is not sent: the client's request goes as it came, and the
 record says why.
+
+The opt-in summarizer rule has its own check (``check_summary``), exact rather than by
+lines: the conversation exactly as its tape sent it, then one user message that is the
+client's request with its transcript replaced by a reference; and the transcript must be
+what the client's own serializer writes for exactly those messages.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from proxy.core.conversation import Conversation, Message, thaw
+from proxy.rewrite import summarizer
 from proxy.rewrite.identity import Identity
-from proxy.rewrite.tape import Tape
+from proxy.rewrite.tape import Tape, text_hash
 from proxy.rewrite.tools import canonical
 from proxy.rewrite.volatile import DELIMITERS
 
@@ -66,6 +72,45 @@ def missing(need: Counter[str], have: Counter[str]) -> list[str]:
     return [k for k, n in need.items() if have[k] < n]
 
 
+def changed_request(planned: Conversation, client: Conversation) -> str | None:
+    if (planned.kind, planned.model, planned.stream) != (client.kind, client.model, client.stream):
+        return "changed the request's kind, model or stream flag"
+    if dict(planned.params) != dict(client.params) or dict(planned.extra) != dict(client.extra):
+        return "changed a request parameter"
+    return None
+
+
+def check_summary(
+    planned: Conversation, client: Conversation, match: summarizer.Match, identity: Identity
+) -> str | None:
+    """The summarizer rule's plan, checked from scratch: None when it keeps the contract."""
+    tape, shape = match.tape, match.shape
+    if identity.session is None or not tape.belongs_to(identity):
+        return "summarized a conversation of another client or session"
+    changed = changed_request(planned, client)
+    if changed is not None or planned.tools != client.tools:
+        return changed or "changed the tools"
+    if shape.split(client) != match.split:
+        return "not a summarizer request of its client's shape"
+    body, n = planned.messages, match.end
+    replied = 0 if match.reply is None else 1
+    if len(body) != n + replied + 1 or tuple(body[:n]) != tuple(tape.sent[:n]):
+        return "the conversation is not as its tape sent it"
+    if replied and (body[n] != summarizer.Message.make("assistant", match.reply)
+                    or text_hash(match.reply or "") != tape.reply):  # fmt: skip
+        return "the reply is not the one relayed for the conversation"
+    end = match.transcript_end
+    written = summarizer.serialize(shape, body[match.start : n + replied])
+    if written != match.split.text[match.split.start : end] or not summarizer.ends_at(
+        match.split, end
+    ):
+        return "the transcript is not the conversation's messages"
+    instruction = shape.instruction(match.split, end, match.reference)
+    if body[-1] != summarizer.Message.make("user", instruction):
+        return "the instruction is not the client's"
+    return None
+
+
 def check(
     planned: Conversation,
     client: Conversation,
@@ -75,10 +120,9 @@ def check(
     """None when the plan keeps the contract, else the first reason it does not."""
     if tape is not None and not tape.belongs_to(identity):
         return "continued a tape of another client or session"
-    if (planned.kind, planned.model, planned.stream) != (client.kind, client.model, client.stream):
-        return "changed the request's kind, model or stream flag"
-    if dict(planned.params) != dict(client.params) or dict(planned.extra) != dict(client.extra):
-        return "changed a request parameter"
+    changed = changed_request(planned, client)
+    if changed is not None:
+        return changed
     if planned.messages == client.messages and planned.tools == client.tools:
         return None  # sent as the client sent it (the common case): nothing to compare
     client_tools = Counter(map(canonical, client.tools or ()))

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from proxy.core.cause import MissCause
 from proxy.core.conversation import Conversation, Message
 from proxy.core.log import get_logger
-from proxy.rewrite import compaction, contract, tools, volatile
+from proxy.rewrite import compaction, contract, summarizer, tools, volatile
 from proxy.rewrite.identity import Identity, digest
 from proxy.rewrite.lineage import Lineage, Request, find_lineage, first_user_index
 from proxy.rewrite.tape import Tape, TapeStore, text_hash
@@ -37,15 +37,19 @@ class RewriteConfig:
 
     @classmethod
     def parse(cls, spec: str, patterns: Sequence[str] = (), reserve: int = 1024) -> RewriteConfig:
-        """``all``, ``off``, or a comma list of rules (``-rule`` removes one from all)."""
+        """``all``, ``off``, or a comma list of rules (``-rule`` removes one from all,
+        ``+rule`` or ``all,rule`` adds an opt-in one)."""
         spec = spec.strip()
         if spec in ("", "all", "on"):
-            rules = set(RULES)
+            rules = set(DEFAULT)
         elif spec == "off":
             rules = set()
         else:
             parts = [p.strip() for p in spec.split(",") if p.strip()]
-            rules = set(RULES) if all(p.startswith("-") for p in parts) else set()
+            rules = set(DEFAULT) if all(p[0] in "-+" for p in parts) else set()
+            if "all" in parts:
+                parts.remove("all")
+                rules |= DEFAULT
             for part in parts:
                 name = part.lstrip("-+")
                 if name not in RULES:
@@ -73,6 +77,7 @@ class State:
     cause: MissCause | None = None
     skipped: str | None = None  # a rule that could not be applied in full, and why
     learned: tuple[str, tuple[str, ...] | None] | None = None  # (system, stable) to learn
+    summary: summarizer.Match | None = None  # a summarizer call served from its conversation
 
     @property
     def tape(self) -> Tape | None:
@@ -104,6 +109,30 @@ def fresh_state(state: State, cause: MissCause | None, reason: str) -> State:
     """Back to the client's own messages, as a new conversation."""
     return replace(state, lineage=Lineage("fresh", reason=reason), messages=state.conv.messages,
                    new_start=0, blocks=(), applied=(), cause=cause)  # fmt: skip
+
+
+def summarize_from_tape(state: State, ctx: Context) -> Decision:
+    """(opt-in) A summarizer call whose transcript is exactly one conversation of this
+    session: that conversation as its tape sent it, then one user message with the
+    summarizer's system text and instruction, in place of whatever the rules before it
+    planned (a summarizer call is a first turn: they only learn from it)."""
+    if not ctx.on("summarizer"):
+        return Decision("summarizer", False, "summarizer off", state)
+    identity = state.request.identity
+    found = summarizer.find(state.conv, [t for t in ctx.tapes if t.belongs_to(identity)])
+    if found is None:
+        return Decision("summarizer", False, "no summarizer call", state)
+    if isinstance(found, str):
+        return Decision("summarizer", False, found, state)
+    if identity.session is None:
+        cause = MissCause("needs-session", reason="name the session to summarize from cache")
+        return Decision("summarizer", False, "needs-session", replace(state, cause=cause))
+    conv = state.conv
+    return Decision("summarizer", True, f"transcript of {found.shape.name}", replace(
+        state, messages=found.messages(), summary=found, tools=conv.tools,
+        tool_keys=tuple(tools.canonical(t) for t in conv.tools or ()), blocks=(), told="",
+        lineage=Lineage("fresh", reason="summarizer"), cause=None, learned=None,
+        applied=(f"summarizer:{found.shape.name}",)))  # fmt: skip
 
 
 def continue_tape(state: State, ctx: Context) -> Decision:
@@ -256,8 +285,11 @@ STEPS: tuple[tuple[str, Step], ...] = (
     ("compaction", append_compaction),
     ("volatile", move_volatile),
     ("tools", stable_tools),
+    ("summarizer", summarize_from_tape),
 )
 RULES = tuple(name for name, _ in STEPS)
+# What ``all`` means: every rule but the opt-in ones (``summarizer``), named to add them.
+DEFAULT = frozenset(RULES) - {"summarizer"}
 
 
 @dataclass
@@ -345,7 +377,10 @@ class Rewriter:
             skipped = MissCause("rewrite-skipped", reason=state.skipped)
             return self.as_sent(conv, identity, skipped, decisions)
         planned = replace(conv, messages=state.messages, tools=state.tools)
-        refused = contract.check(planned, conv, state.tape, identity)
+        if state.summary is not None:
+            refused = contract.check_summary(planned, conv, state.summary, identity)
+        else:
+            refused = contract.check(planned, conv, state.tape, identity)
         if refused is not None:
             log.warning("rewrite_refused", reason=refused, rules=list(state.applied))
             plan = self.as_sent(conv, identity, MissCause("rewrite-refused", reason=refused),
