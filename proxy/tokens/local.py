@@ -9,6 +9,7 @@ from typing import Any
 from proxy.core.conversation import Conversation
 from proxy.core.log import get_logger
 from proxy.tokens.base import Encoder, TokenizerUnavailable, completion_prompt, template_body
+from proxy.tokens.resume import ResumedRender
 from proxy.tokens.server import ServerTokenizer
 from proxy.tokens.templates import (
     NORMALIZATIONS,
@@ -16,7 +17,6 @@ from proxy.tokens.templates import (
     Normalization,
     Verified,
     features,
-    render,
     user_start_marker,
     verify,
 )
@@ -34,6 +34,7 @@ class LocalTokenizer:
         self.template = template
         self.server = server
         self.special = pieces.special_strings()  # bos/eos text: fixed for a vocabulary
+        self.resumed = ResumedRender(template, self.special)  # appended turns (resume.py)
         pieces.prepare(template)
         marker = user_start_marker(template, self.special)
         self.user_marker = tuple(pieces.encode(marker, add_special=False)) if marker else ()
@@ -74,8 +75,9 @@ class LocalTokenizer:
         return cls(pieces, chosen, server)
 
     def render(self, body: dict[str, Any], norm: Normalization | None = None) -> str:
-        text = render(self.template, body, self.special, norm or Normalization())
-        return self.drop_doubled_specials(text)
+        """The prompt text, resumed from an earlier turn of the conversation where certified
+        (``ResumedRender``): the same text as ``templates.render``."""
+        return self.drop_doubled_specials(self.resumed.render(body, norm or Normalization()))
 
     def drop_doubled_specials(self, text: str) -> str:
         """llama-server strips a BOS (EOS) the template wrote when the tokenizer adds one

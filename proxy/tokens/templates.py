@@ -73,6 +73,8 @@ def features(body: dict[str, Any]) -> frozenset[str]:
     if body.get("chat_template_kwargs"):
         out.add(KWARGS)
     for m in body.get("messages") or []:
+        if len(m) == 2 and "role" in m and type(m.get("content")) is str and m["role"] != "tool":
+            continue  # a role and its text (most messages): nothing to add
         if m.get("tool_calls") or m.get("role") == "tool":
             out.add(TOOL_CALLS)
         if not isinstance(m.get("content"), str | None):
@@ -137,19 +139,21 @@ NORMALIZATIONS = [
 
 
 def render(template: str, body: dict[str, Any], special: dict[str, str],
-           norm: Normalization, generation_prompt: bool = True) -> str:  # fmt: skip
+           norm: Normalization, generation_prompt: bool = True,
+           now: time.struct_time | None = None) -> str:  # fmt: skip
     """The template rendered with transformers' Jinja environment (its ``tojson``,
     ``raise_exception``, ``strftime_now``), given the context llama-server builds
     (common/chat.cpp): messages, ``bos_token``/``eos_token``, ``enable_thinking`` (true
     unless the request's ``chat_template_kwargs`` say otherwise), ``tools`` only when there
-    are some, the date strings, then the request's own template kwargs."""
+    are some, the date strings (of ``now``, the local time by default), then the request's
+    own template kwargs."""
     from transformers.utils.chat_template_utils import _compile_jinja_template
 
     messages = norm.apply(list(body.get("messages") or []))
     if generation_prompt and messages and messages[-1].get("role") == "assistant":
-        return prefill(template, body, special, messages)
+        return prefill(template, body, special, messages, now)
     kwargs = body.get("chat_template_kwargs") or {}
-    now = time.localtime()
+    now = now or time.localtime()
     context: dict[str, Any] = {
         "messages": messages,
         **special,
@@ -165,15 +169,16 @@ def render(template: str, body: dict[str, Any], special: dict[str, str],
 
 
 def prefill(template: str, body: dict[str, Any], special: dict[str, str],
-            messages: list[dict[str, Any]]) -> str:  # fmt: skip
+            messages: list[dict[str, Any]], now: time.struct_time | None = None
+            ) -> str:  # fmt: skip
     """A conversation ending with the assistant's message, which the reply continues
     (server-common.cpp, chat-auto-parser-generator.cpp): the messages before it rendered
     without a generation prompt, then the generation prompt the template would add (what
     rendering with one adds), then that message's content, unclosed."""
     rest = {**body, "messages": messages[:-1]}
     plain = Normalization(null_content=True)  # already normalized
-    without = render(template, rest, special, plain, generation_prompt=False)
-    with_prompt = render(template, rest, special, plain, generation_prompt=True)
+    without = render(template, rest, special, plain, generation_prompt=False, now=now)
+    with_prompt = render(template, rest, special, plain, generation_prompt=True, now=now)
     added = with_prompt[first_difference(without, with_prompt):]
     return without + added + (messages[-1].get("content") or "")
 
