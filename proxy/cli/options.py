@@ -67,7 +67,7 @@ SERVE_OPTIONS: tuple[tuple[str, type, str], ...] = (
      "with different keys never share a conversation or a cached prefix)"),
     ("--rewrite", str,
      "rewrite rules: all, off (a pure router), a list (tape,volatile,compaction,tools) or "
-     "removals (-volatile)"),
+     "removals (-volatile); the opt-in summarizer rule is added by name (all,summarizer)"),
     ("--rewrite-reserve-tokens", int,
      "context kept free for the reply when a compaction summary is appended to the tape"),
     ("--max-tapes", int, "conversation lineages remembered (least recently used out)"),
