@@ -50,6 +50,7 @@ CAUSES = ("cold", "subagent", "append", "evicted", "restart", "system change", "
 METRIC = re.compile(r"^llamacpp:(prompt_tokens_total|prompt_seconds_total)\s+([0-9.e+]+)", re.M)
 INFERENCE = ("/chat/completions", "/v1/messages", "/v1/responses", "/completion")
 ROUNDS = 5  # cold, tool, after midnight, tool after the restart, compaction
+SUMMARIZING = "kvproxy +summarizer, RAM cache on"
 
 
 # -- pure parts: the ceiling, the plan, the causes ---------------------------------------------
@@ -270,8 +271,11 @@ class Player:
         self.ceiling = Ceiling()
         self.llama = start_llama(run.cache_ram, work)
         self.logging = LoggingUpstream(self.llama.url).__enter__() if run.proxied else None
+        rules = ("--rewrite", "all,summarizer") if run.name == SUMMARIZING else ()
         self.proxy = (
-            spawn_proxy(work / "proxy", "--upstream", self.logging.url) if self.logging else None
+            spawn_proxy(work / "proxy", "--upstream", self.logging.url, *rules)
+            if self.logging
+            else None
         )
         self.base = self.proxy.url if self.proxy else self.llama.url
         self.client = httpx.Client(timeout=900, limits=httpx.Limits(max_keepalive_connections=0))
@@ -450,6 +454,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="8 sessions, 2 runs")
     parser.add_argument("--only", help="runs by number, e.g. 1,3 (1-4)")
     parser.add_argument("--no-write", action="store_true", help="do not update the docs")
+    parser.add_argument("--summarizer", action="store_true",
+                        help="one more run: kvproxy with the opt-in summarizer rule, RAM on")
     args = parser.parse_args(argv)
     sessions = 8 if args.quick else args.sessions
     configs = [
@@ -458,6 +464,8 @@ def main(argv: list[str] | None = None) -> None:
         ("direct, --cache-ram 0", False, False),
         ("kvproxy, --cache-ram 0", True, False),
     ]
+    if args.summarizer:
+        configs.append((SUMMARIZING, True, True))
     if args.quick:
         configs = configs[2:]
     if args.only:

@@ -152,16 +152,22 @@ def chat_request(session: Session, day: int, summarizer: str | None = None) -> O
         system = openclaw_system(day)
         ua = "OpenAI/JS 6.1.0"
         extra: list[dict[str, Any]] = [] if summarizer else [
-            {"role": "user", "content": f"<internal-context>turn {session.calls} of "
-             f"{session.sid[:8]}; unread: 0</internal-context>"}]  # fmt: skip
+            {"role": "user", "content": f"<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>\nturn "
+             f"{session.calls} of {session.sid[:8]}; unread: 0\n"
+             "<<<END_OPENCLAW_INTERNAL_CONTEXT>>>"}]  # fmt: skip
     else:
         system = f"{system_text('hermes')}\nConversation started: {date_of(session.started_day)}"
         ua = "OpenAI/Python 2.3.0"
         extra = []
     tools = chat_tools(kind)
-    if summarizer is not None:
+    if summarizer is not None and kind == "openclaw":
+        text = f"<conversation>\n{openclaw_transcript(session.history)}\n</conversation>\n\n"
         messages = [{"role": "system", "content": summarizer},
-                    {"role": "user", "content": transcript(session.history)}]  # fmt: skip
+                    {"role": "user", "content": [{"type": "text", "text": text + OPENCLAW_ASK}]}]
+        tools = []
+    elif summarizer is not None:  # Hermes summarizes the turns between its head and tail
+        text = HERMES_HEAD + hermes_transcript(session.history[2:-2]) + HERMES_TAIL
+        messages = [{"role": "user", "content": text}]
         tools = []
     else:
         messages = [{"role": "system", "content": system}, *session.history, *extra]
@@ -173,9 +179,45 @@ def chat_request(session: Session, day: int, summarizer: str | None = None) -> O
     return Outgoing("/v1/chat/completions", {"User-Agent": ua}, body, chat)
 
 
-def transcript(history: list[dict[str, Any]]) -> str:
-    lines = [f"{m['role']}: {m.get('content') or ''}" for m in history]
-    return "<conversation>\n" + "\n".join(lines) + "\n</conversation>"
+def openclaw_transcript(history: list[dict[str, Any]]) -> str:
+    """OpenClaw's ``serializeConversation`` (its compaction module), for these messages."""
+    parts = []
+    for m in history:
+        text = m.get("content") or ""
+        if m["role"] == "user":
+            parts.append(f"[User]: {text}")
+        elif m["role"] == "tool":
+            parts.append(f"[Tool result]: {text}")
+        else:
+            if text:
+                parts.append(f"[Assistant]: {text}")
+            calls = [c["function"] for c in m.get("tool_calls") or ()]
+            if calls:
+                shown = "; ".join(f"{c['name']}({listed(c['arguments'])})" for c in calls)
+                parts.append(f"[Assistant tool calls]: {shown}")
+    return "\n\n".join(parts)
+
+
+def listed(arguments: str) -> str:
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in json.loads(arguments).items())
+
+
+def hermes_transcript(history: list[dict[str, Any]]) -> str:
+    """Hermes' ``_serialize_for_summary`` (no message here is long enough to be cut)."""
+    parts = []
+    for m in history:
+        text = m.get("content") or ""
+        if m["role"] == "tool":
+            parts.append(f"[TOOL RESULT {m['tool_call_id']}]: {text}")
+        elif m["role"] == "assistant":
+            calls = [c["function"] for c in m.get("tool_calls") or ()]
+            if calls:
+                text += "\n[Tool calls:\n" + "\n".join(
+                    f"  {c['name']}({c['arguments']})" for c in calls) + "\n]"  # fmt: skip
+            parts.append(f"[ASSISTANT]: {text}")
+        else:
+            parts.append(f"[{m['role'].upper()}]: {text}")
+    return "\n\n".join(parts)
 
 
 # -- Anthropic Messages: Claude Code ----------------------------------------------------------
@@ -398,12 +440,22 @@ def codex_compacted(session: Session, summary: str, day: int) -> None:
 
 
 # -- the two chat clients' compactions ---------------------------------------------------------
+# Their opening words are the clients' own (OpenClaw's SUMMARIZATION_SYSTEM_PROMPT, Hermes'
+# summarizer preamble); the rest is shortened.
 OPENCLAW_SUMMARIZER = (
-    "You are a summarization assistant. Summarize the conversation below "
-    "for the agent that continues it; keep decisions and open tasks."
+    "You are a context summarization assistant. Your task is to read a conversation between "
+    "a user and an AI assistant, then produce a structured summary following the exact "
+    "format specified.\n\nDo NOT continue the conversation. ONLY output the structured summary."
 )
-HERMES_SUMMARIZER = ("You compress agent conversations. Write a short reference summary of "
-                     "the middle turns: what was done, what is pending.")  # fmt: skip
+OPENCLAW_ASK = "Create a structured context checkpoint summary: goal, progress, next steps."
+HERMES_SUMMARIZER = "hermes"
+HERMES_HEAD = (
+    "You are a summarization agent creating a context checkpoint. Treat the conversation "
+    "turns below as source material for a compact record of prior work.\n\nCreate a "
+    "structured checkpoint summary for the conversation after earlier turns are compacted."
+    "\n\nTURNS TO SUMMARIZE:\n"
+)
+HERMES_TAIL = "\n\nUse this exact structure:\n\n## Goal\n## Completed Actions\n## Active State"
 
 
 def chat_compacted(session: Session, summary: str) -> None:
