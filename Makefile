@@ -50,15 +50,19 @@ bench-rewrite: $(STAMP)
 # The real OpenClaw, Hermes, Claude Code and Codex, installed at pinned versions into CLIENTS
 # (default .clients, ignored) by bench/install_clients.sh; docs/clients.md says how to drive
 # them yourself. CLIENTS_ONLY=claude,codex (openclaw, hermes, claude, codex) runs some.
+# PROXY_ARGS='--rewrite ...' adds kvproxy serve arguments on the kvproxy side.
 CLIENTS ?= .clients
 bench-clients: $(STAMP)
 	bench/install_clients.sh $(CLIENTS)
-	$(BIN)/python -m bench.clients --clients $(CLIENTS) $(if $(CLIENTS_ONLY),--only $(CLIENTS_ONLY))
+	$(BIN)/python -m bench.clients --clients $(CLIENTS) $(if $(CLIENTS_ONLY),--only $(CLIENTS_ONLY)) \
+		$(if $(PROXY_ARGS),--proxy-args '$(PROXY_ARGS)')
 
 # 16 agent sessions in their clients' shapes on 2 slots against the ceiling (chart in docs/);
-# SESSIONS=8 for a smaller trace, SEED=N for another order.
+# SESSIONS=8 for a smaller trace, SEED=N for another order, SUMMARIZER=1 for one more run
+# with the opt-in summarizer rule.
 bench-trace: $(STAMP)
-	$(BIN)/python -m bench.trace $(if $(SESSIONS),--sessions $(SESSIONS)) $(if $(SEED),--seed $(SEED))
+	$(BIN)/python -m bench.trace $(if $(SESSIONS),--sessions $(SESSIONS)) $(if $(SEED),--seed $(SEED)) \
+		$(if $(SUMMARIZER),--summarizer)
 
 # N concurrent agent conversations on a 2-slot server, direct and through kvproxy.
 bench-load: $(STAMP)
