@@ -103,7 +103,7 @@ async def tokenizing(server: EmbeddedServer) -> tuple[list[str], float, LocalTok
     def count(body: dict[str, Any]) -> int:
         return len(local.pieces.encode(local.render(body)))
 
-    cold = local.pieces.forget
+    cold = local.forget
 
     rows = []
     try:

@@ -79,6 +79,11 @@ class LocalTokenizer:
         (``ResumedRender``): the same text as ``templates.render``."""
         return self.drop_doubled_specials(self.resumed.render(body, norm or Normalization()))
 
+    def forget(self) -> None:
+        """Drop every cached tokenization and kept render (``make bench-tokens``: cold)."""
+        self.pieces.forget()
+        self.resumed.forget()
+
     def drop_doubled_specials(self, text: str) -> str:
         """llama-server strips a BOS (EOS) the template wrote when the tokenizer adds one
         itself (common/chat.cpp), so that the prompt does not start with two."""
