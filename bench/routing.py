@@ -63,7 +63,8 @@ def run_side(
 ) -> Side:
     tmp = Path(tempfile.mkdtemp(prefix="kvp-bench-"))
     llama = server(slots, cache_ram, tmp / "llama")
-    proxy = spawn_proxy(tmp / "proxy", "--upstream", llama.url) if through_proxy else None
+    told = ("--upstream-cache-ram", "8192" if cache_ram else "0")
+    proxy = spawn_proxy(tmp / "proxy", "--upstream", llama.url, *told) if through_proxy else None
     base = proxy.url if proxy else llama.url
     convs = [Conversation.start(seed, words) for seed in range(conversations)]
     try:

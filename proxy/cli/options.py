@@ -87,7 +87,8 @@ SERVE_OPTIONS: tuple[tuple[str, type, str], ...] = (
      "restore a saved prefix only when it beats every live slot by this many tokens"),
     ("--upstream-cache-ram", int,
      "an external llama-server's --cache-ram in MiB (-1: no limit, 0: off): its host-RAM "
-     "prompt cache, which routing counts on; the embedded server's comes from --llama-args"),
+     "prompt cache, which routing counts on; unset: its default, counted on once a request "
+     "shows a RAM load; the embedded server's comes from --llama-args"),
 )  # fmt: skip
 # Switches (off unless given): each also reads KVPROXY_<FLAG>=1.
 SWITCHES: tuple[tuple[str, str], ...] = (

@@ -133,7 +133,7 @@ class ServeOptions(BaseModel):
     log_content: bool = False
     allow_slot_actions: bool = False
     upstream_swa_full: bool = False
-    upstream_cache_ram: Annotated[int, Field(ge=-1)] = 8192
+    upstream_cache_ram: Annotated[int | None, Field(ge=-1)] = None
     allow_admin: bool = False
     volatile_pattern: Patterns = ()
     cors_origin: Items = ()

@@ -71,8 +71,9 @@ class Settings:
     # position, so any common prefix is reused (predicted as dense).
     upstream_swa_full: bool = False
     # The external upstream llama-server's --cache-ram in MiB (-1: no limit, 0: off): its
-    # host-RAM prompt cache, modelled in routing (proxy/slots/ram_cache.py).
-    upstream_cache_ram: int = 8192
+    # host-RAM prompt cache, modelled in routing (proxy/slots/ram_cache.py); None: not
+    # known, the server's default counted on once a request shows a RAM load.
+    upstream_cache_ram: int | None = None
     # Request bodies prefilled at start and whenever an upstream lost them (proxy/warm.py).
     warm: tuple[WarmBody, ...] = ()
     warm_auto: bool = False  # --warm auto: also the busiest conversations' prefixes

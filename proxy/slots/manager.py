@@ -234,9 +234,9 @@ class SlotManager:
             server = self.servers[route.server]
             prompt = prompts[route.server]
             server.table.reserve(route.slot, now)
-            self._ram_dispatch(server, route, prompt)
             lease = Lease(server=server, route=route, prompt=prompt,
                           estimated=not server.tokenizer.exact, owner=owner)  # fmt: skip
+            lease.ram_shared = self._ram_dispatch(server, route, prompt)
             if prompt is not None:
                 known = known_best(prompt, views, self.catalog, self.ghosts)
                 lease.known_best, lease.known_from, lease.known_held = (
@@ -255,20 +255,21 @@ class SlotManager:
                                                                                  owner)  # fmt: skip
         return lease
 
-    def _ram_dispatch(self, server: ServerSlots, route: Route, prompt: Prompt | None) -> None:
+    def _ram_dispatch(self, server: ServerSlots, route: Route,
+                      prompt: Prompt | None) -> int | None:  # fmt: skip
         """The server's RAM cache as this task starts (``RamCache.dispatch``), in the order
         kvproxy sends the tasks: the slot saved and an entry loaded when the lookup fires,
         the other idle slots saved. A restored file replaces the slot without a save and
-        the prompt extends it: no lookup."""
+        the prompt extends it: no lookup. Returns the tokens it lets the server reuse."""
         ram = server.table.ram
         if ram is None or prompt is None:
-            return
+            return None
         held, states = server.table.held, server.table.states
         slot = held.get(route.slot)
         if route.restore is not None:
             slot = self.catalog.get(route.restore) or slot
         idle = [held.get(s) for s, state in enumerate(states) if s != route.slot and not state.busy]
-        ram.dispatch(slot, prompt, pinned=True, idle=idle)
+        return ram.dispatch(slot, prompt, pinned=True, idle=idle)[0]
 
     def unreserve(self, lease: Lease) -> None:
         """Give a reserved slot back before the request was sent (cancelled, refused)."""
@@ -303,6 +304,10 @@ class SlotManager:
             if completed or prompt_done:
                 reused = cached_actual if cached_actual is not None else lease.route.predicted
                 processed = (lease.prompt, reused)
+        ram = server.table.ram
+        if ram is not None and lease.ram_shared is not None and cached_actual is not None:
+            ram.check(lease.route.predicted, min(lease.ram_shared, len(lease.prompt or ()) - 1),
+                      cached_actual)  # fmt: skip
         server.table.settle(slot, holds, self.clock(), processed, lease.owner)
         self.mirror.slot(server, slot)
         self._wake()

@@ -59,6 +59,9 @@ class RamSettings:
     bytes_per_token: float = 1.0
     similarity: float = DEFAULT_SIMILARITY
     idle_slots: bool = True  # --cache-idle-slots
+    # The server is known to run it (the embedded server's arguments, or said); else it is
+    # followed but counted on only once a request's cached tokens show a load (``check``).
+    confirmed: bool = True
 
     @property
     def enabled(self) -> bool:
@@ -189,6 +192,17 @@ class RamCache:
             self.settings = replace(self.settings, bytes_per_token=n_written / n_saved)
             self.update()
 
+    def check(self, predicted: int, modelled: int, actual: int) -> None:
+        """A request's cached tokens (``actual``) against the prediction and what the model
+        says the server shared (``modelled``, the load included): a load seen confirms the
+        cache; fewer than predicted after counting on it, the model is wrong: cleared, and
+        counted on again only once a load is seen."""
+        if not self.settings.confirmed and modelled > predicted and actual >= modelled:
+            self.settings = replace(self.settings, confirmed=True)
+        elif self.settings.confirmed and actual < predicted:
+            self.clear()
+            self.settings = replace(self.settings, confirmed=False)
+
     def clear(self) -> None:
         """The server's cache is no longer known (a restart, another client's task): the
         model forgets it, so predictions fall back to the slots alone (under-count)."""
@@ -200,7 +214,8 @@ class RamCache:
         loaded entry's), and of the ``unsaved`` tokens (what no file holds) those RAM
         keeps if the request lands on the slot (all when the lookup fires: the slot is
         saved first) and if a restore replaces it (what an entry already keeps)."""
-        if held is None or not held.tokens or not self.settings.enabled:
+        counted = self.settings.enabled and self.settings.confirmed
+        if held is None or not held.tokens or not counted:
             return cached, 0, 0
         copied = max(0, unsaved - self.lost(held))
         if prompt is None:
@@ -211,11 +226,15 @@ class RamCache:
 
 
 def settings_from_args(args: Sequence[str], n_ctx: int,
-                       cache_ram_mib: int = DEFAULT_CACHE_RAM_MIB) -> RamSettings:  # fmt: skip
+                       cache_ram_mib: int | None = DEFAULT_CACHE_RAM_MIB,
+                       ) -> RamSettings:  # fmt: skip
     """The RAM cache a llama-server started with ``args`` has (the embedded server's
-    --llama-args), ``cache_ram_mib`` unless they say; unified KV (``-kvu``), which
-    clears idle slots after saving them, is not modelled: off."""
-    values = {"cache_ram_mib": cache_ram_mib, "similarity": DEFAULT_SIMILARITY}
+    --llama-args), ``cache_ram_mib`` unless they say (None: not known, the server's
+    default until a request shows otherwise); unified KV (``-kvu``), which clears idle
+    slots after saving them, is not modelled: off."""
+    known = cache_ram_mib is not None
+    mib = DEFAULT_CACHE_RAM_MIB if cache_ram_mib is None else cache_ram_mib
+    values = {"cache_ram_mib": mib, "similarity": DEFAULT_SIMILARITY}
     idle, unified = True, False
     flags = {"-cram": "cache_ram_mib", "--cache-ram": "cache_ram_mib",
              "-sps": "similarity", "--slot-prompt-similarity": "similarity"}  # fmt: skip
@@ -232,4 +251,5 @@ def settings_from_args(args: Sequence[str], n_ctx: int,
                    "--no-kv-unified": False}.get(name, unified)  # fmt: skip
     mib = 0 if unified else int(values["cache_ram_mib"])
     return RamSettings(cache_ram_mib=mib, n_ctx=n_ctx, bytes_per_token=0.0,
-                       similarity=values["similarity"], idle_slots=idle)  # fmt: skip
+                       similarity=values["similarity"], idle_slots=idle,
+                       confirmed=known)  # fmt: skip

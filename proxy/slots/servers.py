@@ -83,6 +83,8 @@ class Lease:
     # (``cache_prompt: false``), or its cached-token figures would reveal how far this
     # prompt matches that content.
     isolated: bool = False
+    # What the server's RAM cache, as modelled at dispatch, lets it reuse (None: no model).
+    ram_shared: int | None = None
 
     @property
     def slot_label(self) -> str:

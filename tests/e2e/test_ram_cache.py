@@ -62,7 +62,8 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
     """A fresh server (2 slots, the default --cache-ram) and kvproxy in front of it."""
     llama = EmbeddedServer.start(EmbeddedSettings(parallel=2, ctx_per_slot=4096),
                                  tmp_path / "llama")  # fmt: skip
-    proxy = start_proxy(tmp_path / "proxy", "--upstream", llama.url, "--rewrite", "off")
+    proxy = start_proxy(tmp_path / "proxy", "--upstream", llama.url, "--rewrite", "off",
+                        "--upstream-cache-ram", "8192")  # fmt: skip
     yield Pair(llama, proxy)
     stop_proxy(proxy)
     llama.stop()

@@ -179,6 +179,7 @@ async def test_a_foreign_task_or_a_stale_server_clears_the_model() -> None:
     ("args", "mib", "similarity", "idle"),
     [
         ((), 8192, 0.1, True),
+        (("--cache-ram", "1024"), 1024, 0.1, True),
         (("--cache-ram", "0"), 0, 0.1, True),
         (("-cram", "-1", "-sps", "0.5"), -1, 0.5, True),
         (("--cache-ram=2048", "--no-cache-idle-slots"), 2048, 0.1, False),
@@ -202,3 +203,31 @@ def test_the_token_limit_alone_until_a_save_tells_the_size() -> None:
     for p in (A1, B1):
         ram.save(p)
     assert ram.entries == [C1, A1, B1]  # 8 GiB at 23 kB a token: 373k tokens
+
+
+async def test_an_unknown_ram_cache_is_counted_on_once_a_load_is_seen() -> None:
+    """An external server's --cache-ram is not known (--upstream-cache-ram unset): the
+    model follows it but predicts from the slots alone until a request's cached tokens
+    show the load it modelled; a server without the cache never shows one."""
+    m = ram_manager()
+    ram = m.servers[0].table.ram
+    assert ram is not None
+    ram.settings = settings_from_args((), 8192, None)
+    for p in (A1, B1, C1):
+        await turn(m, p)
+    lease = await m.acquire_prompts({0: A2})
+    assert (lease.route.predicted, lease.ram_shared) == (len(T), len(A1))
+    m.release(lease, completed=True, generated=[], finish_reason="stop", cached_actual=len(T))
+    assert not ram.settings.confirmed  # --cache-ram 0: nothing loaded
+    lease = await m.acquire_prompts({0: B1 if lease.route.slot else C1})
+    m.release(lease, completed=True, generated=[], cached_actual=0, finish_reason="stop")
+    ram.entries = [A1]
+    ram.check(len(T), len(A1), len(A1))
+    assert ram.settings.confirmed
+
+
+def test_fewer_cached_than_counted_on_clears_the_model() -> None:
+    ram = RamCache(RamSettings())
+    ram.entries = [A1]
+    ram.check(len(A1), len(A1), len(T))
+    assert (ram.entries, ram.settings.confirmed) == ([], False)
