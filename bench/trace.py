@@ -272,8 +272,10 @@ class Player:
         self.llama = start_llama(run.cache_ram, work)
         self.logging = LoggingUpstream(self.llama.url).__enter__() if run.proxied else None
         rules = ("--rewrite", "all,summarizer") if run.name == SUMMARIZING else ()
+        # kvproxy is told the server's RAM cache setting (an external upstream's is unknown)
+        ram = ("--upstream-cache-ram", "8192" if run.cache_ram else "0")
         self.proxy = (
-            spawn_proxy(work / "proxy", "--upstream", self.logging.url, *rules)
+            spawn_proxy(work / "proxy", "--upstream", self.logging.url, *ram, *rules)
             if self.logging
             else None
         )
