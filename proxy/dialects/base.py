@@ -181,11 +181,17 @@ def check_prompt_item(item: Any, where: str, depth: int = 0) -> None:
 
 
 def render_message(msg: Message) -> dict[str, Any]:
-    content = msg.content if type(msg.content) is str else thaw(msg.content)
-    out: dict[str, Any] = {"role": msg.role, "content": content}
-    if msg.extra:
-        out.update(thaw(msg.extra))
-    return out
+    """The message as OpenAI-shaped JSON, made once per message object (a message parsed
+    again from an identical object is the same object, so a long conversation's earlier
+    messages are not thawed again each turn). The result is only ever serialized."""
+    known = msg.derived.get("rendered")
+    if known is None:
+        content = msg.content if type(msg.content) is str else thaw(msg.content)
+        known = {"role": msg.role, "content": content}
+        if msg.extra:
+            known.update(thaw(msg.extra))
+        msg.derived["rendered"] = known
+    return known
 
 
 def require_prompt(body: Mapping[str, Any]) -> Any:

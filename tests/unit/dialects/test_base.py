@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from proxy.core.conversation import Conversation
+from proxy.core.conversation import Conversation, Message
 from proxy.core.errors import BadRequest
 from proxy.dialects.base import (
     MAX_TOKEN_ID,
@@ -17,6 +18,7 @@ from proxy.dialects.base import (
     optional_str,
     parse_messages,
     render_envelope,
+    render_message,
     require_object,
 )
 from proxy.dialects.ollama_chat import DIALECT as OLLAMA_CHAT
@@ -109,3 +111,15 @@ def test_the_envelope_has_model_only_when_set_and_always_stream() -> None:
     conv = Conversation(kind="chat", model="m", stream=True, tools=({"type": "function"},))
     assert render_envelope(conv) == {"model": "m", "tools": [{"type": "function"}],
                                      "stream": True}  # fmt: skip
+
+
+def test_a_message_is_rendered_once_and_a_changed_copy_again() -> None:
+    """The upstream body of a long conversation re-renders only its new messages."""
+    msg = Message.make("assistant", None, tool_calls=[{"id": "c1", "function": {"name": "t"}}])
+    first = render_message(msg)
+    assert render_message(msg) is first
+    assert first == {"role": "assistant", "content": None,
+                     "tool_calls": [{"id": "c1", "function": {"name": "t"}}]}  # fmt: skip
+    changed = replace(msg, content="now with text")
+    assert render_message(changed)["content"] == "now with text"
+    assert render_message(msg)["content"] is None
