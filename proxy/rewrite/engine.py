@@ -355,6 +355,9 @@ class Rewriter:
         plan = self.run(conv, identity, None)
         if plan.continued is not None and any(a.startswith("compaction") for a in plan.applied):
             plan.fallback = self.run(conv, identity, MissCause("over-budget"))
+        elif any(a.startswith("summarizer") for a in plan.applied):
+            # the conversation's own system prompt makes it longer than the transcript
+            plan.fallback = self.as_sent(conv, identity, MissCause("over-budget"), [])
         return plan
 
     def run(self, conv: Conversation, identity: Identity, forced: MissCause | None) -> Plan:

@@ -133,6 +133,16 @@ def test_openclaw_summarizer_goes_as_the_conversation_and_one_instruction() -> N
                            f"</conversation>\n\n{OC_PROMPT}")  # fmt: skip
 
 
+def test_a_summarizer_call_too_long_for_the_context_falls_back_to_the_client_s_form() -> None:
+    history = conversation()
+    request = openclaw_call(openclaw_transcript(history, None))
+    rw = Rewriter(RewriteConfig.parse("all,summarizer"), TapeStore())
+    rw.commit(rw.plan(chat(*history), NAMED))
+    plan = rw.plan(request, NAMED)
+    assert plan.applied == ["summarizer:openclaw"] and plan.fallback is not None
+    assert plan.fallback.conv == request and plan.fallback.cause.kind == "over-budget"
+
+
 def test_openclaw_cut_before_the_newest_turns_ends_the_conversation_there() -> None:
     history = conversation()
     request = openclaw_call(openclaw_transcript(history[:5], None))
