@@ -176,7 +176,7 @@ def route_to(view: SlotView, prompt_len: int, reason: str, policy: RoutePolicy) 
         slot=view.slot,
         predicted=usable(view.cached, prompt_len),
         reason=reason,
-        save_first=lost >= policy.min_save_tokens and view.unkept() > 0,
+        save_first=lost >= policy.min_save_tokens and not view.saved,
         lost=lost,
     )
 
@@ -249,6 +249,6 @@ def restore_route(prompt_len: int, idle: list[SlotView], best: SlotView,
         predicted=usable(saved.cached, prompt_len),
         reason="restore",
         restore=saved.name,
-        save_first=lost >= policy.min_save_tokens and target.unkept(replaced=True) > 0,
+        save_first=lost >= policy.min_save_tokens and not target.saved,
         lost=lost,
     )

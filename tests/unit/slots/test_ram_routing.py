@@ -61,13 +61,15 @@ def test_without_ram_the_empty_slot_wins() -> None:
     assert (r.slot, r.predicted) == (1, 0)
 
 
-def test_a_slot_ram_keeps_is_not_saved_to_disk_first() -> None:
+def test_a_slot_ram_keeps_is_still_saved_to_disk_first() -> None:
     """The lookup fires on a slot the prompt keeps less than half of: the server saves it
-    to RAM before loading, so giving it up loses nothing and needs no disk save."""
+    to RAM before loading, so giving it up costs only a load; but a RAM entry is consumed
+    by the next load of it and dropped when RAM fills, so the disk copy is still made
+    (without it, bench-trace's RAM-on run prefilled 17,283 tokens instead of 13,520)."""
     t = table(A1, B1, ram=(), age=5)
     r = route(t, C1, savable=True)
     assert all(v.unkept() == 0 for v in t.views(C1))
-    assert (r.save_first, r.lost) == (False, len(A1) - len(T))
+    assert (r.save_first, r.lost) == (True, len(A1) - len(T))
 
 
 @pytest.mark.parametrize(
