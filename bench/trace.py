@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import random
 import re
 import subprocess
@@ -449,29 +450,60 @@ def kvproxy_check(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
+CONFIGS = [
+    ("direct, RAM cache on", False, True),
+    ("kvproxy, RAM cache on", True, True),
+    ("direct, --cache-ram 0", False, False),
+    ("kvproxy, --cache-ram 0", True, False),
+    (SUMMARIZING, True, True),
+]
+
+
+def report(runs: list[Run], sessions: int, seed: int, seconds: float, write: bool) -> None:
+    """The tables (and, with ``write``, the chart and docs/benchmarks.md's section)."""
+    for run in runs:
+        if run.stats:
+            print(f"\n{run.name}: kvproxy stats --by session\n{run.stats}")
+    print(kvproxy_check(runs))
+    tables = "\n\n".join(run_table(r) for r in runs)
+    png = DOC.parent / "bench-trace.png"
+    command = f"make bench-trace{' SESSIONS=' + str(sessions) if sessions != 16 else ''}"
+    text = (
+        f"{sessions} sessions, seed {seed}, {SLOTS} slots, "
+        f"{seconds:.0f} s in all:\n\n{summary_table(runs)}\n\n{tables}"
+    )
+    print(text)
+    if write:
+        chart(runs, png)
+        write_section("trace", f"{text}\n\n![hit rate against the ceiling]({png.name})",
+                      command=command)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seed", type=int, default=20)
     parser.add_argument("--sessions", type=int, default=16, help="split over the 4 clients")
     parser.add_argument("--quick", action="store_true", help="8 sessions, 2 runs")
-    parser.add_argument("--only", help="runs by number, e.g. 1,3 (1-4)")
+    parser.add_argument("--only", help="runs by number, e.g. 1,3 (1-4; 5: --summarizer's)")
     parser.add_argument("--no-write", action="store_true", help="do not update the docs")
     parser.add_argument("--summarizer", action="store_true",
                         help="one more run: kvproxy with the opt-in summarizer rule, RAM on")
+    parser.add_argument("--save", type=Path, help="keep the runs played in this file")
+    parser.add_argument("--compose", nargs="+", type=Path,
+                        help="report runs kept by --save (runs played apart), play none")
     args = parser.parse_args(argv)
     sessions = 8 if args.quick else args.sessions
-    configs = [
-        ("direct, RAM cache on", False, True),
-        ("kvproxy, RAM cache on", True, True),
-        ("direct, --cache-ram 0", False, False),
-        ("kvproxy, --cache-ram 0", True, False),
-    ]
-    if args.summarizer:
-        configs.append((SUMMARIZING, True, True))
+    if args.compose:
+        kept = [r for f in args.compose for r in pickle.loads(f.read_bytes())]
+        order = [name for name, _, _ in CONFIGS]
+        kept.sort(key=lambda r: order.index(r.name))
+        report(kept, sessions, args.seed, 0, not args.no_write)
+        return
+    configs = CONFIGS[:5] if args.summarizer else CONFIGS[:4]
     if args.quick:
-        configs = configs[2:]
+        configs = configs[2:4]
     if args.only:
-        configs = [configs[int(i) - 1] for i in args.only.split(",")]
+        configs = [CONFIGS[int(i) - 1] for i in args.only.split(",")]
     work = Path(tempfile.mkdtemp(prefix="kvp-trace-"))
     tokenizer = Tokenizer(work)
     runs: list[Run] = []
@@ -484,25 +516,12 @@ def main(argv: list[str] | None = None) -> None:
                 runs.append(player.play())
             finally:
                 player.close()
+            if args.save:
+                args.save.write_bytes(pickle.dumps(runs))
             print(summary_table(runs[-1:]), f"({time.monotonic() - t0:.0f} s)", flush=True)
     finally:
         tokenizer.stop()
-    for run in runs:
-        if run.stats:
-            print(f"\n{run.name}: kvproxy stats --by session\n{run.stats}")
-    print(kvproxy_check(runs))
-    tables = "\n\n".join(run_table(r) for r in runs)
-    png = DOC.parent / "bench-trace.png"
-    command = f"make bench-trace{' SESSIONS=' + str(sessions) if sessions != 16 else ''}"
-    text = (
-        f"{sessions} sessions, seed {args.seed}, {SLOTS} slots, "
-        f"{time.monotonic() - t0:.0f} s in all:\n\n{summary_table(runs)}\n\n{tables}"
-    )
-    print(text)
-    if not args.no_write:
-        chart(runs, png)
-        write_section("trace", f"{text}\n\n![hit rate against the ceiling]({png.name})",
-                      command=command)  # fmt: skip
+    report(runs, sessions, args.seed, time.monotonic() - t0, not args.no_write)
 
 
 if __name__ == "__main__":
