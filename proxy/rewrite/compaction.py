@@ -75,8 +75,10 @@ def find_summary(
     return None
 
 
-def append_order(new: Sequence[Message], summary: Message) -> list[Message]:
-    """New messages with the summary placed right before the newest user turn: what the
-    slot holds (the previous reply first) stays a prefix."""
-    newest = last_user(new)
-    return [*new[:newest], summary, *new[newest:]]
+def append_order(new: Sequence[Message], summary: Message, tail: int = 0) -> list[Message]:
+    """New messages with the summary placed right before the newest user turn (before a
+    transient ``tail`` of that many messages, which stays last): what the slot holds (the
+    previous reply first) stays a prefix."""
+    core = list(new[: len(new) - tail])
+    newest = last_user(core)
+    return [*core[:newest], summary, *core[newest:], *new[len(core) :]]

@@ -172,7 +172,7 @@ def append_compaction(state: State, ctx: Context) -> Decision:
     kept_system = 0 if state.request.has_system else -1
     new = [m for i, m in enumerate(conv.messages)
            if lineage.is_new[i] and i not in (lineage.summary, kept_system)]
-    appended = compaction.append_order(new, conv.messages[lineage.summary])
+    appended = compaction.append_order(new, conv.messages[lineage.summary], lineage.transient)
     return Decision("compaction", True, f"summary ({lineage.shape})", replace(
         state, messages=(*tape.sent, *appended), new_start=len(tape.sent),
         applied=(*state.applied, f"compaction:{lineage.shape}")))  # fmt: skip

@@ -66,6 +66,7 @@ class Lineage:
     shared: int = 0
     reason: str | None = None
     spliced: int | None = None  # a splice: the index of the message the client changed
+    transient: int = 0  # a compaction: trailing messages repeated from the last request
 
 
 def common_prefix(a: Sequence[str], b: Sequence[str]) -> int:
@@ -323,22 +324,37 @@ def find_compaction(own: Sequence[Tape], req: Request, volatile_on: bool = False
         if not same_system(tape, req, volatile_on):
             continue
         is_new, kept = kept_messages(tape, req)
+        tail = transient_tail(tape, req, is_new)
+        end = len(is_new) - tail
         found = compaction.find_summary(
-            req.messages, is_new, shorter=len(req.hashes) < len(tape.client)
+            req.messages[:end], is_new[:end], shorter=len(req.hashes) < len(tape.client)
         )
-        if found is not None and is_new[-1]:
-            candidates.append((tape, is_new, kept, found))
+        if found is not None and end and is_new[end - 1]:
+            is_new[end:] = [True] * tail  # the transient tail goes after the new turn again
+            candidates.append((tape, is_new, kept, found, tail))
     if not candidates:
         return None
     if req.identity.session is not None:
-        tape, is_new, _, (index, shape) = candidates[-1]
-        return Lineage("compaction", tape, 0, index, shape, tuple(is_new))
+        tape, is_new, _, (index, shape), tail = candidates[-1]
+        return Lineage("compaction", tape, 0, index, shape, tuple(is_new), transient=tail)
     owners = []
-    for tape, is_new, kept, found in candidates:
-        others = {h for t, _, k, _ in candidates if t is not tape for h in k}
+    for tape, is_new, kept, found, tail in candidates:
+        others = {h for t, _, k, _, _ in candidates if t is not tape for h in k}
         if any(h not in others for h in kept):
-            owners.append((tape, is_new, found))
+            owners.append((tape, is_new, found, tail))
     if len(owners) != 1:
         return Lineage("fresh", reason="compaction-ambiguous")
-    tape, is_new, (index, shape) = owners[0]
-    return Lineage("compaction", tape, 0, index, shape, tuple(is_new))
+    tape, is_new, (index, shape), tail = owners[0]
+    return Lineage("compaction", tape, 0, index, shape, tuple(is_new), transient=tail)
+
+
+def transient_tail(tape: Tape, req: Request, is_new: Sequence[bool]) -> int:
+    """How many of the request's last messages repeat the tape's last request's trailing
+    non-assistant messages (OpenClaw's internal context, identical in every request)."""
+    tail, last = 0, set(tape.client[-TRANSIENT_MAX:])
+    while tail < min(TRANSIENT_MAX, len(is_new) - 1):
+        i = len(is_new) - 1 - tail
+        if is_new[i] or req.roles[i] == "assistant" or req.hashes[i] not in last:
+            break
+        tail += 1
+    return tail

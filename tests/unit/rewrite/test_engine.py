@@ -132,6 +132,23 @@ def test_openclaw_compaction_is_appended_to_the_tape() -> None:
     assert applied == [] and extends(sent2, sent3)
 
 
+def test_openclaw_compaction_with_its_internal_context_last_is_appended() -> None:
+    """OpenClaw ends every request with the same internal-context message: the compacted
+    request's newest message is then not new, and the append did not fire."""
+    rw = rewriter()
+    internal = m("user", [{"type": "text", "text": "<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>\nx"}])
+    history = [m("system", SYSTEM), m("user", "read a"), m("assistant", "read"),
+               m("user", "fix it"), internal]  # fmt: skip
+    sent1, _, _ = send(rw, chat(*history), reply="fixed")
+    compacted = [m("system", SYSTEM), m("user", OPENCLAW_SUMMARY), m("assistant", "fixed"),
+                 m("user", "now test it"), internal]  # fmt: skip
+    plan = rw.plan(chat(*compacted), NAMED)
+    sent2 = list(plan.conv.messages)
+    assert plan.applied == ["compaction:openclaw"] and extends(sent1, sent2)
+    assert sent2[len(sent1) :] == [m("assistant", "fixed"), m("user", OPENCLAW_SUMMARY),
+                                   m("user", "now test it"), internal]  # fmt: skip
+
+
 def test_a_compaction_that_also_changed_a_system_line_is_appended_too() -> None:
     """Claude Code's compacted request changes its first system line (the billing suffix
     follows the new first user message): the summary is still appended to what the slot
