@@ -486,11 +486,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="8 sessions, 2 runs")
     parser.add_argument("--only", help="runs by number, e.g. 1,3 (1-4; 5: --summarizer's)")
     parser.add_argument("--no-write", action="store_true", help="do not update the docs")
-    parser.add_argument("--summarizer", action="store_true",
-                        help="one more run: kvproxy with the opt-in summarizer rule, RAM on")
+    parser.add_argument(
+        "--summarizer",
+        action="store_true",
+        help="one more run: kvproxy with the opt-in summarizer rule, RAM on",
+    )
     parser.add_argument("--save", type=Path, help="keep the runs played in this file")
-    parser.add_argument("--compose", nargs="+", type=Path,
-                        help="report runs kept by --save (runs played apart), play none")
+    parser.add_argument(
+        "--compose",
+        nargs="+",
+        type=Path,
+        help="report runs kept by --save (runs played apart), play none",
+    )
     args = parser.parse_args(argv)
     sessions = 8 if args.quick else args.sessions
     if args.compose:

@@ -162,8 +162,10 @@ def chat_request(session: Session, day: int, summarizer: str | None = None) -> O
     tools = chat_tools(kind)
     if summarizer is not None and kind == "openclaw":
         text = f"<conversation>\n{openclaw_transcript(session.history)}\n</conversation>\n\n"
-        messages = [{"role": "system", "content": summarizer},
-                    {"role": "user", "content": [{"type": "text", "text": text + OPENCLAW_ASK}]}]
+        messages = [
+            {"role": "system", "content": summarizer},
+            {"role": "user", "content": [{"type": "text", "text": text + OPENCLAW_ASK}]},
+        ]
         tools = []
     elif summarizer is not None:  # Hermes summarizes the turns between its head and tail
         text = HERMES_HEAD + hermes_transcript(session.history[2:-2]) + HERMES_TAIL
