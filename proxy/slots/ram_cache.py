@@ -177,6 +177,14 @@ class RamCache:
                 self.save(other)
         return shared, holds
 
+    def lost(self, held: Prompt | None) -> int:
+        """Tokens of ``held`` no RAM entry keeps (what giving its slot up would lose, for a
+        server with room in RAM: the slot is saved before it is overwritten)."""
+        if held is None or not held.tokens:
+            return 0
+        kept = max((match_length(e, held) for e in self.entries), default=0)
+        return len(held) - kept
+
     def learn_size(self, n_written: object, n_saved: object) -> None:
         """A slot save's answer (``n_written`` bytes for ``n_saved`` tokens) tells the size
         of a slot state per token, and so how many tokens the byte limit holds."""
@@ -200,14 +208,21 @@ class RamCache:
         model forgets it, so predictions fall back to the slots alone (under-count)."""
         self.entries.clear()
 
-    def view(self, held: Prompt | None, prompt: Prompt | None, cached: int) -> int:
-        """The tokens a slot serves ``prompt`` for the router: its own ``cached``, or a
-        loaded entry's where the lookup fires. (What RAM keeps of a slot given up is not
-        counted: the next load of a prompt sharing its prefix consumes the copy.)"""
+    def view(self, held: Prompt | None, prompt: Prompt | None, cached: int,
+             unsaved: int) -> tuple[int, int, int]:  # fmt: skip
+        """One slot for the router: the tokens cached (the slot's own ``cached``, or a
+        loaded entry's), and of the ``unsaved`` tokens (what no file holds) those RAM
+        keeps if the request lands on the slot (all when the lookup fires: the slot is
+        saved first) and if a restore replaces it (what an entry already keeps)."""
         counted = self.settings.enabled and self.settings.confirmed
-        if held is None or not held.tokens or prompt is None or not counted:
-            return cached
-        return max(cached, self.predict(held, prompt))
+        if held is None or not held.tokens or not counted:
+            return cached, 0, 0
+        copied = max(0, unsaved - self.lost(held))
+        if prompt is None:
+            return cached, copied, copied
+        base = match_length(held, prompt)
+        fires = lookup_fires(len(held), base, len(prompt), True, self.settings.similarity)
+        return max(cached, self.predict(held, prompt)), unsaved if fires else copied, copied
 
 
 def settings_from_args(args: Sequence[str], n_ctx: int,

@@ -29,6 +29,11 @@ class SlotView:
     unsaved: int = -1  # tokens held beyond what a saved file covers (-1: all of them)
     public: bool = False  # a warm-up prefix (PUBLIC): no session of its own comes back to it
     savable: bool = False  # its server saves a slot to a file before overwriting it
+    # Of the ``unsaved`` tokens, those the server's RAM cache keeps when a request lands
+    # on the slot (all, when its lookup fires: the slot is saved to RAM first), and those
+    # it keeps when a restore replaces the slot (only an earlier idle-slot save's copy).
+    ram_kept: int = 0
+    ram_copied: int = 0
 
     @property
     def saved(self) -> bool:
@@ -42,6 +47,11 @@ class SlotView:
     @property
     def key(self) -> tuple[int, int]:
         return (self.server, self.slot)
+
+    def unkept(self, replaced: bool = False) -> int:
+        """Tokens held that neither a saved file nor the RAM cache keeps once a request
+        lands on the slot (``replaced``: once a restore replaces it)."""
+        return max(0, self.unsaved_tokens - (self.ram_copied if replaced else self.ram_kept))
 
 
 @dataclass(frozen=True)
@@ -119,21 +129,25 @@ def comeback(view: SlotView, policy: RoutePolicy, now: float) -> float:
     return 0.5 ** (max(0.0, now - view.last_used) / policy.idle_half_life)
 
 
-def eviction_cost(view: SlotView, kept: int, policy: RoutePolicy, now: float) -> float:
+def eviction_cost(view: SlotView, kept: int, policy: RoutePolicy, now: float,
+                  replaced: bool = False) -> float:  # fmt: skip
     """Expected prefill of giving the slot up to a request that keeps its first ``kept``
-    tokens: the tokens it loses that no saved file holds (those a file holds come back by a
-    restore, on every model kind: the session's next prompt extends the file, so even a
-    recurrent model, which resumes only whole files, resumes it), times ``comeback``. On a
-    server that saves (``savable``), a loss of ``min_save_tokens`` or more is saved first
-    (``route_to``'s ``save_first``) and comes back by a restore: it costs ``restore_cost``
-    of its prefill. A copy in the server's RAM cache counts for nothing here: the next load
-    of a prompt sharing its prefix (a sibling session) consumes it (docs/tokens.md)."""
-    lost = max(0, min(view.held - kept, view.unsaved_tokens))
-    if not lost:
-        return 0.0
+    tokens (``replaced``: to a restore): the tokens it loses that no saved file holds (those
+    a file holds come back by a restore, on every model kind: the session's next prompt
+    extends the file, so even a recurrent model, which resumes only whole files, resumes
+    it), times ``comeback``. On a server that saves (``savable``), a loss of
+    ``min_save_tokens`` or more is saved first (``route_to``'s ``save_first``) and comes
+    back by a restore: it costs ``restore_cost`` of its prefill; so do the tokens the
+    server's RAM cache keeps (``ram_kept``), which it loads back."""
+    dropped = max(0, view.held - kept)
+    lost = min(dropped, view.unkept(replaced))
+    in_ram = min(dropped, view.unsaved_tokens) - lost
+    cost = in_ram * policy.restore_cost
     if view.savable and lost >= policy.min_save_tokens:
-        return lost * policy.restore_cost * comeback(view, policy, now)
-    return lost * comeback(view, policy, now)
+        cost += lost * policy.restore_cost
+    else:
+        cost += lost
+    return cost * comeback(view, policy, now) if cost else 0.0
 
 
 def value(view: SlotView, prompt_len: int, policy: RoutePolicy, now: float) -> float:
@@ -151,8 +165,8 @@ def rank(view: SlotView, prompt_len: int, policy: RoutePolicy, now: float) -> tu
 def victim(idle: list[SlotView], policy: RoutePolicy, now: float) -> SlotView:
     """Where a restored prefix goes (it replaces all the slot holds): the least expected
     prefill lost (``eviction_cost``), then empty first, then the least recently used."""
-    return min(idle, key=lambda v: (eviction_cost(v, 0, policy, now), v.held > 0, v.last_used,
-                                    v.key))  # fmt: skip
+    return min(idle, key=lambda v: (eviction_cost(v, 0, policy, now, replaced=True),
+                                    v.held > 0, v.last_used, v.key))  # fmt: skip
 
 
 def route_to(view: SlotView, prompt_len: int, reason: str, policy: RoutePolicy) -> Route:

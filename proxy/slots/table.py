@@ -232,7 +232,7 @@ class SlotTable:
         """Every slot as the router sees it for ``prompt``; what ``principal`` may not
         reuse (``visible``) counts as nothing shared; ``savable``: the server saves a slot
         before it is overwritten. With the server's RAM cache (``ram``), what it loads
-        counts as cached (``RamCache.view``)."""
+        counts as cached and what it keeps as not lost (``RamCache.view``)."""
         out = []
         for slot, state in enumerate(self.states):
             held = self.held.get(slot)
@@ -240,11 +240,13 @@ class SlotTable:
             cached = (self._reusable(state, held, prompt)
                       if prompt is not None and held is not None and mine else 0)  # fmt: skip
             unsaved = (len(held) - state.saved_len) if held is not None else 0
+            kept = copied = 0
             if self.ram is not None and mine:
-                cached = self.ram.view(held, prompt, cached)
+                cached, kept, copied = self.ram.view(held, prompt, cached, unsaved)
             out.append(SlotView(server=self.server, slot=slot, cached=cached,
                                 held=len(held) if held is not None else 0, busy=state.busy,
-                                last_used=state.last_used, unsaved=unsaved,
+                                last_used=state.last_used, unsaved=unsaved, ram_kept=kept,
+                                ram_copied=copied,
                                 public=held is not None and state.owner == PUBLIC,
                                 savable=savable and not state.unverified))  # fmt: skip
         return out

@@ -141,3 +141,16 @@ def test_limits(entries: tuple[Prompt, ...], held: Prompt, kw: dict[str, int],
     ram = cache(*entries, **{"cache_ram_mib": 1, "bytes_per_token": TOKEN, **kw})
     ram.save(held)
     assert ram.entries == after
+
+
+@pytest.mark.parametrize(
+    ("entries", "held", "lost"),
+    [
+        ((A2,), A2, 0),
+        ((A1,), A2, len(A2) - len(A1)),
+        ((B1,), A2, len(A2) - len(T)),
+        ((), None, 0),
+    ],
+)
+def test_lost(entries: tuple[Prompt, ...], held: Prompt | None, lost: int) -> None:
+    assert cache(*entries).lost(held) == lost
