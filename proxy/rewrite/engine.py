@@ -119,7 +119,7 @@ def summarize_from_tape(state: State, ctx: Context) -> Decision:
     if not ctx.on("summarizer"):
         return Decision("summarizer", False, "summarizer off", state)
     identity = state.request.identity
-    found = summarizer.find(state.conv, [t for t in ctx.tapes if t.belongs_to(identity)])
+    found = summarizer.find(state.conv, ctx.tapes, identity)
     if found is None:
         return Decision("summarizer", False, "no summarizer call", state)
     if isinstance(found, str):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.core.conversation import Conversation, Message
+from proxy.rewrite.identity import Identity
 from proxy.rewrite.tape import Tape, text_hash
 
 OPENCLAW_SYSTEM = "You are a context summarization assistant."
@@ -303,14 +304,16 @@ def match_tape(shape: Shape, split: Split, tape: Tape) -> Match | None:
     return min(found, key=lambda m: m.start)
 
 
-def find(conv: Conversation, tapes: Sequence[Tape]) -> Match | str | None:
-    """The tape this summarizer request copies: a ``Match``; None when it is no summarizer
-    request; a reason (str) when it is one that no single conversation explains."""
+def find(conv: Conversation, tapes: Sequence[Tape], identity: Identity) -> Match | str | None:
+    """The tape of ``identity`` this summarizer request copies: a ``Match``; None when it is
+    no summarizer request (the common case: decided before any tape is looked at); a reason
+    (str) when it is one that no single conversation of this client explains."""
     for shape in SHAPES:
         split = shape.split(conv)
         if split is None:
             continue
-        matches = [m for t in tapes if (m := match_tape(shape, split, t)) is not None]
+        own = [t for t in tapes if t.belongs_to(identity)]
+        matches = [m for t in own if (m := match_tape(shape, split, t)) is not None]
         if not matches:
             return "no conversation of this client holds the transcript"
         if any(m.messages() != matches[0].messages() for m in matches):

@@ -220,7 +220,7 @@ def test_contract_refuses_anything_but_exactly_the_rule_s_form() -> None:
     request = openclaw_call(openclaw_transcript(history, None))
     rw = Rewriter(RewriteConfig.parse("all,summarizer"), TapeStore())
     rw.commit(rw.plan(chat(*history), NAMED))
-    found = summarizer.find(request, rw.tapes.all())
+    found = summarizer.find(request, rw.tapes.all(), NAMED)
     assert isinstance(found, summarizer.Match)
     good = replace(request, messages=found.messages())
     assert contract.check_summary(good, request, found, NAMED) is None
