@@ -317,8 +317,10 @@ def same_system(tape: Tape, req: Request, volatile_on: bool) -> bool:
 def find_compaction(own: Sequence[Tape], req: Request, volatile_on: bool = False
                     ) -> Lineage | None:  # fmt: skip
     """A compacted request (a summary among its new messages) tied to exactly one tape:
-    by a named session (every candidate is then that session's), or by kept messages that
-    no other candidate holds."""
+    the only candidate of a named session, or the only one holding kept messages that no
+    other candidate holds (a session may hold several conversations: Claude Code's and
+    Codex's subagents share the parent's session and system prompt, and appending the one
+    that spoke last would send another conversation upstream)."""
     candidates = []
     for tape in own:
         if not same_system(tape, req, volatile_on):
@@ -334,8 +336,8 @@ def find_compaction(own: Sequence[Tape], req: Request, volatile_on: bool = False
             candidates.append((tape, is_new, kept, found, tail))
     if not candidates:
         return None
-    if req.identity.session is not None:
-        tape, is_new, _, (index, shape), tail = candidates[-1]
+    if req.identity.session is not None and len(candidates) == 1:
+        tape, is_new, _, (index, shape), tail = candidates[0]
         return Lineage("compaction", tape, 0, index, shape, tuple(is_new), transient=tail)
     owners = []
     for tape, is_new, kept, found, tail in candidates:

@@ -352,3 +352,29 @@ def test_claude_codes_billing_line_leaves_the_system_message_from_its_second_ses
             assert plan.applied == ["volatile"]
             assert f"cc_version=2.1.328.{suffix}" in plan.conv.messages[-1].content
     assert firsts[1] == firsts[2] == rules
+
+
+def test_a_compaction_in_a_session_with_a_subagent_is_appended_to_its_own_tape() -> None:
+    """Claude Code and Codex subagents share the parent's session and system prompt: a
+    compacted request of the parent is tied to the parent's tape by the reply it keeps, not
+    to whichever tape of the session spoke last (that would append the subagent's
+    conversation); a compacted request tied to neither is not appended."""
+    rw = rewriter()
+    parent = [m("system", SYSTEM), m("user", "read a"), m("assistant", "read"),
+              m("user", "fix it")]  # fmt: skip
+    sent_parent, _, _ = send(rw, chat(*parent), reply="fixed")
+    sub = [m("system", SYSTEM), m("user", "subagent: search the tree"), m("assistant", "found"),
+           m("user", "subagent: and the tests")]  # fmt: skip
+    send(rw, chat(*sub), reply="sub secret")  # the subagent spoke last
+    compacted = [m("system", SYSTEM), m("user", OPENCLAW_SUMMARY), m("assistant", "fixed"),
+                 m("user", "now test it")]  # fmt: skip
+    plan = rw.plan(chat(*compacted), NAMED)
+    sent = list(plan.conv.messages)
+    texts = " ".join(str(x.content) for x in sent)
+    assert "subagent" not in texts and "sub secret" not in texts
+    assert plan.applied == ["compaction:openclaw"] and extends(sent_parent, sent)
+    unknown = [m("system", SYSTEM), m("user", OPENCLAW_SUMMARY), m("assistant", "nobody's"),
+               m("user", "now test it")]  # fmt: skip
+    plan = rw.plan(chat(*unknown), NAMED)
+    assert "subagent" not in " ".join(str(x.content) for x in plan.conv.messages)
+    assert plan.applied == []

@@ -1,6 +1,7 @@
 """Many interleaved clients through one rewriter: every planned request keeps the contract
-against that client's own request, carries no other client's secret, and the contract
-guard never fires (hypothesis plays the sessions)."""
+against that client's own request, carries no other client's secret nor another
+conversation's text (a subagent shares its parent's session and system prompt), and the
+contract guard never fires (hypothesis plays the sessions)."""
 
 from __future__ import annotations
 
@@ -48,8 +49,17 @@ class Client:
     conversation: int = 0
     history: list[Message] = field(default_factory=list)
     transient: bool = False
+    parent: Client | None = None  # a subagent: the parent's session and system prompt
+    session: str = ""  # named when the conversation starts (a subagent: its parent's)
+
+    @property
+    def mark(self) -> str:
+        """Text only this conversation sends (in its first user message)."""
+        return f"conversation-{self.index}-{self.conversation}"
 
     def system(self) -> str:
+        if self.parent is not None:
+            return self.parent.system()
         mode = "Tool line for gateway mode.\n" if self.mode else ""
         return f"{BASE}{mode}Customer: {self.secret}\nToday: 2026-11-{self.date:02d}\n{TAIL}"
 
@@ -58,8 +68,9 @@ class Client:
 
     def first_user(self, word: str) -> str:
         if self.session_named:
-            return f"Runtime: agent=main | sessionId=c{self.index}-{self.conversation}\n{word}"
-        return word
+            agent = "main" if self.parent is None else "sub"
+            return f"Runtime: agent={agent} | sessionId={self.session}\n{word} {self.mark}"
+        return f"{word} {self.mark}"
 
 
 def request(client: Client, tools_order: list[int]) -> Conversation:
@@ -86,6 +97,8 @@ def forged(attacker: Client, victim: Client, word: str) -> Conversation:
 def act(client: Client, action: str, word: str, step: int) -> None:
     if action == "restart" or not client.history:
         client.conversation += 1
+        owner = client.parent or client
+        client.session = f"c{owner.index}-{owner.conversation}"
         client.history = [Message.make("user", client.first_user(word))]
         return
     if action == "date":
@@ -120,6 +133,7 @@ def act(client: Client, action: str, word: str, step: int) -> None:
     n=st.integers(2, 6),
     credentials=st.lists(st.sampled_from([None, None, "k1", "k2", "k3"]), min_size=6, max_size=6),
     named=st.lists(st.booleans(), min_size=6, max_size=6),
+    subagents=st.lists(st.booleans(), min_size=6, max_size=6),
     plays=st.lists(
         st.tuples(st.integers(0, 5), st.sampled_from(ACTIONS), st.sampled_from(WORDS)),
         min_size=4,
@@ -132,6 +146,7 @@ def test_interleaved_clients_never_see_each_other(
     n: int,
     credentials: list[str | None],
     named: list[bool],
+    subagents: list[bool],
     plays: list[tuple[int, str, str]],
     rules: set[str],
     replies: list[str],
@@ -140,6 +155,11 @@ def test_interleaved_clients_never_see_each_other(
     # every request parsed as kvproxy parses it: through one message memo for all clients
     memo = MessageMemo()
     clients = [Client(i, f"SECRET-{i}-{i * 7919}", credentials[i], named[i]) for i in range(n)]
+    for i in range(1, n):
+        if subagents[i] and clients[0].session_named:  # Claude Code's and Codex's subagents
+            sub, parent = clients[i], clients[0]
+            sub.parent, sub.secret, sub.credential = parent, parent.secret, parent.credential
+            sub.session_named = True
     for step, (who, action, word) in enumerate(plays):
         client = clients[who % n]
         victim = clients[(who + 1) % n]
@@ -160,8 +180,10 @@ def test_interleaved_clients_never_see_each_other(
         text = "\n".join(m.text() for m in plan.conv.messages)
         assert client.secret in text
         for other in clients:
-            if other is not client:
+            if other is not client and other.secret != client.secret:
                 assert other.secret not in text, f"client {client.index} got {other.secret}"
+            if other is not client:
+                assert other.mark not in text, f"client {client.index} got {other.mark}"
         if plan.fallback is not None:
             assert plan.fallback.refused is None
             assert contract.check(plan.fallback.conv, conv, None, identity) is None
