@@ -316,15 +316,18 @@ def same_system(tape: Tape, req: Request, volatile_on: bool) -> bool:
 
 def find_compaction(own: Sequence[Tape], req: Request, volatile_on: bool = False
                     ) -> Lineage | None:  # fmt: skip
-    """A compacted request (a summary among its new messages) tied to exactly one tape:
-    the only candidate of a named session, or the only one holding kept messages that no
-    other candidate holds (a session may hold several conversations: Claude Code's and
-    Codex's subagents share the parent's session and system prompt, and appending the one
-    that spoke last would send another conversation upstream)."""
-    candidates = []
+    """A compacted request (a summary among its new messages) tied to exactly one tape: in
+    a named session that holds one conversation with this system prompt, that one; else
+    the only candidate that keeps a message whose text no other conversation of the
+    client sent or was answered with. A session may hold several: Claude Code's and
+    Codex's subagents share the parent's session and system prompt, and appending the
+    tape that merely looks compacted, or spoke last, would send another conversation
+    upstream."""
+    peers, candidates = 0, []
     for tape in own:
         if not same_system(tape, req, volatile_on):
             continue
+        peers += 1
         is_new, kept = kept_messages(tape, req)
         tail = transient_tail(tape, req, is_new)
         end = len(is_new) - tail
@@ -336,18 +339,29 @@ def find_compaction(own: Sequence[Tape], req: Request, volatile_on: bool = False
             candidates.append((tape, is_new, kept, found, tail))
     if not candidates:
         return None
-    if req.identity.session is not None and len(candidates) == 1:
+    if req.identity.session is not None and peers == 1:
         tape, is_new, _, (index, shape), tail = candidates[0]
         return Lineage("compaction", tape, 0, index, shape, tuple(is_new), transient=tail)
     owners = []
     for tape, is_new, kept, found, tail in candidates:
-        others = {h for t, _, k, _, _ in candidates if t is not tape for h in k}
-        if any(h not in others for h in kept):
+        mine = {text_hash(m.text()) for m, new in zip(req.messages, is_new, strict=True)
+                if not new and m.role != "system" and m.text().strip()}  # fmt: skip
+        if "reply:" + tape.reply in kept:
+            mine.add(tape.reply)
+        others = {key for t in own if t is not tape for key in texts_of(t)}
+        if mine - others:
             owners.append((tape, is_new, found, tail))
     if len(owners) != 1:
         return Lineage("fresh", reason="compaction-ambiguous")
     tape, is_new, (index, shape), tail = owners[0]
     return Lineage("compaction", tape, 0, index, shape, tuple(is_new), transient=tail)
+
+
+def texts_of(tape: Tape) -> set[str]:
+    """The text hashes of every message a tape's conversation sent upstream, and of the
+    reply relayed to it."""
+    keys = {text_hash(m.text()) for m in tape.sent if m.role != "system"}
+    return keys | {tape.reply} if tape.reply else keys
 
 
 def transient_tail(tape: Tape, req: Request, is_new: Sequence[bool]) -> int:
