@@ -84,7 +84,8 @@ SERVE_OPTIONS: tuple[tuple[str, type, str], ...] = (
      "load guard: queue behind a busy slot only when it saves more prefill tokens than this"),
     ("--route-max-queue", int, "load guard: never queue this many requests on one slot"),
     ("--route-min-restore-gain", int,
-     "restore a saved prefix only when it beats every live slot by this many tokens"),
+     "restore a saved prefix only when that saves this many tokens of prefill over the best "
+     "live slot, net of reading the file and of what the replaced slot loses"),
     ("--upstream-cache-ram", int,
      "an external llama-server's --cache-ram in MiB (-1: no limit, 0: off): its host-RAM "
      "prompt cache, which routing counts on; unset: its default, counted on once a request "

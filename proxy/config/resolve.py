@@ -129,7 +129,7 @@ class ServeOptions(BaseModel):
     route_hot_tokens: int = 512
     route_busy_wait_tokens: int = 2048
     route_max_queue: int = 2
-    route_min_restore_gain: int = 256
+    route_min_restore_gain: int = 32
     log_content: bool = False
     allow_slot_actions: bool = False
     upstream_swa_full: bool = False

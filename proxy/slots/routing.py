@@ -76,8 +76,10 @@ class RoutePolicy:
     # What bringing back a slot saved before it was given up costs, as a share of
     # prefilling it again: reading its KV state from disk instead of computing it.
     restore_cost: float = 0.1
-    # Restore a saved prefix only when it beats every live slot by this many tokens.
-    min_restore_gain: int = 256
+    # Restore a saved prefix only when that saves this many tokens of expected prefill
+    # more than the best live slot, net of reading the file (``restore_cost``) and of what
+    # the slot it replaces loses (``restore_route``).
+    min_restore_gain: int = 32
     # Save a slot before overwriting it when it would lose at least this many tokens (and
     # part of its content is not on disk yet).
     min_save_tokens: int = 256
@@ -228,21 +230,29 @@ def all_busy(ranked: list[SlotView], prompt_len: int, policy: RoutePolicy,
 def restore_route(prompt_len: int, idle: list[SlotView], best: SlotView,
                   saved: SavedView | None, policy: RoutePolicy,
                   now: float) -> Route | None:  # fmt: skip
-    """Restore the saved prefix into an idle slot of its upstream, when it beats ``best``
-    by ``min_restore_gain`` tokens (``best.cached`` counts what the server's RAM cache
-    would load: only what RAM lost is restored from disk); None otherwise."""
-    if (
-        saved is None
-        or not idle
-        or usable(saved.cached, prompt_len)
-        < usable(best.cached, prompt_len) + policy.min_restore_gain
-    ):
+    """Restore the saved prefix into an idle slot of its upstream (``victim``) when its
+    value (the tokens it reuses, less reading them back, ``restore_cost``, less what the
+    replaced slot loses, ``eviction_cost``) beats ``best``'s by ``min_restore_gain``
+    (``best.cached`` counts what the server's RAM cache would load: only what RAM lost is
+    restored from disk); None otherwise. A flat 256-token margin over ``best.cached``
+    kept short sessions from their own files behind another session's shared system
+    prompt (docs/benchmarks.md, bench-trace)."""
+    if saved is None or not idle:
+        return None
+    reused = usable(saved.cached, prompt_len)
+    if reused <= usable(best.cached, prompt_len):
         return None
     target = victim([v for v in idle if v.server == saved.server] or idle, policy, now)
     if target.server != saved.server:
         return None
+    # what the slot holds of this prompt's prefix, the file holds too: not lost
+    kept = min(target.cached, saved.cached)
+    gain = (reused * (1 - policy.restore_cost)
+            - eviction_cost(target, kept, policy, now, replaced=True))  # fmt: skip
+    if gain < value(best, prompt_len, policy, now) + policy.min_restore_gain:
+        return None
     base = route_to(target, prompt_len, "restore", policy)
-    lost = target.held  # a restore replaces the slot's whole content
+    lost = target.held - kept  # a restore replaces the slot's whole content
     return Route(
         server=base.server,
         slot=base.slot,

@@ -73,6 +73,12 @@ CASES = [
     ("restore evicts the LRU slot and saves it first", 3000,
      [slot(0, 0, 1500, age=5), slot(1, 0, 1400, age=9)], SavedView("f", 2500, 0),
      (1, "restore", 2500, True, "f")),
+    ("a session's own file beats another session's shared system prompt", 500,
+     [slot(0, 198, 480, age=30, unsaved=0), slot(1, 6, 400, age=30, unsaved=0)],
+     SavedView("f", 430, 0), (0, "restore", 430, False, "f")),
+    ("a restore over the session's own shorter prefix loses nothing", 3000,
+     [slot(0, 1000, 1000, age=5), slot(1, 0, 3000, age=5)], SavedView("f", 1500, 0),
+     (0, "restore", 1500, False, "f")),
     ("no restore for a small gain", 3000,
      [slot(0, 2400, 2400), slot(1)], SavedView("f", 2500, 0), (0, "prefix-hit", 2400, False, None)),
 ]  # fmt: skip
