@@ -1,21 +1,28 @@
-"""kvproxy's own time on an appended tool turn of a ~30k-token conversation, phase by phase,
+"""kvproxy's own time on an appended tool turn of a ~31k-token conversation, phase by phase,
 and a cProfile of the same path (issue 20, point 6).
 
 kvproxy runs in this process (``create_app``) in front of the embedded llama-server serving
-Gemma 3 270M at 32k, as in ``make bench-tokens``; the client posts from a worker thread, so
-that only kvproxy's side is timed and profiled. The tokenizer's thread hand-off is made
-inline here so that the profile sees it. Run: ``python -m bench.own_time [--turns N]``.
+Gemma 3 270M with two slots, as in ``make bench-tokens``: streamed appended tool turns (a
+user ask, a tool call, its result) of one conversation, each completed (one token), so that
+the slot holds the conversation and the turn is routed as bench-tokens' are. The client
+posts from a worker thread. The first ``--turns`` turns are timed phase by phase (each phase
+is a wrapper around the function named, added after start-up: nested phases are indented,
+and a wrapper costs about a microsecond); then ``--profiled`` turns run under cProfile with
+the tokenizer's thread hand-off made inline, so that the profile sees it.
+
+The record's ``overhead_ms`` is kvproxy's time from the request's first byte to its
+dispatch less its queue waits; ``queued_ms`` (``SlotManager.acquire_prompts`` as a whole:
+the ``/slots`` check before routing and the routing itself) is one of those waits.
+Run: ``python -m bench.own_time [--turns N] [--profiled M]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import cProfile
 import functools
 import io
-import json
 import pstats
 import statistics
 import tempfile
@@ -28,16 +35,45 @@ from typing import Any
 import httpx
 from aiohttp import web
 
-import proxy.web.handlers as handlers
-from bench.tokens import conversation, tool_turn
+import proxy.slots.manager as manager_module
+import proxy.tokens.local as local_module
+import proxy.web.body as body_module
+from bench.tokens import appended, conversation
+from bench.workload import chat
+from proxy.backends import llama_server
 from proxy.backends.embedded import EmbeddedServer, free_port, resolve_model
 from proxy.backends.upstream import UpstreamSpec
 from proxy.config.settings import EmbeddedSettings, Settings
+from proxy.core import prefix_index
+from proxy.dialects import openai_chat
 from proxy.records.read import read_records
+from proxy.slots import table as table_module
 from proxy.web.app import create_app
 from proxy.web.components import DIRECTOR
 
-Timings = dict[str, list[float]]
+
+class Timings:
+    """Milliseconds per phase per turn, summed over the phase's calls, counted from the
+    turn's post until its dispatch (not the reply's tokenizing, say): wall time, and the
+    CPU time of the thread that ran it (``time.thread_time``: what a busy machine's
+    preemptions do not inflate)."""
+
+    def __init__(self) -> None:
+        self.turn: int | None = None
+        self.spent: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
+        self.cpu: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
+
+    def add(self, name: str, ms: float, cpu_ms: float) -> None:
+        if self.turn is not None:
+            self.spent[name][self.turn] += ms
+            self.cpu[name][self.turn] += cpu_ms
+
+    def end_turn(self) -> None:
+        self.turn = None
+
+
+# (label, depth) in the order the request meets them.
+ORDER: list[tuple[str, int]] = []
 
 
 def timed(spent: Timings, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -46,21 +82,22 @@ def timed(spent: Timings, name: str, fn: Callable[..., Any]) -> Callable[..., An
 
         @functools.wraps(fn)
         async def run_async(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             try:
                 return await fn(*args, **kwargs)
             finally:
-                spent[name].append((time.perf_counter() - t0) * 1000)
+                spent.add(name, (time.perf_counter() - t0) * 1000,
+                          (time.thread_time() - c0) * 1000)  # fmt: skip
 
         return run_async
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         try:
             return fn(*args, **kwargs)
         finally:
-            spent[name].append((time.perf_counter() - t0) * 1000)
+            spent.add(name, (time.perf_counter() - t0) * 1000, (time.thread_time() - c0) * 1000)
 
     return run
 
@@ -70,93 +107,198 @@ async def inline(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
     return fn(*args, **kwargs)
 
 
-def instrument(app: web.Application, spent: Timings) -> None:
+def instrument(app: web.Application, spent: Timings) -> Callable[[], None]:
+    """Wrap the phases of the request path; returns what undoes it."""
     director = app[DIRECTOR]
-    handlers.read_json = timed(spent, "read + decode body", handlers.read_json)
-    director.rewriter.plan = timed(spent, "rewrite plan", director.rewriter.plan)
-    director.calls_for = timed(spent, "upstream body (calls_for)", director.calls_for)
-    director.slots.tokens_for = timed(spent, "tokens (render + tokenize + hashes)",
-                                      director.slots.tokens_for)  # fmt: skip
-    director.route = timed(spent, "route", director.route)
-    director.dispatch = timed(spent, "dispatch", director.dispatch)
-    from proxy.dialects.openai_chat import DIALECT
+    slots = director.slots
+    tokenizer = slots.servers[0].tokenizer
+    undo: list[tuple[Any, str, Any]] = []
 
-    type(DIALECT).parse = timed(spent, "parse (canonical)", type(DIALECT).parse)
+    def wrap(label: str, depth: int, owner: Any, attr: str) -> None:
+        original = getattr(owner, attr)
+        undo.append((owner, attr, original))
+        setattr(owner, attr, timed(spent, label, original))
+        ORDER.append((label, depth))
+
+    ORDER.clear()
+    wrap("body read", 0, body_module, "read_body")
+    wrap("JSON decode", 0, body_module, "decode_json")
+    wrap("dialect parse", 0, type(openai_chat.DIALECT), "parse")
+    wrap("rewriter.plan", 0, director.rewriter, "plan")
+    wrap("calls_for (upstream body)", 0, director, "calls_for")
+    wrap("tokens_for", 0, slots, "tokens_for")
+    wrap("prompt_tokens (with thread hand-off)", 1, tokenizer, "prompt_tokens")
+    wrap("features", 2, local_module, "features")
+    wrap("tokens_of_chat (in the thread)", 2, tokenizer, "tokens_of_chat")
+    wrap("render (resumed)", 3, tokenizer, "render")
+    wrap("tokenize (encode)", 3, tokenizer.pieces, "encode")
+    ORDER.append(("Prompt.of (hashes)", 1))  # timed_prompt
+    wrap("best_predicted (original)", 0, slots, "best_predicted")
+    wrap("acquire_prompts (queued_ms)", 0, slots, "acquire_prompts")
+    wrap("replies known", 1, slots, "_replies_known")
+    wrap("/slots sync", 1, slots, "_sync_before_routing")
+    wrap("_route", 1, slots, "_route")
+    wrap("views", 2, table_module.SlotTable, "views")
+    wrap("choose", 2, manager_module, "choose")
+    wrap("known_best", 2, manager_module, "known_best")
+    wrap("enter_gate", 0, director, "enter_gate")
+    wrap("dispatch", 0, director, "dispatch")
+    wrap("backend prepare", 1, llama_server.LlamaServer, "prepare")
+    dispatch, admit = director.dispatch, director.admit
+    started: list[float] = [0.0, 0.0]
+
+    def admitted(*args: Any, **kwargs: Any) -> Any:
+        started[:] = [time.perf_counter(), time.thread_time()]
+        return admit(*args, **kwargs)
+
+    def dispatched(ex: Any) -> Any:
+        try:
+            return dispatch(ex)
+        finally:
+            spent.add("admit to dispatch (the event loop's thread)",
+                      (time.perf_counter() - started[0]) * 1000,
+                      (time.thread_time() - started[1]) * 1000)  # fmt: skip
+            spent.end_turn()
+
+    director.admit = admitted  # type: ignore[method-assign]
+    director.dispatch = dispatched  # type: ignore[method-assign]
+    ORDER.insert(0, ("admit to dispatch (the event loop's thread)", 0))
+
+    def restore() -> None:
+        for owner, attr, original in reversed(undo):
+            setattr(owner, attr, original)
+
+    return restore
 
 
-def post(client: httpx.Client, url: str, body: dict[str, Any]) -> None:
-    """Send, and leave after a second: kvproxy's own time ends when it dispatches, and the
-    server (small batches) stops prefilling once kvproxy drops the call."""
-    raw = json.dumps(body).encode()
-    with contextlib.suppress(httpx.TimeoutException):
-        client.post(url + "/v1/chat/completions", content=raw, timeout=1.0,
-                    headers={"content-type": "application/json"})  # fmt: skip
+def timed_prompt(spent: Timings) -> type:
+    """``Prompt`` with its ``of`` timed, for the manager's ``Prompt.of``."""
+    base = prefix_index.Prompt
+
+    class Timed(base):  # type: ignore[misc,valid-type]
+        of = classmethod(lambda cls, *a, **k: timed(spent, "Prompt.of (hashes)", base.of)(*a, **k))
+
+    return Timed
 
 
-async def run(server: EmbeddedServer, tmp: Path, size: int, turns: int, profile: Path) -> None:
-    settings = Settings(upstreams=(UpstreamSpec(url=server.url, kind="llama"),), data_dir=tmp)
+async def run(server_url: str, tmp: Path, size: int, turns: int, profiled: int,
+              profile: Path, pause: float, skip: int = 0) -> None:  # fmt: skip
+    settings = Settings(upstreams=(UpstreamSpec(url=server_url, kind="llama"),), data_dir=tmp)
     app = create_app(settings)
-    runner = web.AppRunner(app, handler_cancellation=True)  # a dropped call stops
+    runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     url = f"http://127.0.0.1:{port}"
-    asyncio.to_thread = inline  # type: ignore[assignment]
-    spent: Timings = defaultdict(list)
+    spent = Timings()
     profiler = cProfile.Profile()
+    to_thread = asyncio.to_thread
+    loop = asyncio.get_running_loop()
     try:
         with httpx.Client(timeout=1800, limits=httpx.Limits(max_keepalive_connections=0)) as c:
 
             def count(body: dict[str, Any]) -> int:
-                text = c.post(server.url + "/apply-template", json=body).json()["prompt"]
-                return len(c.post(server.url + "/tokenize", json={"content": text}).json()[
+                text = c.post(server_url + "/apply-template", json=body).json()["prompt"]
+                return len(c.post(server_url + "/tokenize", json={"content": text}).json()[
                     "tokens"])  # fmt: skip
 
-            loop = asyncio.get_running_loop()
+            def send(body: dict[str, Any]) -> None:
+                chat(c, url, body["messages"], 1, body)
+
             body = await loop.run_in_executor(None, conversation, size, count, 7)
-            body = {**body, "max_tokens": 1, "temperature": 0}
-            await loop.run_in_executor(None, post, c, url, body)  # caches filled
-            instrument(app, spent)
+            for i in range(skip):  # what an earlier run against --upstream left in a slot
+                body = appended(body, i)
+            await loop.run_in_executor(None, send, body)  # the slot holds the conversation
+            manager_module.Prompt = timed_prompt(spent)  # type: ignore[misc]
+            restore = instrument(app, spent)
             for i in range(turns):
-                body = {**body, "messages": [*body["messages"], *tool_turn(10_000 + i, 60)[:3]]}
-                await asyncio.sleep(0.5)  # the dropped call is over
-                if i % 2:
-                    profiler.enable()
-                await loop.run_in_executor(None, post, c, url, body)
+                body = appended(body, skip + i)
+                await asyncio.sleep(pause)  # bench-tokens: a direct turn comes between
+                spent.turn = i
+                await loop.run_in_executor(None, send, body)
+            restore()
+            manager_module.Prompt = prefix_index.Prompt  # type: ignore[misc]
+            asyncio.to_thread = inline  # type: ignore[assignment]
+            for i in range(turns, turns + profiled):
+                body = appended(body, skip + i)
+                await asyncio.sleep(pause)
+                profiler.enable()
+                await loop.run_in_executor(None, send, body)
                 profiler.disable()
             messages = len(body["messages"])
     finally:
+        asyncio.to_thread = to_thread  # type: ignore[assignment]
         await runner.cleanup()
-    own = [r["overhead_ms"] for r in read_records(settings.records_dir) if r.get("overhead_ms")]
-    plain = own[1:][0::2]  # the unprofiled turns (even i), after the first
-    print(f"{messages} messages; own time (overhead_ms) unprofiled turns: "
-          f"p50 {statistics.median(plain):.2f} ms of {plain}")  # fmt: skip
-    print("| phase | p50 ms |\n|---|---|")
-    for name, values in spent.items():
-        print(f"| {name} | {statistics.median(values[0::2]):.2f} |")
+    records = [r for r in read_records(settings.records_dir) if r.get("overhead_ms")]
+    timed_turns = records[1 : turns + 1]
+    own = [r["overhead_ms"] for r in timed_turns]
+    queued = [r.get("queued_ms") or 0.0 for r in timed_turns]
+    reasons = sorted({str(r.get("route_reason")) for r in timed_turns})
+    print(
+        f"{messages} messages, {timed_turns[-1].get('prompt_tokens')} tokens; route "
+        f"{reasons}; predicted cached {[r.get('predicted_cached') for r in timed_turns]}"
+    )
+    print(
+        f"own time (overhead_ms) p50 {statistics.median(own):.2f} ms, max {max(own):.2f} "
+        f"over {len(own)} turns: {own}"
+    )
+    print(f"queued_ms (not in overhead_ms) p50 {statistics.median(queued):.2f} ms")
+    print("| phase | wall p50 ms | CPU p50 ms | wall max ms |\n|---|---|---|---|")
+    for name, depth in ORDER:
+        if name in spent.spent:
+            wall = [spent.spent[name].get(i, 0.0) for i in range(turns)]
+            cpu = [spent.cpu[name].get(i, 0.0) for i in range(turns)]
+            print(f"| {'  ' * depth}{name} | {statistics.median(wall):.3f} "
+                  f"| {statistics.median(cpu):.3f} | {max(wall):.3f} |")  # fmt: skip
     profiler.dump_stats(profile)
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out).strip_dirs().sort_stats("tottime")
     stats.print_stats(30)
-    stats.sort_stats("cumulative").print_stats(45)
+    stats.sort_stats("cumulative").print_stats(60)
     print(out.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tokens", type=int, default=30_000)
-    parser.add_argument("--turns", type=int, default=12)
+    parser.add_argument("--turns", type=int, default=11, help="timed turns")
+    parser.add_argument("--profiled", type=int, default=4, help="turns under cProfile")
     parser.add_argument("--model", default="gemma3-270m")
     parser.add_argument("--profile", type=Path, default=Path("own_time.prof"))
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=0.3,
+        help="seconds between turns (bench-tokens sends a direct turn then)",
+    )
+    parser.add_argument(
+        "--upstream",
+        help="a running llama-server to use (its --parallel 2, "
+        "its context room for the turns) instead of starting one",
+    )
+    parser.add_argument(
+        "--skip",
+        type=int,
+        default=0,
+        help="with --upstream: turns an "
+        "earlier run sent (its slot holds them: a sliding-window model "
+        "reuses no shorter prefix)",
+    )
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="kvp-own-"))
+    if args.upstream:
+        asyncio.run(run(args.upstream, tmp / "proxy", args.tokens, args.turns, args.profiled,
+                        args.profile, args.pause, args.skip))  # fmt: skip
+        return 0
     model, template = resolve_model(args.model)
-    small_batches = ("--batch-size", "64", "--ubatch-size", "64")
-    extra = ("--chat-template-file", str(template), *small_batches) if template else ()
-    settings = EmbeddedSettings(model=model, parallel=1, ctx_per_slot=32_768, extra_args=extra)
+    extra = ("--chat-template-file", str(template)) if template else ()
+    # bench-tokens' server (two slots), with room for the turns past 32k
+    ctx = max(32_768, args.tokens + 1_000 + 150 * (args.turns + args.profiled))
+    settings = EmbeddedSettings(model=model, parallel=2, ctx_per_slot=ctx, extra_args=extra)
     server = EmbeddedServer.start(settings, tmp / "llama")
     try:
-        asyncio.run(run(server, tmp / "proxy", args.tokens, args.turns, args.profile))
+        asyncio.run(run(server.url, tmp / "proxy", args.tokens, args.turns, args.profiled,
+                        args.profile, args.pause))  # fmt: skip
     finally:
         server.stop()
     return 0
