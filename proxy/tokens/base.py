@@ -43,6 +43,11 @@ class Encoder(Protocol):
 
     def encode(self, text: str, add_special: bool = True) -> list[int]: ...
 
+    def unknown_chars(self, text: str, add_special: bool = True) -> int:
+        """How many characters of ``text`` ``encode`` would look at: past the leading
+        chunks it remembers from a recent prompt (all of them when it keeps none)."""
+        ...
+
     def special_strings(self) -> dict[str, str]: ...
 
     def prepare(self, template: str) -> None:

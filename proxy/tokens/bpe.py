@@ -108,6 +108,10 @@ class PieceTokenizer:
             out.append(self.vocab.eos_id)
         return out
 
+    def unknown_chars(self, text: str, add_special: bool = True) -> int:
+        """All of it: the whole text is split at special tokens each time."""
+        return len(text)
+
     @property
     def add_bos(self) -> bool:
         return self.vocab.add_bos

@@ -293,6 +293,10 @@ class LlamaVocab:
         self._remember(add_special, text, out, text.rfind(boundary), end)
         return out
 
+    def unknown_chars(self, text: str, add_special: bool = True) -> int:
+        """The characters past the longest remembered leading chunks (all without them)."""
+        return len(text) - self._known_prefix(text, add_special)[0]
+
     def _known_prefix(self, text: str, add_special: bool) -> tuple[int, tuple[int, ...]]:
         """The longest remembered leading chunks ``text`` starts with (0 if none)."""
         best: int = 0

@@ -152,6 +152,16 @@ class ResumedRender:
 
         return r
 
+    def resumes(self, body: dict[str, Any], norm: Normalization) -> bool:
+        """Whether ``render`` would resume ``body`` from a kept entry of a shape already
+        certified (cheap: no rendering; the caller then renders on the event loop)."""
+        messages = body.get("messages") or []
+        if len(messages) < MIN_MESSAGES or messages[-1].get("role") == "assistant":
+            return False
+        shape = shape_of(body, norm, time.localtime())
+        return (shape is not None and self._certified.get(shape) is True
+                and self.find(shape, messages) is not None)  # fmt: skip
+
     def render(self, body: dict[str, Any], norm: Normalization) -> str:
         """The text ``templates.render`` gives for ``body`` (with the generation prompt)."""
         now = time.localtime()

@@ -48,6 +48,9 @@ class CharEncoder:
             ids = [1] * self.add_bos + ids + [2] * self.add_eos
         return ids
 
+    def unknown_chars(self, text: str, add_special: bool = True) -> int:
+        return len(text)
+
     def prepare(self, template: str) -> None:
         pass
 

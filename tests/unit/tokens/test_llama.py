@@ -116,6 +116,10 @@ def test_appending_a_message_tokenizes_only_what_is_new(vocabs: dict[str, LlamaV
     second = tokens()
     assert second[: len(first) - 3] == first[: len(first) - 3] and len(first) > 8000
     assert vocab.tokenized - before <= 2  # the new message; the generation prompt is cached
+    text = render(vocab.chat_template or "", {"messages": messages}, {}, Normalization())
+    last = len(text) - text.rindex("<|im_start|>")  # all but the last chunk is known
+    assert vocab.unknown_chars(text + "?") == last + 1 and last < 32
+    assert vocab.unknown_chars("fresh " + text) == len(text) + 6
     vocab.boundary = None
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from proxy.core.conversation import Conversation
+from proxy.tokens import local, templates
 from proxy.tokens.local import LocalTokenizer
 from proxy.tokens.server import ServerTokenizer
 from proxy.tokens.templates import PLAIN, TOOLS, Normalization, Verified
@@ -50,3 +53,40 @@ async def test_replies_are_tokenized_here_without_specials() -> None:
     tok = LocalTokenizer(CharEncoder(add_bos=True), TEMPLATE, ServerTokenizer(None))
     assert tok.text_tokens("ok") == [111, 107]
     assert await tok.reply_tokens("ok") == [111, 107]
+
+
+async def test_an_appended_turn_is_tokenized_on_the_event_loop_unless_its_new_text_is_long(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A turn the resumed render extends is rendered and tokenized without the thread
+    hand-off (it costs more than the work); one with a long new text still uses a thread.
+    Either way the tokens are the whole render's."""
+    threaded: list[str] = []
+
+    async def to_thread(fn: Any, /, *args: Any) -> Any:
+        threaded.append(fn.__name__)
+        return fn(*args)
+
+    monkeypatch.setattr(local.asyncio, "to_thread", to_thread)
+    tok = LocalTokenizer(CharEncoder(add_bos=True), TEMPLATE, ServerTokenizer(None))
+    tok.verified = Verified(features={PLAIN: frozenset([Normalization()])})
+    messages = [{"role": ("user", "assistant")[i % 2], "content": f"turn {i}"} for i in range(15)]
+
+    async def tokens(body: dict[str, Any]) -> list[int] | None:
+        got = await tok.prompt_tokens(CHAT, body)
+        whole = templates.render(TEMPLATE, body, tok.special, Normalization())
+        assert got == [1, *map(ord, tok.drop_doubled_specials(whole))]
+        return got
+
+    await tokens({"messages": messages})
+    assert threaded == ["tokens_of_chat"]  # the first turn: rendered whole, in a thread
+    messages += [{"role": "assistant", "content": "ok"}, {"role": "user", "content": "more"}]
+    await tokens({"messages": messages})  # resumed, once the shape is certified (a thread)
+    assert threaded == ["tokens_of_chat"] * 2 and tok.resumed.resumed == 1
+    messages += [{"role": "assistant", "content": "ok"}, {"role": "user", "content": "again"}]
+    await tokens({"messages": messages})
+    assert threaded == ["tokens_of_chat"] * 2 and tok.resumed.resumed == 2  # no thread
+    messages += [{"role": "assistant", "content": "ok"},
+                 {"role": "user", "content": "x" * (local.INLINE_CHARS + 1)}]  # fmt: skip
+    await tokens({"messages": messages})
+    assert threaded == ["tokens_of_chat"] * 2 + ["encode"] and tok.resumed.resumed == 3
