@@ -14,6 +14,7 @@ from proxy.dialects.base import parse_messages
 from proxy.rewrite.tape import message_hash
 
 TOOL = {"role": "tool", "content": "42", "tool_call_id": "c1"}
+NAN, INF = float("nan"), float("inf")
 
 
 def test_a_message_parsed_before_is_the_same_object_and_equal_to_a_fresh_parse() -> None:
@@ -36,6 +37,17 @@ def test_a_message_parsed_before_is_the_same_object_and_equal_to_a_fresh_parse()
         ({"role": "user", "content": "x"}, {"role": "assistant", "content": "x"}),
         ({"role": "user", "content": [{"type": "text", "text": "x"}]},
          {"role": "user", "content": [{"type": "text", "text": "x "}]}),
+        # orjson writes NaN and the infinities as null (the stdlib's decoding lets them in)
+        ({"role": "user", "content": "1", "n": None}, {"role": "user", "content": "1", "n": NAN}),
+        ({"role": "user", "content": "1", "n": [INF]},
+         {"role": "user", "content": "1", "n": [None]}),
+        ({"role": "user", "content": "1", "n": 2**64},
+         {"role": "user", "content": "1", "n": 2**64 + 1}),
+        ({"role": "user", "content": "1", "n": {"a": 1}},
+         {"role": "user", "content": "1", "n": {"a": "1"}}),
+        ({"role": "user", "content": "\ud800"}, {"role": "user", "content": "\ud801"}),
+        ({"role": "user", "content": "x", "name": "a"},
+         {"name": "a", "role": "user", "content": "x"}),
     ],
 )  # fmt: skip
 def test_different_values_never_share_a_memo_entry(a: dict[str, Any], b: dict[str, Any]) -> None:
