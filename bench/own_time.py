@@ -250,6 +250,8 @@ async def run(server_url: str, tmp: Path, size: int, turns: int, profiled: int,
             cpu = [spent.cpu[name].get(i, 0.0) for i in range(turns)]
             print(f"| {'  ' * depth}{name} | {statistics.median(wall):.3f} "
                   f"| {statistics.median(cpu):.3f} | {max(wall):.3f} |")  # fmt: skip
+    if not profiled:
+        return
     profiler.dump_stats(profile)
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out).strip_dirs().sort_stats("tottime")
