@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import ipaddress
 import json
 import logging
@@ -167,6 +168,10 @@ async def serve(settings: Settings) -> None:
                            keepalive_timeout=settings.idle_timeout,
                            shutdown_timeout=CUT_WAIT)  # fmt: skip
     await runner.setup()
+    # What start-up built (vocabularies, templates: hundreds of thousands of objects) lives
+    # as long as the process: kept out of the collector's scans, which otherwise walk it
+    # while a request's JSON is decoded (bench/own_time.py: decode 1.2 ms, 0.4 without).
+    gc.freeze()
     try:
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()

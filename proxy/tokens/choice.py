@@ -4,6 +4,7 @@ GGUF when it is readable here, else the server's endpoints; ollama gets estimate
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,7 @@ async def tokenizer_for(upstream: Any, configured: Path | None, server_only: boo
                      server=verified.refused)  # fmt: skip
         except ProxyError as exc:
             log.warning("template_unverified", upstream=upstream.url, error=exc.message)
+        gc.freeze()  # the vocabulary lives as long as the process: out of the GC's scans
         return tok
     log.info("tokenizer_server", upstream=upstream.url)
     return server
