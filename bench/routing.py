@@ -64,14 +64,20 @@ def run_side(
     tmp = Path(tempfile.mkdtemp(prefix="kvp-bench-"))
     llama = server(slots, cache_ram, tmp / "llama")
     told = ("--upstream-cache-ram", "8192" if cache_ram else "0")
-    proxy = spawn_proxy(tmp / "proxy", "--upstream", llama.url, *told) if through_proxy else None
+    # the server's save directory is on this host: kvproxy takes idle checkpoints (without
+    # it, only saves before an eviction, and a conversation that keeps its slot is lost)
+    where = ("--slot-dir", str(tmp / "llama" / "slots")) if restart else ()
+    proxy = (spawn_proxy(tmp / "proxy", "--upstream", llama.url, *told, *where)
+             if through_proxy else None)  # fmt: skip
     base = proxy.url if proxy else llama.url
     convs = [Conversation.start(seed, words) for seed in range(conversations)]
     try:
         calls = play(base, convs, turns)
         after: list[Call] = []
         if restart:
-            time.sleep(3)  # idle slots are checkpointed to disk by kvproxy meanwhile
+            time.sleep(3)
+            if proxy:
+                checkpointed(tmp / "llama" / "slots")
             port = llama.port
             llama.stop()
             llama = server(slots, cache_ram, tmp / "llama", port)
@@ -82,6 +88,21 @@ def run_side(
         if proxy:
             proxy.stop()
         llama.stop()
+
+
+def checkpointed(slot_dir: Path, quiet: float = 5.0, timeout: float = 60.0) -> None:
+    """Wait until kvproxy's idle checkpoints (``--slot-checkpoint-idle``, 2 s) are written:
+    no new slot file for ``quiet`` seconds. A fixed 3-second sleep raced them on a loaded
+    machine, and the restart row then measured lost files instead of routing."""
+    deadline = time.monotonic() + timeout
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        files = sorted((f.name, f.stat().st_mtime) for f in slot_dir.glob("*.bin"))
+        if files != last:
+            last, since = files, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.5)
 
 
 def pct_row(name: str, direct: Side, via: Side) -> str:
@@ -108,14 +129,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--words", type=int, default=1000, help="opening document words")
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--no-write", action="store_true", help="do not update the docs")
+    parser.add_argument("--only", help="rows by number, e.g. 5 (1-5; implies --no-write)")
     args = parser.parse_args(argv)
     runs: list[tuple[str, int, int, bool, bool]] = [
         ("8 on 4, host-RAM cache on", 8, 4, True, False),
         ("4 on 2, host-RAM cache on", 4, 2, True, False),
         ("8 on 4, --cache-ram 0", 8, 4, False, False),
         ("4 on 2, --cache-ram 0", 4, 2, False, False),
-        ("4 on 2, --cache-ram 0, upstream restarted", 4, 2, False, True),
+        ("4 on 2, --cache-ram 0, upstream restarted (--slot-dir)", 4, 2, False, True),
     ]
+    if args.only:
+        runs = [runs[int(i) - 1] for i in args.only.split(",")]
+        args.no_write = True
     rows, restart_line = [], ""
     for name, n, s, cache_ram, restart in runs:
         direct, via = (
