@@ -121,28 +121,36 @@ def instrument(app: web.Application, spent: Timings) -> Callable[[], None]:
         ORDER.append((label, depth))
 
     ORDER.clear()
-    wrap("body read", 0, body_module, "read_body")
-    wrap("JSON decode", 0, body_module, "decode_json")
-    wrap("dialect parse", 0, type(openai_chat.DIALECT), "parse")
-    wrap("rewriter.plan", 0, director.rewriter, "plan")
-    wrap("calls_for (upstream body)", 0, director, "calls_for")
-    wrap("tokens_for", 0, slots, "tokens_for")
-    wrap("prompt_tokens (with thread hand-off)", 1, tokenizer, "prompt_tokens")
-    wrap("features", 2, local_module, "features")
-    wrap("tokens_of_chat (in the thread)", 2, tokenizer, "tokens_of_chat")
-    wrap("render (resumed)", 3, tokenizer, "render")
-    wrap("tokenize (encode)", 3, tokenizer.pieces, "encode")
-    ORDER.append(("Prompt.of (hashes)", 1))  # timed_prompt
-    wrap("best_predicted (original)", 0, slots, "best_predicted")
-    wrap("acquire_prompts (queued_ms)", 0, slots, "acquire_prompts")
-    wrap("replies known", 1, slots, "_replies_known")
-    wrap("/slots sync", 1, slots, "_sync_before_routing")
-    wrap("_route", 1, slots, "_route")
-    wrap("views", 2, table_module.SlotTable, "views")
-    wrap("choose", 2, manager_module, "choose")
-    wrap("known_best", 2, manager_module, "known_best")
-    wrap("enter_gate", 0, director, "enter_gate")
-    wrap("dispatch", 0, director, "dispatch")
+    # (label, depth in the report, owner, attribute): the phases timed, in order
+    phases = (
+        ("body read", 0, body_module, "read_body"),
+        ("JSON decode", 0, body_module, "decode_json"),
+        ("dialect parse", 0, type(openai_chat.DIALECT), "parse"),
+        ("rewriter.plan", 0, director.rewriter, "plan"),
+        ("calls_for (upstream body)", 0, director, "calls_for"),
+        ("tokens_for", 0, slots, "tokens_for"),
+        ("prompt_tokens (with thread hand-off)", 1, tokenizer, "prompt_tokens"),
+        ("features", 2, local_module, "features"),
+        ("tokens_of_chat (in the thread)", 2, tokenizer, "tokens_of_chat"),
+        ("render (resumed)", 3, tokenizer, "render"),
+        ("tokenize (encode)", 3, tokenizer.pieces, "encode"),
+        ("Prompt.of (hashes)", 1, None, ""),  # timed_prompt
+        ("best_predicted (original)", 0, slots, "best_predicted"),
+        ("acquire_prompts (queued_ms)", 0, slots, "acquire_prompts"),
+        ("replies known", 1, slots, "_replies_known"),
+        ("/slots sync", 1, slots, "_sync_before_routing"),
+        ("_route", 1, slots, "_route"),
+        ("views", 2, table_module.SlotTable, "views"),
+        ("choose", 2, manager_module, "choose"),
+        ("known_best", 2, manager_module, "known_best"),
+        ("enter_gate", 0, director, "enter_gate"),
+        ("dispatch", 0, director, "dispatch"),
+    )
+    for label, depth, owner, attr in phases:
+        if owner is None:
+            ORDER.append((label, depth))
+        else:
+            wrap(label, depth, owner, attr)
     wrap("backend prepare", 1, llama_server.LlamaServer, "prepare")
     dispatch, admit = director.dispatch, director.admit
     started: list[float] = [0.0, 0.0]
