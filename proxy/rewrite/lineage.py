@@ -342,19 +342,29 @@ def find_compaction(own: Sequence[Tape], req: Request, volatile_on: bool = False
     if req.identity.session is not None and peers == 1:
         tape, is_new, _, (index, shape), tail = candidates[0]
         return Lineage("compaction", tape, 0, index, shape, tuple(is_new), transient=tail)
-    owners = []
-    for tape, is_new, kept, found, tail in candidates:
-        mine = {text_hash(m.text()) for m, new in zip(req.messages, is_new, strict=True)
-                if not new and m.role != "system" and m.text().strip()}  # fmt: skip
-        if "reply:" + tape.reply in kept:
-            mine.add(tape.reply)
-        others = {key for t in own if t is not tape for key in texts_of(t)}
-        if mine - others:
-            owners.append((tape, is_new, found, tail))
+    owners = [
+        (tape, is_new, found, tail)
+        for tape, is_new, kept, found, tail in candidates
+        if keeps_its_own(tape, req, is_new, kept, [t for t in own if t is not tape])
+    ]
     if len(owners) != 1:
         return Lineage("fresh", reason="compaction-ambiguous")
     tape, is_new, (index, shape), tail = owners[0]
     return Lineage("compaction", tape, 0, index, shape, tuple(is_new), transient=tail)
+
+
+def keeps_its_own(tape: Tape, req: Request, is_new: Sequence[bool], kept: Sequence[str],
+                  others: Sequence[Tape]) -> bool:  # fmt: skip
+    """Whether the request keeps a message of ``tape``'s conversation that none of the
+    ``others`` holds, neither as it went upstream (a rule may have changed it: the
+    volatile rule appends the date to a user message) nor as their client sent it."""
+    sent = {key for t in others for key in texts_of(t)}
+    client = {key for t in others for key in t.client}
+    if "reply:" + tape.reply in kept and tape.reply not in sent:
+        return True
+    return any(not new and m.role != "system" and m.text().strip()
+               and text_hash(m.text()) not in sent and key not in client
+               for m, key, new in zip(req.messages, req.hashes, is_new, strict=True))  # fmt: skip
 
 
 def texts_of(tape: Tape) -> set[str]:

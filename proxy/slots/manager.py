@@ -24,7 +24,7 @@ from proxy.core.conversation import Conversation
 from proxy.core.errors import Overloaded, ProxyError
 from proxy.core.log import get_logger
 from proxy.core.prefix_index import Prompt
-from proxy.slots.actions import SlotAction, SlotActions, post_slot_action
+from proxy.slots.actions import WATCH_EVERY, SlotAction, SlotActions, post_slot_action
 from proxy.slots.catalog import Ghosts, SavedCatalog, known_best
 from proxy.slots.mirror import Mirror, Persist
 from proxy.slots.routing import Route, RoutePolicy, choose
@@ -67,6 +67,7 @@ class SlotManager:
                                    policy.min_save_tokens, slot_action)  # fmt: skip
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
+        self.last_request: float | None = None  # when a request last asked for a slot
 
     def load_state(self, items: list[tuple[str, bytes]]) -> int:
         """Slot contents and saved files a previous run mirrored (``Mirror.load``)."""
@@ -96,6 +97,18 @@ class SlotManager:
 
     async def checkpoint_loop(self, idle_seconds: float, every: float = 0.5) -> None:
         await self.actions.checkpoint_loop(idle_seconds, every)
+
+    async def watch(self) -> int:
+        """One look at /slots ahead of the next request (``SlotActions.watch``), once the
+        replies the server is still tokenizing are known (as a route waits for them)."""
+        if any(not t.done() for t in self._background):
+            return 0
+        return await self.actions.watch(self.last_request)
+
+    async def watch_loop(self, every: float = WATCH_EVERY) -> None:
+        while True:
+            await asyncio.sleep(every)
+            await self.watch()
 
     async def tokens_for(
         self, conv: Conversation, bodies: dict[int, dict[str, Any]]
@@ -146,6 +159,7 @@ class SlotManager:
         ``queue_timeout`` seconds it gets a 503. ``owner``: the principal sending it
         (``slot_table.visible``: it reuses only its own content and what is PUBLIC)."""
         started = time.monotonic()
+        self.last_request = self.clock()
         deadline = started + self.queue_timeout
         woken = False
         while True:

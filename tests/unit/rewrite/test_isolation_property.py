@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from proxy.core.conversation import Conversation, Message, MessageMemo
@@ -142,6 +142,14 @@ def act(client: Client, action: str, word: str, step: int) -> None:
     rules=st.sets(st.sampled_from(RULES)),
     replies=st.lists(st.sampled_from(["Hello!", "Sure.", "Done."]), min_size=40, max_size=40),
 )
+# The parent's "hi" went upstream with the new date appended (the volatile rule), its
+# subagent's "hi" as it was: the parent's compacted request, keeping "hi", was appended to
+# the subagent's conversation (its text was compared only with what the parent sent).
+@example(n=2, credentials=[None] * 6, named=[True, *[False] * 5],
+         subagents=[False, True, *[False] * 4],
+         plays=[(0, "turn", "hi"), (0, "date", "hi"), (1, "turn", "hi"), (1, "turn", "hi"),
+                (0, "compact", "hi")],
+         rules={"tape", "volatile", "compaction"}, replies=["Hello!"] * 40)  # fmt: skip
 def test_interleaved_clients_never_see_each_other(
     n: int,
     credentials: list[str | None],

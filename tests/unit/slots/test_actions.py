@@ -197,3 +197,44 @@ async def test_a_checkpoint_saves_only_what_kvproxy_put_in_the_slot(
             server.slots = None
     assert await m.checkpoint(0) == saved
     assert actions == ["save"] * saved
+
+
+async def test_the_watch_reads_slots_off_the_request_path() -> None:
+    """Issue 20 (own time): a request waited for its own /slots read (~2 ms on loopback)
+    whenever the last one was over a second old, which between an agent's turns it always
+    is. The watch reads /slots while the server is idle, after a request, so the next
+    route needs no read of its own; and a restart in between still shows before it."""
+    clock = Clock()
+    m = manager(2, clock=clock)
+    server: NoServer = m.servers[0].upstream  # type: ignore[assignment]
+    server.slots = slots_answer((0, 1, 0), (1, 2, 0))
+    assert await m.watch() == 0  # no request yet: nothing to look ahead for
+    first = await served(m, clock, list(range(1000)), 10)
+    reads = server.reads
+    assert await m.watch() == 1 and server.reads == reads + 1
+    assert await m.watch() == 0  # read under WATCH_EVERY ago
+    clock.now += 0.4
+    lease = await acquire(m, CHAT, {0: {"tokens": [*range(1000), 1, 2]}})
+    assert server.reads == reads + 1  # the route used the watch's reading
+    assert lease.route.slot == first.route.slot and lease.route.predicted == 1000
+    m.release(lease, completed=True, generated=[], finish_reason="stop")
+    server.slots = slots_answer((0, 1, 0), (1, 2, 0))  # restarted: both slots empty
+    clock.now += 0.6
+    assert await m.watch() == 1
+    reads = server.reads
+    lease = await acquire(m, CHAT, {0: {"tokens": [*range(1000), 1, 2, 3]}})
+    assert lease.route.predicted == 0 and server.reads == reads
+
+
+async def test_the_watch_waits_while_a_slot_is_busy_and_stops_when_requests_do() -> None:
+    clock = Clock()
+    m = manager(2, clock=clock)
+    server: NoServer = m.servers[0].upstream  # type: ignore[assignment]
+    server.slots = slots_answer((0, 1, 0), (1, 2, 0))
+    lease = await acquire(m, CHAT, {0: {"tokens": list(range(100))}})
+    clock.now += 1
+    assert await m.watch() == 0  # busy: /slots would wait for the server's batch
+    m.release(lease, completed=True, generated=[], finish_reason="stop")
+    assert await m.watch() == 1
+    clock.now += 301  # WATCH_FOR after the last request: no more reads
+    assert await m.watch() == 0

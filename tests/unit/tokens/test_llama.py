@@ -123,6 +123,30 @@ def test_appending_a_message_tokenizes_only_what_is_new(vocabs: dict[str, LlamaV
     vocab.boundary = None
 
 
+def test_the_new_chunks_of_a_turn_are_tokenized_in_one_call(
+    vocabs: dict[str, LlamaVocab],
+) -> None:
+    """Each llama.cpp call scans every special token's text first, so a turn's new chunks
+    go in one call, split at the boundary's token: the same tokens as the whole text, on
+    every chunked vocabulary, and with a chunk already cached between new ones."""
+    checked = 0
+    for vocab in vocabs.values():
+        specials = [t for t in vocab.specials if t.strip()]
+        vocab.prepare(vocab.chat_template or "".join(specials[:40]))
+        b = vocab.boundary
+        if b is None:
+            continue
+        known = f"{b}user\nHello there{b}model\nHi{b}"
+        vocab.encode(known + f"user\nseen{b}model\n")
+        new = f"{known}user\nfirst new{b}model\n{b}user\nseen{b}tool\nsecond{b}model\n"
+        before = vocab.tokenized
+        assert vocab.encode(new) == vocab.tokenize(new, True, parse_special=True), vocab.path
+        assert vocab.tokenized - before == 2  # the new chunks at once; the whole text
+        checked += 1
+        vocab.boundary = None
+    assert checked >= 10
+
+
 def test_a_known_prefix_is_reused_only_where_the_split_is_the_same(
     vocabs: dict[str, LlamaVocab],
 ) -> None:
