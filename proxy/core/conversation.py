@@ -8,7 +8,7 @@ Everything a dialect does not understand is kept verbatim (``Message.extra``,
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal
@@ -117,17 +117,38 @@ def key_size(key: MemoKey) -> int:
     return len(key)
 
 
+@dataclass(frozen=True)
+class Listed:
+    """A message list parsed before: its compact JSON, which of its messages' JSON holds
+    ``null`` (written for NaN too: looked up on their own), and the messages."""
+
+    data: bytes
+    nulls: tuple[int, ...]
+    messages: tuple[Message, ...]
+
+
+Parse = Callable[[int, dict[str, Any]], Message]
+
+
 class MessageMemo:
     """Messages parsed before, by the JSON object they came from (``memo_key``): an agent
     sends its whole conversation every turn, so all but the newest messages were parsed,
     checked and hashed on an earlier turn, and a hit is a message equal to what parsing
     would give. Bounded by the characters of the keys held, oldest out; one event-loop
-    thread uses it."""
+    thread uses it.
+
+    Whole lists too (``messages``): a list whose compact JSON starts with a recent list's
+    (the same messages, then more) takes that list's messages without a key per message;
+    a message whose JSON holds ``null`` is looked up on its own even then, since NaN is
+    written as null too."""
+
+    LISTS = 32
 
     def __init__(self, max_chars: int = 32 << 20) -> None:
         self.max_chars = max_chars
         self._items: OrderedDict[MemoKey, tuple[Message, int]] = OrderedDict()
         self._chars = 0
+        self._lists: list[Listed] = []  # newest last
 
     def __len__(self) -> int:
         return len(self._items)
@@ -148,3 +169,57 @@ class MessageMemo:
         while self._chars > self.max_chars:
             _, (_, old) = self._items.popitem(last=False)
             self._chars -= old
+
+    def messages(self, raw: list[Any], parse: Parse) -> tuple[Message, ...]:
+        """``parse(i, item)`` of every item, the ones a recent list held taken from it."""
+        try:
+            data = orjson.dumps(raw)
+        except TypeError:
+            data = b""
+        known = self._extended(data) if data else None
+        out: list[Message] = []
+        nulls: list[int] = []
+        if known is not None:
+            out, nulls = list(known.messages), list(known.nulls)
+            for i in nulls:
+                out[i] = self.one(i, raw[i], parse)
+        for i in range(len(out), len(raw)):
+            item = raw[i]
+            out.append(self.one(i, item, parse))
+            if data and b"null" in orjson.dumps(item):
+                nulls.append(i)
+        messages = tuple(out)
+        if data and len(data) <= self.max_chars // 4:
+            self._keep(Listed(data, tuple(nulls), messages))
+        return messages
+
+    def one(self, i: int, item: Any, parse: Parse) -> Message:
+        """A message by its own key, parsed (and kept) if new."""
+        if not isinstance(item, dict):
+            return parse(i, item)
+        key = memo_key(item)
+        known = self.get(key)
+        if known is not None:
+            return known
+        message = parse(i, item)
+        self.put(key, message)
+        return message
+
+    def _extended(self, data: bytes) -> Listed | None:
+        """The newest recent list whose messages ``data`` starts with, all of them."""
+        for listed in reversed(self._lists):
+            n = len(listed.data) - 1  # without its closing bracket
+            if data.startswith(listed.data[:n]) and data[n : n + 1] in (b",", b"]"):
+                return listed
+        return None
+
+    def _keep(self, listed: Listed) -> None:
+        """Newest last; a list the new one extends goes; at most ``LISTS`` lists and a
+        quarter of ``max_chars`` in bytes."""
+        head = listed.data[:-1]
+        kept = [x for x in self._lists if not head.startswith(x.data[:-1])]
+        kept = [*kept[-(self.LISTS - 1) :], listed]
+        size = sum(len(x.data) for x in kept)
+        while size > self.max_chars // 4 and len(kept) > 1:
+            size -= len(kept.pop(0).data)
+        self._lists = kept

@@ -12,7 +12,6 @@ from proxy.core.conversation import (
     Message,
     MessageMemo,
     frozen_map,
-    memo_key,
     thaw,
 )
 from proxy.core.errors import BadRequest, ProxyError
@@ -95,29 +94,26 @@ def parse_messages(body: Mapping[str, Any], memo: MessageMemo | None = None
     raw = body["messages"]
     if not isinstance(raw, list):
         raise BadRequest("'messages' must be an array")
-    out = []
-    for i, item in enumerate(raw):
-        if not isinstance(item, dict):
-            raise BadRequest(f"messages[{i}] must be an object")
-        key = memo_key(item) if memo is not None else ""
-        if memo is not None and (known := memo.get(key)) is not None:
-            out.append(known)
-            continue
-        role = item.get("role")
-        if not isinstance(role, str):
-            raise BadRequest(f"messages[{i}].role must be a string")
-        content = item.get("content")
-        if content is not None and not isinstance(content, str | list):
-            raise BadRequest(f"messages[{i}].content must be a string or an array")
-        if isinstance(content, list):
-            check_parts(content, f"messages[{i}].content")
-        check_message_fields(item, f"messages[{i}]")
-        extra = {k: v for k, v in item.items() if k not in ("role", "content")}
-        message = Message(role=role, content=content, extra=frozen_map(extra))
-        if memo is not None:
-            memo.put(key, message)
-        out.append(message)
-    return tuple(out)
+    if memo is not None:
+        return memo.messages(raw, parse_message)
+    return tuple(parse_message(i, item) for i, item in enumerate(raw))
+
+
+def parse_message(i: int, item: Any) -> Message:
+    """``messages[i]``, checked."""
+    if not isinstance(item, dict):
+        raise BadRequest(f"messages[{i}] must be an object")
+    role = item.get("role")
+    if not isinstance(role, str):
+        raise BadRequest(f"messages[{i}].role must be a string")
+    content = item.get("content")
+    if content is not None and not isinstance(content, str | list):
+        raise BadRequest(f"messages[{i}].content must be a string or an array")
+    if isinstance(content, list):
+        check_parts(content, f"messages[{i}].content")
+    check_message_fields(item, f"messages[{i}]")
+    extra = {k: v for k, v in item.items() if k not in ("role", "content")}
+    return Message(role=role, content=content, extra=frozen_map(extra))
 
 
 def check_parts(parts: list[Any], where: str) -> None:

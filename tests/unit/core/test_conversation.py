@@ -7,6 +7,8 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.core.conversation import Message, MessageMemo
 from proxy.core.errors import BadRequest
@@ -92,3 +94,50 @@ def test_message_text_joins_text_parts_only() -> None:
         [{"type": "text", "text": "a"}, {"type": "image_url"}, {"type": "text", "text": "b"}],
     )
     assert msg.text() == "ab"
+
+
+def test_a_list_that_extends_a_recent_one_takes_its_messages_without_a_key_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Own time (issue 20): a key per message (its JSON, hashed, looked up) was most of
+    parsing a 400-message conversation every turn."""
+    import proxy.core.conversation as conversation
+
+    keys = []
+    real = conversation.memo_key
+    monkeypatch.setattr(conversation, "memo_key", lambda item: keys.append(item) or real(item))
+    memo = MessageMemo()
+    history = [{"role": ("user", "assistant")[i % 2], "content": f"m{i}"} for i in range(40)]
+    first = parse_messages({"messages": history}, memo)
+    keys.clear()
+    call = {"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function",
+            "function": {"name": "f", "arguments": "{}"}}]}  # fmt: skip
+    again = parse_messages({"messages": [*history, call, TOOL]}, memo)
+    assert again[:40] == first and all(a is b for a, b in zip(again, first, strict=False))
+    assert keys == [call, TOOL]
+    keys.clear()
+    parse_messages({"messages": [*history, call, TOOL, {"role": "user", "content": "n"}]}, memo)
+    assert keys == [call, {"role": "user", "content": "n"}]  # a null: looked up on its own
+
+
+VALUES = st.sampled_from([None, NAN, INF, 1, 1.0, True, "1", "null", [None], [NAN], 2**64])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.sampled_from(["user", "tool"]), VALUES), max_size=5),
+                min_size=1, max_size=8))  # fmt: skip
+def test_lists_parsed_through_the_memo_equal_fresh_parses(
+    lists: list[list[tuple[str, Any]]],
+) -> None:
+    """Any sequence of message lists, each sharing a prefix with the one before: what the
+    memo gives is what parsing gives, down to 1, 1.0, true, NaN and null."""
+    memo = MessageMemo()
+    previous: list[dict[str, Any]] = []
+    for k, items in enumerate(lists):
+        raw = [{"role": role, "content": "x", "n": value} for role, value in items]
+        raw = [*previous[: k % 3], *raw]
+        got = parse_messages({"messages": raw}, memo)
+        fresh = parse_messages({"messages": raw})
+        assert [repr((m.role, m.content, dict(m.extra))) for m in got] == [
+            repr((m.role, m.content, dict(m.extra))) for m in fresh]  # fmt: skip
+        previous = raw
