@@ -259,8 +259,8 @@ def stable_tools(state: State, ctx: Context) -> Decision:
         return Decision("tools", False, "tools off", replace(state, tools=conv.tools,
                                                              tool_keys=keys))  # fmt: skip
     previous = state.tape.tools if state.tape is not None else []
-    ordered, changed = tools.stable_tools(conv.tools, previous)
-    keys = tuple(tools.canonical(t) for t in ordered)
+    ordered, order, changed = tools.stable_tools(conv.tools, previous)
+    keys = tuple(order)
     applied = (*state.applied, "tools") if changed and previous else state.applied
     return Decision("tools", changed, "first order kept", replace(
         state, tools=tuple(ordered), tool_keys=keys, applied=applied))  # fmt: skip

@@ -47,9 +47,11 @@ def session_in_messages(conv: Conversation) -> str | None:
     for message in conv.messages:
         if message.role != "user":
             continue
-        found = RUNTIME_SESSION.search(message.text())
-        if found:
-            return found.group(1)
+        if "runtime" not in message.derived:  # kept with the message: searched once
+            found = RUNTIME_SESSION.search(message.text())
+            message.derived["runtime"] = found.group(1) if found else None
+        if message.derived["runtime"] is not None:
+            return str(message.derived["runtime"])
     return None
 
 

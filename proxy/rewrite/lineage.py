@@ -70,10 +70,19 @@ class Lineage:
 
 
 def common_prefix(a: Sequence[str], b: Sequence[str]) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
+    """How many leading items ``a`` and ``b`` share: slices compared whole (in C), the
+    first difference found by halving; a long conversation compares hundreds per tape."""
+    a, b = tuple(a), tuple(b)
+    lo, hi = 0, min(len(a), len(b))
+    if a[:hi] == b[:hi]:
+        return hi
+    while lo < hi:  # a[:lo] == b[:lo] and a[:hi + 1] != b[:hi + 1]
+        mid = (lo + hi + 1) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def alignment(tape_client: Sequence[str], tape_roles: Sequence[str], req: Request,

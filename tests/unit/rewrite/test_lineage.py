@@ -6,10 +6,18 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.core.conversation import Message
 from proxy.rewrite.identity import Identity
-from proxy.rewrite.lineage import LINEAGE_RULES, Candidates, Request, find_lineage
+from proxy.rewrite.lineage import (
+    LINEAGE_RULES,
+    Candidates,
+    Request,
+    common_prefix,
+    find_lineage,
+)
 from proxy.rewrite.tape import Tape, client_hashes
 
 SUMMARY = "The conversation history before this point was compacted into the following summary: x"
@@ -102,3 +110,15 @@ def test_the_first_rule_that_answers_decides(
     assert (answering[:1] or [None])[0] == rule
     found = find_lineage(tapes, req, **on)
     assert (found.kind, found.reason, found.shared) == (kind, reason, shared)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from("xyz"), max_size=12), st.lists(st.sampled_from("xyz"), max_size=12),
+       st.integers(0, 12))  # fmt: skip
+def test_common_prefix_is_the_count_of_leading_equal_items(a: list[str], b: list[str],
+                                                          shared: int) -> None:  # fmt: skip
+    b = a[:shared] + b
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    assert common_prefix(a, tuple(b)) == n == common_prefix(tuple(b), a)
