@@ -4,6 +4,7 @@ tokens; and the vocabularies without expectations still load."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,18 @@ def test_appending_a_message_tokenizes_only_what_is_new(vocabs: dict[str, LlamaV
     vocab.boundary = None
 
 
+def chunked(vocabs: dict[str, LlamaVocab]) -> Iterator[tuple[LlamaVocab, str]]:
+    """Each vocabulary that tokenizes chunk by chunk, with its boundary (unset after)."""
+    for vocab in vocabs.values():
+        specials = [t for t in vocab.specials if t.strip()]
+        vocab.prepare(vocab.chat_template or "".join(specials[:40]))
+        if vocab.boundary is not None:
+            try:
+                yield vocab, vocab.boundary
+            finally:
+                vocab.boundary = None
+
+
 def test_the_new_chunks_of_a_turn_are_tokenized_in_one_call(
     vocabs: dict[str, LlamaVocab],
 ) -> None:
@@ -130,12 +143,7 @@ def test_the_new_chunks_of_a_turn_are_tokenized_in_one_call(
     go in one call, split at the boundary's token: the same tokens as the whole text, on
     every chunked vocabulary, and with a chunk already cached between new ones."""
     checked = 0
-    for vocab in vocabs.values():
-        specials = [t for t in vocab.specials if t.strip()]
-        vocab.prepare(vocab.chat_template or "".join(specials[:40]))
-        b = vocab.boundary
-        if b is None:
-            continue
+    for vocab, b in chunked(vocabs):
         known = f"{b}user\nHello there{b}model\nHi{b}"
         vocab.encode(known + f"user\nseen{b}model\n")
         new = f"{known}user\nfirst new{b}model\n{b}user\nseen{b}tool\nsecond{b}model\n"
@@ -143,7 +151,6 @@ def test_the_new_chunks_of_a_turn_are_tokenized_in_one_call(
         assert vocab.encode(new) == vocab.tokenize(new, True, parse_special=True), vocab.path
         assert vocab.tokenized - before == 2  # the new chunks at once; the whole text
         checked += 1
-        vocab.boundary = None
     assert checked >= 10
 
 
@@ -154,12 +161,7 @@ def test_a_known_prefix_is_reused_only_where_the_split_is_the_same(
     every chunked vocabulary, texts that extend, cut into or diverge from earlier ones give
     exactly the tokens of the whole text."""
     checked = 0
-    for vocab in vocabs.values():
-        specials = [t for t in vocab.specials if t.strip()]
-        vocab.prepare(vocab.chat_template or "".join(specials[:40]))
-        b = vocab.boundary
-        if b is None:
-            continue
+    for vocab, b in chunked(vocabs):
         first = f"{b}user\nHello there{b}model\nHi{b}user\n"
         texts = [
             first,
@@ -175,7 +177,6 @@ def test_a_known_prefix_is_reused_only_where_the_split_is_the_same(
                 whole = vocab.tokenize(text, add_special, parse_special=True)
                 assert vocab.encode(text, add_special) == whole, (vocab.path.name, text)
                 checked += 1
-        vocab.boundary = None
     assert checked > 100
 
 
