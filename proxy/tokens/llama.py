@@ -271,8 +271,9 @@ class LlamaVocab:
     def _keep(self, key: int, ids: array[int]) -> None:
         if len(ids) <= TEXT_CACHE_TOKENS // 8:
             with self._cache_lock:
+                old = self._cache.pop(key, None)
                 self._cache[key] = ids
-                self._cached += len(ids)
+                self._cached += len(ids) - (len(old) if old is not None else 0)
                 while self._cached > TEXT_CACHE_TOKENS:
                     _, old = self._cache.popitem(last=False)
                     self._cached -= len(old)

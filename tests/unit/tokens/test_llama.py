@@ -189,3 +189,17 @@ def test_boundaries_whose_occurrences_could_overlap_are_refused(text: str, borde
     from proxy.tokens.llama import bordered as check
 
     assert check(text) is bordered
+
+
+def test_a_chunk_repeated_in_one_turn_is_counted_once_in_the_text_cache(
+    vocabs: dict[str, LlamaVocab],
+) -> None:
+    """The text cache's size is the tokens it holds: two equal new chunks in one turn are
+    kept once, so the counter that bounds the cache does not creep up and empty it."""
+    for vocab, b in chunked(vocabs):
+        vocab.forget()
+        vocab.encode(f"{b}user\nhi{b}tool\nok{b}tool\nok{b}model\n")
+        assert vocab._cached == sum(len(ids) for ids in vocab._cache.values()), vocab.path
+        break
+    else:
+        pytest.fail("no chunked vocabulary")
