@@ -72,6 +72,7 @@ class Exchange:
     calls: Calls = field(default_factory=dict)
     prompts: dict[int, Prompt | None] = field(default_factory=dict)
     original_cached: int | None = None
+    ticket: int | None = None  # the request's /slots look-ahead (``SlotManager.look_ahead``)
     lease: Lease | None = None
     gate: asyncio.Semaphore | None = None
     waited_ms: float = 0.0
@@ -112,7 +113,9 @@ class Director:
     async def plan(self, ex: Exchange, body: Any, headers: Mapping[str, str],
                    raw_path: str) -> None:  # fmt: skip
         """Parse into the canonical conversation, rewrite it (``Rewriter.plan``), build each
-        upstream's call and tokens; a malformed body is a 400."""
+        upstream's call and tokens; a malformed body is a 400. /slots is read meanwhile
+        (``SlotManager.look_ahead``)."""
+        ex.ticket = self.slots.look_ahead()
         try:
             if ex.dialect.family == "responses":
                 body = self.earlier_responses(ex, body, headers)
@@ -160,7 +163,7 @@ class Director:
         assert ex.plan is not None
         owner = PUBLIC if ex.rec.warm is not None else ex.plan.identity.principal
         with self.gatekeeper.queue():  # a drain ends the wait with a 503
-            ex.lease = await self.slots.acquire_prompts(ex.prompts, owner)
+            ex.lease = await self.slots.acquire_prompts(ex.prompts, owner, ex.ticket)
         note_route(ex.rec, ex.lease)
         if ex.lease.prompt is not None and ex.rec.warm is None:
             ex.rec.ceiling_tokens = self.ceiling.reached(session_of(ex.plan), ex.lease.prompt)

@@ -24,11 +24,6 @@ log = get_logger("kvproxy.slots")
 # Seconds to wait for llama-server's /slots before routing without the check.
 SYNC_TIMEOUT = 0.5
 SYNC_INTERVAL = 1.0
-# The watch (``SlotActions.watch``): /slots is read every WATCH_EVERY seconds while the server
-# is idle, for WATCH_FOR seconds after the last request, so that a request routes on a
-# reading under SYNC_INTERVAL old instead of waiting for one (~2 ms on loopback).
-WATCH_EVERY = 0.5
-WATCH_FOR = 300.0
 
 # One slot action (``save`` or ``restore`` of a file) on a server: its JSON answer, or
 # None when it failed.
@@ -69,10 +64,9 @@ class SlotActions:
         """Reconcile with the server's own ``/slots``: a restarted server, or another client
         talking to it directly, leaves slots that hold less than the table says or other
         content (``SlotTable.reconcile``). A slow or failing answer skips the check. At
-        most once per SYNC_INTERVAL: a restart takes longer than that, and a burst of
-        requests need not pay a round trip each (the watch reads more often:
-        ``max_age``). A stale server stays stale while /slots shows a request kvproxy did
-        not send still running."""
+        most once per ``max_age`` seconds (a request's own reading passes 0:
+        ``SlotManager.look_ahead``). A stale server stays stale while /slots shows a
+        request kvproxy did not send still running."""
         now = self.clock()
         if server.synced is not None and now - server.synced < max_age:
             return
@@ -145,30 +139,17 @@ class SlotActions:
         return saved
 
     async def checkpoint_loop(self, idle_seconds: float, every: float = 0.5) -> None:
+        """Checkpoints every ``every`` seconds; a round that fails is logged and the next
+        one runs (an error must not end the checkpoints for the rest of the run)."""
         while True:
             await asyncio.sleep(every)
             try:
                 await self.checkpoint(idle_seconds)
             except ProxyError as err:
                 log.warning("checkpoint_failed", error=err.message)
-
-    async def watch(self, last_request: float | None) -> int:
-        """Read /slots ahead of the next request, off its path: on each server kvproxy
-        pins, while none of its slots is busy (a busy server answers /slots only between
-        its batches), for ``WATCH_FOR`` seconds after the last request. The reading
-        routing needs is then under ``SYNC_INTERVAL`` old, and a restart still shows
-        before the next route. Returns how many servers were read."""
-        now = self.clock()
-        if last_request is None or now - last_request > WATCH_FOR:
-            return 0
-        read = 0
-        for server in self.servers:
-            if not server.pins or any(state.busy for state in server.table.states):
-                continue
-            if server.synced is None or now - server.synced >= WATCH_EVERY:
-                await self.sync(server, max_age=WATCH_EVERY)
-                read += 1
-        return read
+            except Exception as err:
+                log.error("checkpoint_failed", error=f"{type(err).__name__}: {err}",
+                          exc_info=True)  # fmt: skip
 
     async def save(self, server: ServerSlots, slot: int) -> int:
         """Save what the slot holds; 1 if a file was written. Never content kvproxy did

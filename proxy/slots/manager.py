@@ -24,7 +24,7 @@ from proxy.core.conversation import Conversation
 from proxy.core.errors import Overloaded, ProxyError
 from proxy.core.log import get_logger
 from proxy.core.prefix_index import Prompt
-from proxy.slots.actions import WATCH_EVERY, SlotAction, SlotActions, post_slot_action
+from proxy.slots.actions import SlotAction, SlotActions, post_slot_action
 from proxy.slots.catalog import Ghosts, SavedCatalog, known_best
 from proxy.slots.mirror import Mirror, Persist
 from proxy.slots.routing import Route, RoutePolicy, choose
@@ -67,7 +67,9 @@ class SlotManager:
                                    policy.min_save_tokens, slot_action)  # fmt: skip
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
-        self.last_request: float | None = None  # when a request last asked for a slot
+        # Requests admitted so far: a /slots reading serves the requests admitted before
+        # it started (``look_ahead``).
+        self._admitted = 0
 
     def load_state(self, items: list[tuple[str, bytes]]) -> int:
         """Slot contents and saved files a previous run mirrored (``Mirror.load``)."""
@@ -98,17 +100,25 @@ class SlotManager:
     async def checkpoint_loop(self, idle_seconds: float, every: float = 0.5) -> None:
         await self.actions.checkpoint_loop(idle_seconds, every)
 
-    async def watch(self) -> int:
-        """One look at /slots ahead of the next request (``SlotActions.watch``), once the
-        replies the server is still tokenizing are known (as a route waits for them)."""
-        if any(not t.done() for t in self._background):
-            return 0
-        return await self.actions.watch(self.last_request)
+    def look_ahead(self) -> int:
+        """A request arrived: /slots of each idle server kvproxy pins is read now, while
+        the request is parsed and tokenized, so that its route finds a reading taken after
+        it came (a server that restarted since the last turn shows, however quickly it came
+        back) without a round trip of its own. Returns the request's ticket for
+        ``acquire_prompts``. A busy server answers /slots only between its batches: it is
+        read in the background at routing instead (``_sync_before_routing``)."""
+        self._admitted += 1
+        for server in self.servers:
+            if not server.pins or server.stale or any(s.busy for s in server.table.states):
+                continue
+            if server.sync_task is None or server.sync_task.done():
+                self._read(server)
+        return self._admitted
 
-    async def watch_loop(self, every: float = WATCH_EVERY) -> None:
-        while True:
-            await asyncio.sleep(every)
-            await self.watch()
+    def _read(self, server: ServerSlots) -> None:
+        """Start reading /slots; the reading serves every request admitted so far."""
+        server.read_for = self._admitted
+        server.sync_task = asyncio.create_task(self.actions.sync(server, max_age=0))
 
     async def tokens_for(
         self, conv: Conversation, bodies: dict[int, dict[str, Any]]
@@ -150,22 +160,25 @@ class SlotManager:
             best = max(best or 0, min(max(live, saved), max(0, len(prompt) - 1)))
         return best
 
-    async def acquire_prompts(self, prompts: dict[int, Prompt | None],
-                              owner: str | None = None) -> Lease:  # fmt: skip
+    async def acquire_prompts(self, prompts: dict[int, Prompt | None], owner: str | None = None,
+                              ticket: int | None = None) -> Lease:  # fmt: skip
         """Route and reserve a slot. When every slot is busy and no busy slot is worth
         waiting for (``routing.choose`` says ``all-busy-least-queued``), the request waits
         in kvproxy's own queue, first come first served, and is routed afresh as soon as
         a slot frees, so that no slot sits idle while requests are pinned elsewhere; after
         ``queue_timeout`` seconds it gets a 503. ``owner``: the principal sending it
-        (``slot_table.visible``: it reuses only its own content and what is PUBLIC)."""
+        (``slot_table.visible``: it reuses only its own content and what is PUBLIC).
+        ``ticket``: from the request's ``look_ahead``; without one, /slots is read here."""
         started = time.monotonic()
-        self.last_request = self.clock()
+        if ticket is None:
+            self._admitted += 1
+            ticket = self._admitted
         deadline = started + self.queue_timeout
         woken = False
         while True:
             if not woken:
                 await self._replies_known()
-                await self._sync_before_routing()
+                await self._sync_before_routing(ticket)
             # Nobody overtakes the queue: a new request routes only when none is waiting.
             if woken or not any(not w.done() for w in self._waiters):
                 lease = await self._route(prompts, owner)
@@ -204,11 +217,12 @@ class SlotManager:
         if pending:
             await asyncio.wait(pending, timeout=REPLY_WAIT)
 
-    async def _sync_before_routing(self) -> None:
-        """Reconcile with ``/slots`` before routing while the server is idle (a restart
-        shows then, and the answer is quick); while it is busy, /slots waits for the
-        server's loop, so the check runs in the background instead of delaying dispatch.
-        A stale server (``mark_stale``) is read first in any case."""
+    async def _sync_before_routing(self, ticket: int) -> None:
+        """Reconcile with ``/slots`` before routing while the server is idle, on a reading
+        started after the request arrived (``look_ahead``'s, or one taken now): a restart
+        shows then, and the answer is quick. While the server is busy, /slots waits for
+        its loop, so the check runs in the background instead of delaying dispatch. A
+        stale server (``mark_stale``) is read first in any case."""
         for server in self.servers:
             if not server.pins:
                 continue
@@ -218,7 +232,10 @@ class SlotManager:
                 if server.sync_task is None or server.sync_task.done():
                     server.sync_task = asyncio.create_task(self.actions.sync(server))
             else:
-                await self.actions.sync(server)
+                if server.read_for < ticket:
+                    self._read(server)
+                if server.sync_task is not None and not server.sync_task.done():
+                    await asyncio.wait([server.sync_task])  # a cancelled request leaves it be
 
     def _wake(self) -> None:
         """A slot freed: the longest-waiting request routes again."""
@@ -345,6 +362,7 @@ class SlotManager:
 
     async def aclose(self) -> None:
         """Cancel background work (replies being tokenized) at shutdown."""
-        for task in list(self._background):
+        tasks = [*self._background, *(s.sync_task for s in self.servers if s.sync_task)]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -31,6 +31,7 @@ class ServerSlots:
     can_save: bool
     slot_dir: Path | None = None  # where its save files are, when they are on this host
     synced: float | None = None  # when /slots was last read
+    read_for: int = 0  # the last request admitted when that read started (``look_ahead``)
     # A request kvproxy did not route went to it (``SlotManager.mark_stale``): /slots is
     # read before the next routing, and no slot is saved until it has been.
     stale: bool = False

@@ -242,8 +242,7 @@ def director(app: web.Application, manager: SlotManager) -> Director:
 
 async def slots_ctx(app: web.Application) -> AsyncIterator[None]:
     """Slot tables and tokenizers, one per upstream, from what each server reports; the
-    slot manager and the director over them; the /slots watch and the idle checkpoint
-    loop."""
+    slot manager and the director over them; the idle checkpoint loop."""
     settings = app[SETTINGS]
     servers = [await server_slots(app, index, upstream)
                for index, upstream in enumerate(app[UPSTREAMS].upstreams)]  # fmt: skip
@@ -255,7 +254,7 @@ async def slots_ctx(app: web.Application) -> AsyncIterator[None]:
     manager = await slot_manager(app, servers)
     app[SLOTS] = manager
     app[DIRECTOR] = director(app, manager)
-    loops = [asyncio.create_task(manager.watch_loop())]
+    loops: list[asyncio.Task[None]] = []
     if settings.slot_checkpoint_idle > 0 and any(p.can_save for p in servers):
         loops.append(asyncio.create_task(manager.checkpoint_loop(settings.slot_checkpoint_idle)))
     try:
@@ -264,8 +263,7 @@ async def slots_ctx(app: web.Application) -> AsyncIterator[None]:
         await manager.aclose()
         for loop in loops:
             loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loop
+        await asyncio.gather(*loops, return_exceptions=True)
 
 
 async def embedded_ctx(app: web.Application) -> AsyncIterator[None]:

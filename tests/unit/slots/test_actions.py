@@ -199,42 +199,81 @@ async def test_a_checkpoint_saves_only_what_kvproxy_put_in_the_slot(
     assert actions == ["save"] * saved
 
 
-async def test_the_watch_reads_slots_off_the_request_path() -> None:
-    """Issue 20 (own time): a request waited for its own /slots read (~2 ms on loopback)
-    whenever the last one was over a second old, which between an agent's turns it always
-    is. The watch reads /slots while the server is idle, after a request, so the next
-    route needs no read of its own; and a restart in between still shows before it."""
+async def test_a_restart_just_after_the_last_reading_shows_before_the_next_route() -> None:
+    """CI found it: a /slots reading under a second old was trusted (the watch read every
+    half second), but a small model's server restarts within that, and the next turn was
+    predicted to reuse a slot that was empty. A route now uses only a reading started after
+    its request arrived."""
     clock = Clock()
     m = manager(2, clock=clock)
     server: NoServer = m.servers[0].upstream  # type: ignore[assignment]
     server.slots = slots_answer((0, 1, 0), (1, 2, 0))
-    assert await m.watch() == 0  # no request yet: nothing to look ahead for
-    first = await served(m, clock, list(range(1000)), 10)
-    reads = server.reads
-    assert await m.watch() == 1 and server.reads == reads + 1
-    assert await m.watch() == 0  # read under WATCH_EVERY ago
+    await served(m, clock, list(range(1000)), 10)
+    await m.actions.sync(m.servers[0], max_age=0)  # the last reading: the slot is full
+    server.slots = slots_answer((0, 1, 0), (1, 2, 0))  # restarted: both slots empty
     clock.now += 0.4
     lease = await acquire(m, CHAT, {0: {"tokens": [*range(1000), 1, 2]}})
-    assert server.reads == reads + 1  # the route used the watch's reading
+    assert lease.route.predicted == 0
+
+
+async def test_the_look_ahead_reads_slots_while_the_request_is_prepared() -> None:
+    """Issue 20 (own time): the read (~2 ms on loopback) starts as the request arrives
+    (``look_ahead``), runs while it is parsed and tokenized, and the route uses it; a route
+    with no look-ahead of its own reads /slots itself."""
+    clock = Clock()
+    m = manager(2, clock=clock)
+    server: NoServer = m.servers[0].upstream  # type: ignore[assignment]
+    server.slots = slots_answer((0, 1, 0), (1, 2, 0))
+    first = await served(m, clock, list(range(1000)), 10)
+    reads = server.reads
+    ticket = m.look_ahead()
+    prompts = await m.tokens_for(CHAT, {0: {"tokens": [*range(1000), 1, 2]}})
+    lease = await m.acquire_prompts(prompts, ticket=ticket)
+    assert server.reads == reads + 1  # the look-ahead's reading, and no other
     assert lease.route.slot == first.route.slot and lease.route.predicted == 1000
     m.release(lease, completed=True, generated=[], finish_reason="stop")
-    server.slots = slots_answer((0, 1, 0), (1, 2, 0))  # restarted: both slots empty
-    clock.now += 0.6
-    assert await m.watch() == 1
-    reads = server.reads
+    ticket = m.look_ahead()
+    server.slots = slots_answer((0, 1, 0), (1, 2, 0))  # restarted after the read started
     lease = await acquire(m, CHAT, {0: {"tokens": [*range(1000), 1, 2, 3]}})
-    assert lease.route.predicted == 0 and server.reads == reads
+    assert lease.route.predicted == 0 and server.reads == reads + 3
 
 
-async def test_the_watch_waits_while_a_slot_is_busy_and_stops_when_requests_do() -> None:
+async def test_no_look_ahead_while_a_slot_is_busy() -> None:
+    """A busy server answers /slots only between its batches: the read would wait."""
     clock = Clock()
     m = manager(2, clock=clock)
     server: NoServer = m.servers[0].upstream  # type: ignore[assignment]
     server.slots = slots_answer((0, 1, 0), (1, 2, 0))
     lease = await acquire(m, CHAT, {0: {"tokens": list(range(100))}})
-    clock.now += 1
-    assert await m.watch() == 0  # busy: /slots would wait for the server's batch
+    reads = server.reads
+    m.look_ahead()
+    await asyncio.sleep(0.01)
+    assert server.reads == reads
     m.release(lease, completed=True, generated=[], finish_reason="stop")
-    assert await m.watch() == 1
-    clock.now += 301  # WATCH_FOR after the last request: no more reads
-    assert await m.watch() == 0
+    m.look_ahead()
+    await asyncio.sleep(0.01)
+    assert server.reads == reads + 1
+
+
+async def test_the_checkpoint_loop_outlives_an_unexpected_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review F2: only ProxyError was caught, so any other error ended the loop silently
+    (no more checkpoints) and was raised again at shutdown."""
+    m = manager(1)
+    rounds: list[int] = []
+
+    async def checkpoint(idle_seconds: float) -> int:
+        rounds.append(1)
+        if len(rounds) == 1:
+            raise RuntimeError("a bug in one round")
+        return 0
+
+    monkeypatch.setattr(m.actions, "checkpoint", checkpoint)
+    loop = asyncio.create_task(m.checkpoint_loop(0, every=0))
+    while len(rounds) < 3 and not loop.done():
+        await asyncio.sleep(0.01)
+    assert not loop.done() and len(rounds) >= 3
+    loop.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await loop
