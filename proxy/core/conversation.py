@@ -208,16 +208,21 @@ class MessageMemo:
     def _extended(self, data: bytes) -> Listed | None:
         """The newest recent list whose messages ``data`` starts with, all of them."""
         for listed in reversed(self._lists):
-            n = len(listed.data) - 1  # without its closing bracket
-            if data.startswith(listed.data[:n]) and data[n : n + 1] in (b",", b"]"):
+            n = len(listed.data) - 1  # without its closing bracket (a view: no copy)
+            if data.startswith(memoryview(listed.data)[:n]) and data[n : n + 1] in (b",", b"]"):
                 return listed
         return None
+
+    @staticmethod
+    def _within(new: bytes, old: bytes) -> bool:
+        """Whether list ``new`` extends (or is) list ``old``: compared without copies."""
+        return len(old) <= len(new) and new.startswith(memoryview(old)[:-1])
 
     def _keep(self, listed: Listed) -> None:
         """Newest last; a list the new one extends goes; at most ``LISTS`` lists and a
         quarter of ``max_chars`` in bytes."""
-        head = listed.data[:-1]
-        kept = [x for x in self._lists if not head.startswith(x.data[:-1])]
+        new = listed.data
+        kept = [x for x in self._lists if not self._within(new, x.data)]
         kept = [*kept[-(self.LISTS - 1) :], listed]
         size = sum(len(x.data) for x in kept)
         while size > self.max_chars // 4 and len(kept) > 1:
