@@ -245,13 +245,15 @@ async def test_no_look_ahead_while_a_slot_is_busy() -> None:
     server: NoServer = m.servers[0].upstream  # type: ignore[assignment]
     server.slots = slots_answer((0, 1, 0), (1, 2, 0))
     lease = await acquire(m, CHAT, {0: {"tokens": list(range(100))}})
-    reads = server.reads
+    await asyncio.gather(*[t for t in [m.servers[0].sync_task] if t is not None])
+    reads, before = server.reads, m.servers[0].sync_task
     m.look_ahead()
-    await asyncio.sleep(0.01)
-    assert server.reads == reads
+    assert m.servers[0].sync_task is before and server.reads == reads  # no read started
     m.release(lease, completed=True, generated=[], finish_reason="stop")
     m.look_ahead()
-    await asyncio.sleep(0.01)
+    task = m.servers[0].sync_task
+    assert task is not None and task is not before
+    await task
     assert server.reads == reads + 1
 
 
