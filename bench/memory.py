@@ -40,8 +40,11 @@ async def flood(url: str) -> tuple[collections.Counter[str], float]:
         async def one() -> None:
             async with gate:
                 try:
-                    resp = await client.post(url + "/v1/chat/completions", content=body,
-                                             headers={"content-type": "application/json"})
+                    resp = await client.post(
+                        url + "/v1/chat/completions",
+                        content=body,
+                        headers={"content-type": "application/json"},
+                    )
                     statuses[str(resp.status_code)] += 1
                 except httpx.HTTPError as exc:
                     statuses[type(exc).__name__] += 1

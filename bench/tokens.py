@@ -100,6 +100,7 @@ async def tokenizing(server: EmbeddedServer) -> tuple[list[str], float, LocalTok
     local = await tokenizer_for(upstream, None)
     assert isinstance(local, LocalTokenizer), "the bundled GGUF must tokenize here"
     remote = ServerTokenizer(upstream)
+
     def count(body: dict[str, Any]) -> int:
         return len(local.pieces.encode(local.render(body)))
 
@@ -115,9 +116,11 @@ async def tokenizing(server: EmbeddedServer) -> tuple[list[str], float, LocalTok
             await local.prompt_tokens(CHAT, body)  # the conversation so far is known
             turns = iter(range(1000))
             local_append = await median_ms(
-                lambda b=body, t=turns: local.prompt_tokens(CHAT, appended(b, next(t))))
+                lambda b=body, t=turns: local.prompt_tokens(CHAT, appended(b, next(t)))
+            )
             server_append = await median_ms(
-                lambda b=body, t=turns: remote.prompt_tokens(CHAT, appended(b, next(t))))
+                lambda b=body, t=turns: remote.prompt_tokens(CHAT, appended(b, next(t)))
+            )
             assert await local.prompt_tokens(CHAT, body) == await remote.prompt_tokens(CHAT, body)
             rows.append(f"| {n} | {local_cold:.1f} | {server_cold:.1f} | {local_append:.2f} "
                         f"| {server_append:.1f} |")  # fmt: skip
@@ -148,8 +151,9 @@ def ttft(server: EmbeddedServer, proxy_url: str, size: int, turns: int
 
         def count(body: dict[str, Any]) -> int:
             text = client.post(server.url + "/apply-template", json=body).json()["prompt"]
-            return len(client.post(server.url + "/tokenize", json={"content": text}).json()[
-                "tokens"])
+            return len(
+                client.post(server.url + "/tokenize", json={"content": text}).json()["tokens"]
+            )
 
         for seed, side in enumerate(sides):
             bodies[side] = conversation(size, count, seed=seed + 7)

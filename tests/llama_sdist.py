@@ -53,7 +53,7 @@ def models_dir() -> Path:
             name = member.name
             if not name.startswith(PREFIX) or not member.isfile():
                 continue
-            rest = name[len(PREFIX):]
+            rest = name[len(PREFIX) :]
             if rest.startswith("ggml-vocab-") or rest.startswith("templates/"):
                 member.name = rest
                 tar.extract(member, models, filter="data")

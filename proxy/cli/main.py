@@ -81,8 +81,12 @@ def run_stats(args: argparse.Namespace) -> int:
     if args.json:
         out = {k: v for k, v in vars(total).items() if k != "causes"}
         out["records_lost"] = losses
-        out.update(causes=dict(total.causes), hit_rate=total.hit_rate,
-                   lost_ms=dict(total.lost_ms), ceiling_share=total.ceiling_share)
+        out.update(
+            causes=dict(total.causes),
+            hit_rate=total.hit_rate,
+            lost_ms=dict(total.lost_ms),
+            ceiling_share=total.ceiling_share,
+        )
         out[f"per_{args.by}"] = {k: {"requests": t.requests, "hit_rate": t.hit_rate,
                                      "ceiling_share": t.ceiling_share,
                                      "lost_ms": dict(t.lost_ms)}
@@ -178,7 +182,7 @@ async def serve(settings: Settings) -> None:
         base = f"http://{settings.host}:{settings.port}"
         say(
             f"kvproxy {__version__} listening on {base}\n"
-            f"  OpenAI base URL: {base}/v1 (Codex: a provider with wire_api = \"responses\")\n"
+            f'  OpenAI base URL: {base}/v1 (Codex: a provider with wire_api = "responses")\n'
             f"  Anthropic base URL: {base} (Claude Code: ANTHROPIC_BASE_URL)\n"
             f"  ollama base URL: {base}\n"
             f"  try: curl -s {base}/v1/chat/completions -H 'Content-Type: application/json' "

@@ -197,8 +197,12 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     stats = sub.add_parser("stats", help="summarize the request records (hit rate, misses)")
     stats.add_argument("--since", default=None, help="30m, 2h, 1d or a Unix time; default: all")
     stats.add_argument("--json", action="store_true", help="print the totals as JSON")
-    stats.add_argument("--by", choices=GROUPS, default="slot",
-                       help="one row per slot, client (User-Agent) or session")
+    stats.add_argument(
+        "--by",
+        choices=GROUPS,
+        default="slot",
+        help="one row per slot, client (User-Agent) or session",
+    )
     tail = sub.add_parser("tail", help="live dashboard from the log file of a running kvproxy")
     tail.add_argument("--once", action="store_true", help="print one frame and exit")
     explain = sub.add_parser("explain", help="why a request missed, from the records")

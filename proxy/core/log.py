@@ -72,8 +72,9 @@ class BothRenderer:
 
     def __init__(self, console: bool) -> None:
         self.json = structlog.processors.JSONRenderer()
-        self.console = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()) if console \
-            else None
+        self.console = (
+            structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()) if console else None
+        )
 
     def __call__(self, logger: Any, name: str, event: dict[str, Any]) -> dict[str, str]:
         out = {"json": self.json(logger, name, dict(event))}

@@ -230,9 +230,7 @@ class AnthropicMessages(ChatBridged):
         return MessagesResponder(model=conv.model or "")
 
 
-
 STOP_REASONS = {"stop": "end_turn", "tool_calls": "tool_use", "length": "max_tokens"}
-
 
 
 @dataclass

@@ -83,8 +83,9 @@ class Items:
                                   **_rest(item, "type", "status")})  # fmt: skip
         elif role == "assistant" and kind == "message":
             self._assistant(item, prev)
-        elif kind == "function_call" and all(isinstance(item.get(k), str)
-                                             for k in ("arguments", "call_id", "name")):
+        elif kind == "function_call" and all(
+            isinstance(item.get(k), str) for k in ("arguments", "call_id", "name")
+        ):
             call = {"function": {"arguments": item["arguments"], "name": item["name"]},
                     "id": item["call_id"], "type": "function"}  # fmt: skip
             if prev is not None:
@@ -145,8 +146,9 @@ def convert_input(body: Mapping[str, Any]) -> list[Message]:
     items = Items()
     if "instructions" in body:
         instructions = body["instructions"]
-        items.messages.append({"role": "system",
-                               "content": instructions if isinstance(instructions, str) else ""})
+        items.messages.append(
+            {"role": "system", "content": instructions if isinstance(instructions, str) else ""}
+        )
     value = body["input"]
     if isinstance(value, str):
         items.messages.append({"role": "user", "content": value})
@@ -157,8 +159,14 @@ def convert_input(body: Mapping[str, Any]) -> list[Message]:
             items.add(dict(item))
     else:
         raise BadRequest("'input' must be a string or array of objects")
-    return [Message(m["role"], one_text(m["content"]) if isinstance(m.get("content"), list)
-                    else m.get("content"), frozen_map(_rest(m))) for m in items.messages]
+    return [
+        Message(
+            m["role"],
+            one_text(m["content"]) if isinstance(m.get("content"), list) else m.get("content"),
+            frozen_map(_rest(m)),
+        )
+        for m in items.messages
+    ]
 
 
 def convert_tools(tools: Any) -> tuple[Mapping[str, Any], ...] | None:
@@ -365,10 +373,13 @@ class ResponsesResponder:
             self.usage = usage
         choice = (answer.get("choices") or [{}])[0]
         message = choice.get("message") or {}
-        delta = {"reasoning_content": message.get("reasoning_content"),
-                 "content": message.get("content"),
-                 "tool_calls": [{**c, "index": i}
-                                for i, c in enumerate(message.get("tool_calls") or [])]}
+        delta = {
+            "reasoning_content": message.get("reasoning_content"),
+            "content": message.get("content"),
+            "tool_calls": [
+                {**c, "index": i} for i, c in enumerate(message.get("tool_calls") or [])
+            ],
+        }
         self.started = True
         self._choice({"delta": delta, "finish_reason": choice.get("finish_reason")})
         self.closing()

@@ -42,6 +42,7 @@ def session_of(plan: Planned) -> str:
     lineage = getattr(plan.tape, "lineage", None)
     return f"{plan.identity.principal}|{plan.identity.session or lineage or '-'}"
 
+
 SEQUENCES_PER_SESSION = 4
 
 

@@ -194,8 +194,9 @@ class Director:
             rec.snippets = snippets(plan)
         call = ex.calls[lease.route.server]
         where = Placement(lease.route.slot, lease.isolated, lease.server.ollama_ctx)
-        prepared = backend_for(lease.server.upstream.kind).prepare(call, ex.dialect, where,
-                                                                 self.settings.ollama_keep)
+        prepared = backend_for(lease.server.upstream.kind).prepare(
+            call, ex.dialect, where, self.settings.ollama_keep
+        )
         if prepared.replaced is not None:
             rec.ollama_replaced = prepared.replaced
         ex.call = replace(call, body=prepared.body)

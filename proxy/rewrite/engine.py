@@ -148,8 +148,11 @@ def continue_tape(state: State, ctx: Context) -> Decision:
         if lineage.shared > 1 and lineage.reason is None:
             cause = MissCause("edited-history", message=lineage.shared)
         elif lineage.reason == "needs-session":
-            cause = MissCause("needs-session", message=lineage.shared,
-                              reason="name the session (x-session-id) to keep its cache")
+            cause = MissCause(
+                "needs-session",
+                message=lineage.shared,
+                reason="name the session (x-session-id) to keep its cache",
+            )
         return Decision("tape", False, lineage.reason or "new conversation",
                         replace(state, lineage=lineage, cause=cause))  # fmt: skip
     if lineage.kind == "compaction":
@@ -170,8 +173,11 @@ def append_compaction(state: State, ctx: Context) -> Decision:
     conv = state.conv
     # a changed system message stays as the slot holds it: move_volatile moves its lines
     kept_system = 0 if state.request.has_system else -1
-    new = [m for i, m in enumerate(conv.messages)
-           if lineage.is_new[i] and i not in (lineage.summary, kept_system)]
+    new = [
+        m
+        for i, m in enumerate(conv.messages)
+        if lineage.is_new[i] and i not in (lineage.summary, kept_system)
+    ]
     appended = compaction.append_order(new, conv.messages[lineage.summary], lineage.transient)
     return Decision("compaction", True, f"summary ({lineage.shape})", replace(
         state, messages=(*tape.sent, *appended), new_start=len(tape.sent),

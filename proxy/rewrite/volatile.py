@@ -26,8 +26,9 @@ CONTEXT_OPENS = {role: f'<context-update source="{role} message">'
                  for role in ("system", "developer")}  # fmt: skip
 REMOVED_OPEN = '<context-removed source="system">'
 REMOVED_CLOSE = "</context-removed>"
-DELIMITERS = frozenset({BLOCK_OPEN, BLOCK_CLOSE, FIRST_USER_OPEN, REMOVED_OPEN, REMOVED_CLOSE,
-                        *CONTEXT_OPENS.values()})
+DELIMITERS = frozenset(
+    {BLOCK_OPEN, BLOCK_CLOSE, FIRST_USER_OPEN, REMOVED_OPEN, REMOVED_CLOSE, *CONTEXT_OPENS.values()}
+)
 # A change larger than this share of the text is a new text, not a volatile part of the old.
 MAX_VOLATILE_SHARE = 0.5
 MAX_TEMPLATES = 32

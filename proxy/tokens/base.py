@@ -75,5 +75,3 @@ def template_body(body: dict[str, Any]) -> dict[str, Any]:
     """The parts of a chat body that shape the prompt (what /apply-template takes)."""
     keys = ("messages", "tools", "tool_choice", "chat_template_kwargs", "parallel_tool_calls")
     return {k: body[k] for k in keys if k in body}
-
-

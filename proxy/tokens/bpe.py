@@ -166,5 +166,3 @@ def load_tokenizer_dir(path: Path) -> tuple[PieceTokenizer, str | None]:
         chat_template=template if isinstance(template, str) else None,
     )
     return PieceTokenizer(vocab, bpe=bpe), vocab.chat_template
-
-

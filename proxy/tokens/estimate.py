@@ -44,5 +44,3 @@ class EstimatedTokens:
 
     async def reply_tokens(self, text: str) -> list[int] | None:
         return self.text_tokens(text)
-
-

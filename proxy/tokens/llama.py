@@ -292,7 +292,7 @@ class LlamaVocab:
         known, tokens = self._known_prefix(text, add_special)
         if known:
             out = list(tokens)
-            parts = text[known + len(boundary):].split(boundary)
+            parts = text[known + len(boundary) :].split(boundary)
         else:
             head, *parts = text.split(boundary)
             out = self.tokenize(head, add_special, parse_special=True)

@@ -130,5 +130,3 @@ class LocalTokenizer:
         if prompt is None or isinstance(prompt, list):
             return prompt
         return await asyncio.to_thread(self.pieces.encode, prompt)
-
-

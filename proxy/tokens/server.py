@@ -56,5 +56,3 @@ class ServerTokenizer:
         if prompt is None or isinstance(prompt, list):
             return prompt
         return await self.tokenize(prompt)
-
-

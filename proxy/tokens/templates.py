@@ -179,7 +179,7 @@ def prefill(template: str, body: dict[str, Any], special: dict[str, str],
     plain = Normalization(null_content=True)  # already normalized
     without = render(template, rest, special, plain, generation_prompt=False, now=now)
     with_prompt = render(template, rest, special, plain, generation_prompt=True, now=now)
-    added = with_prompt[first_difference(without, with_prompt):]
+    added = with_prompt[first_difference(without, with_prompt) :]
     return without + added + (messages[-1].get("content") or "")
 
 
@@ -217,14 +217,14 @@ def user_start_marker(template: str, special: dict[str, str]) -> str:
     if USER_PROBE not in added:
         return ""
     if ASSISTANT_PROBE in added:
-        added = added[added.index(ASSISTANT_PROBE) + len(ASSISTANT_PROBE):]
+        added = added[added.index(ASSISTANT_PROBE) + len(ASSISTANT_PROBE) :]
     candidate = added[: added.index(USER_PROBE)]
     while True:  # leading end markers ("<|im_end|>", "<end_of_turn>") and whitespace
         candidate = candidate.lstrip()
         match = re.match(r"<[^<>]*>|\[[^\[\]]*\]", candidate)
         if match is None or not re.search("end|close", match.group().lower()):
             break
-        candidate = candidate[match.end():]
+        candidate = candidate[match.end() :]
     return candidate.strip()
 
 

@@ -183,8 +183,9 @@ async def server_slots(app: web.Application, index: int, upstream: Upstream) -> 
     return ServerSlots(
         index=index,
         upstream=upstream,
-        tokenizer=await tokenizer_for(upstream, settings.tokenizer, settings.server_tokens,
-                                      exact=backend.tokenizes),
+        tokenizer=await tokenizer_for(
+            upstream, settings.tokenizer, settings.server_tokens, exact=backend.tokenizes
+        ),
         n_slots=backend.slot_count(props),
         n_ctx=generation.get("n_ctx"),
         # Slot files only where the server resumes from them (not sliding window).
@@ -236,8 +237,9 @@ def director(app: web.Application, manager: SlotManager) -> Director:
         store.put(fields)
         metrics.observe(fields)
 
-    return Director(manager, app[REWRITER], app[MESSAGES], app[SETTINGS], sink, app[LIFECYCLE],
-                    app[RESPONSES])
+    return Director(
+        manager, app[REWRITER], app[MESSAGES], app[SETTINGS], sink, app[LIFECYCLE], app[RESPONSES]
+    )
 
 
 async def slots_ctx(app: web.Application) -> AsyncIterator[None]:

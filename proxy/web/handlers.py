@@ -50,6 +50,7 @@ SLOT_FREE = frozenset({"/tokenize", "/detokenize", "/apply-template", "/v1/messa
 COUNTERS = {"/v1/messages/count_tokens": anthropic_messages.DIALECT,
             "/v1/responses/input_tokens": openai_responses.DIALECT}  # fmt: skip
 
+
 def client_gone(request: web.Request, err: ProxyError) -> bool:
     """Whether ``err`` is the client's own disconnect: a failed write to it passes through
     the upstream's response block, which maps every aiohttp error to a 502."""

@@ -156,8 +156,9 @@ class Warmer:
                 name = header_name(warm.name)
                 mark = f"{self.token} {name}" if self.token else name
                 headers = {**self.headers, WARM_HEADER: mark}
-                resp = await client.post(self.base_url + "/v1/chat/completions",
-                                         json=warm_request(warm), headers=headers)
+                resp = await client.post(
+                    self.base_url + "/v1/chat/completions", json=warm_request(warm), headers=headers
+                )
                 cache = resp.headers.get("x-kvproxy-cache")
                 log.info("warmed", file=warm.name, reason=reason, upstream=upstream or None,
                          status=resp.status_code, cache=cache)  # fmt: skip

@@ -160,8 +160,9 @@ BODIES = st.one_of(
 )  # fmt: skip
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck),
-          derandomize=True)  # the same 120 bodies on every run: CI does not flake
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True
+)  # the same 120 bodies on every run: CI does not flake
 @given(case=BODIES)
 def test_fuzzed_bodies_never_get_a_500(proxy: Proxy, case: tuple[str, Any]) -> None:
     """kvproxy never fails a request itself; a well-typed request the server cannot serve
@@ -169,8 +170,10 @@ def test_fuzzed_bodies_never_get_a_500(proxy: Proxy, case: tuple[str, Any]) -> N
     path, body = case
     resp = post(proxy, path, body)
     assert "kvproxy failed" not in resp.text, (resp.status_code, resp.text)
-    assert resp.status_code < 500 or resp.status_code in (502, 504) or (
-        resp.status_code == 500 and "image input is not supported" in resp.text
+    assert (
+        resp.status_code < 500
+        or resp.status_code in (502, 504)
+        or (resp.status_code == 500 and "image input is not supported" in resp.text)
     ), (resp.status_code, resp.text)
     if resp.status_code >= 400:
         assert "error" in resp.json()

@@ -21,8 +21,13 @@ pytestmark = pytest.mark.e2e
 SYSTEM = "You are a coding agent working in a repository.\n" + "".join(
     f"Rule {i}: read a file before editing it and keep changes small.\n" for i in range(30)
 )
-TOOLS = [{"name": "read_file", "description": "Read a file",
-          "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}}}]
+TOOLS = [
+    {
+        "name": "read_file",
+        "description": "Read a file",
+        "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}},
+    }
+]
 ANTHROPIC_TURNS = [
     {"role": "user", "content": [{"type": "text", "text": "List the files.",
                                   "cache_control": {"type": "ephemeral"}}]},
@@ -40,9 +45,16 @@ SYSTEM_BLOCKS = [
 
 
 def anthropic_body(turns: int, stream: bool = False) -> dict[str, Any]:
-    return {"model": "claude-sonnet", "max_tokens": 8, "temperature": 0, "stream": stream,
-            "system": SYSTEM_BLOCKS, "tools": TOOLS, "messages": ANTHROPIC_TURNS[:turns],
-            "metadata": {"user_id": "user_ab_account_cd_session_0f0e0d0c-1111-2222-3333"}}
+    return {
+        "model": "claude-sonnet",
+        "max_tokens": 8,
+        "temperature": 0,
+        "stream": stream,
+        "system": SYSTEM_BLOCKS,
+        "tools": TOOLS,
+        "messages": ANTHROPIC_TURNS[:turns],
+        "metadata": {"user_id": "user_ab_account_cd_session_0f0e0d0c-1111-2222-3333"},
+    }
 
 
 def sse_events(text: str) -> list[tuple[str, dict[str, Any]]]:
@@ -159,8 +171,14 @@ def test_responses_previous_response_id_is_served_and_private(
         done = sse_events(first.text)[-1]
         assert done[0] == "response.completed"
         rid = done[1]["response"]["id"]
-        follow = {"model": "m", "instructions": SYSTEM, "previous_response_id": rid,
-                  "input": "And again.", "max_output_tokens": 8, "temperature": 0}
+        follow = {
+            "model": "m",
+            "instructions": SYSTEM,
+            "previous_response_id": rid,
+            "input": "And again.",
+            "max_output_tokens": 8,
+            "temperature": 0,
+        }
         second = httpx.post(proxy.url + "/v1/responses", headers=alice, json=follow, timeout=300)
         assert second.status_code == 200, second.text
         assert second.json()["usage"]["input_tokens_details"]["cached_tokens"] > 100
@@ -191,17 +209,30 @@ def test_the_real_sdks_read_kvproxys_answers(llama: EmbeddedServer, tmp_path: Pa
     try:
         claude = anthropic.Anthropic(base_url=proxy.url, api_key="x", max_retries=0)
         for turns in (1, 3):
-            with claude.messages.stream(model="m", max_tokens=8,
-                                        system=SYSTEM_BLOCKS, tools=TOOLS,  # type: ignore[arg-type]
-                                        messages=ANTHROPIC_TURNS[:turns]) as stream:  # type: ignore[arg-type]
+            with (
+                claude.messages.stream(
+                    model="m",
+                    max_tokens=8,
+                    system=SYSTEM_BLOCKS,
+                    tools=TOOLS,  # type: ignore[arg-type]
+                    messages=ANTHROPIC_TURNS[:turns],
+                ) as stream
+            ):  # type: ignore[arg-type]
                 message = stream.get_final_message()
         assert message.usage.cache_read_input_tokens and message.usage.cache_read_input_tokens > 100
         codex = openai.OpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
-        first = codex.responses.create(model="m", instructions=SYSTEM, input="hi",
-                                       max_output_tokens=8, temperature=0)
-        second = codex.responses.create(model="m", instructions=SYSTEM, input="again",
-                                        previous_response_id=first.id, max_output_tokens=8,
-                                        temperature=0, stream=True)
+        first = codex.responses.create(
+            model="m", instructions=SYSTEM, input="hi", max_output_tokens=8, temperature=0
+        )
+        second = codex.responses.create(
+            model="m",
+            instructions=SYSTEM,
+            input="again",
+            previous_response_id=first.id,
+            max_output_tokens=8,
+            temperature=0,
+            stream=True,
+        )
         done = [e for e in second if e.type == "response.completed"]
         assert done and done[0].response.usage is not None
         assert done[0].response.usage.input_tokens_details.cached_tokens > 100

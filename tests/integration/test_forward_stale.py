@@ -19,8 +19,10 @@ async def answer(_request: web.Request) -> web.Response:
 
 
 # (client slot actions are refused outright: tests/integration/test_security.py)
-@pytest.mark.parametrize(("path", "stale"), [("/infill", True), ("/v1/embeddings", True),
-                                             ("/tokenize", False), ("/apply-template", False)])
+@pytest.mark.parametrize(
+    ("path", "stale"),
+    [("/infill", True), ("/v1/embeddings", True), ("/tokenize", False), ("/apply-template", False)],
+)
 async def test_a_forwarded_generating_post_marks_the_slots_stale(
     tmp_path: Path, path: str, stale: bool
 ) -> None:

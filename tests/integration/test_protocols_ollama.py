@@ -34,20 +34,24 @@ async def test_both_protocols_share_the_models_one_context(tmp_path: Path) -> No
                 assert r.status_code == 200
             claude = anthropic.AsyncAnthropic(base_url=base, api_key="x", max_retries=0)
             async with claude.messages.stream(
-                model="m", max_tokens=8, system=[{"type": "text", "text": "Be brief."}],
+                model="m",
+                max_tokens=8,
+                system=[{"type": "text", "text": "Be brief."}],
                 messages=[{"role": "user", "content": "hi"}],
             ) as stream:
                 message = await stream.get_final_message()
             assert [b.text for b in message.content if b.type == "text"] == ["o"]
-            whole = await claude.messages.create(model="m", max_tokens=8,
-                                                 messages=[{"role": "user", "content": "x"}])
+            whole = await claude.messages.create(
+                model="m", max_tokens=8, messages=[{"role": "user", "content": "x"}]
+            )
             assert whole.content[0].type == "text"
             codex = openai.AsyncOpenAI(base_url=base + "/v1", api_key="x", max_retries=0)
             stream = await codex.responses.create(model="m", input="hi", stream=True)
             done = [e async for e in stream if e.type == "response.completed"]
             assert done[0].response.output_text == "o"
-            answer = await codex.responses.create(model="m", input="again",
-                                                  previous_response_id=done[0].response.id)
+            answer = await codex.responses.create(
+                model="m", input="again", previous_response_id=done[0].response.id
+            )
             assert answer.output_text == "ok"  # the fake answers "ok" when not streamed
     assert fake.loads == 1  # one context for the model, whatever the protocol
     assert set(fake.keep_alive) == {"30m"}

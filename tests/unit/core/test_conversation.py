@@ -58,7 +58,10 @@ def test_different_values_never_share_a_memo_entry(a: dict[str, Any], b: dict[st
     (second,) = parse_messages({"messages": [b]}, memo)
     assert second is not first
     assert (second.role, second.content, dict(second.extra)) == (
-        b["role"], b["content"], {k: v for k, v in b.items() if k not in ("role", "content")})
+        b["role"],
+        b["content"],
+        {k: v for k, v in b.items() if k not in ("role", "content")},
+    )
 
 
 def test_a_bad_message_is_refused_with_or_without_the_memo() -> None:

@@ -62,7 +62,8 @@ def test_messages_convert_as_llama_server_converts_them(
 def test_several_text_blocks_stay_parts() -> None:
     parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
     assert chat({"messages": [{"role": "user", "content": parts}]})["messages"] == [
-        {"role": "user", "content": parts}]
+        {"role": "user", "content": parts}
+    ]
 
 
 def test_parameters_convert_and_other_fields_stay_out_of_the_chat_body() -> None:
@@ -99,7 +100,9 @@ def test_malformed_bodies_are_a_400(body: Any) -> None:
 
 def test_errors_have_anthropics_shape() -> None:
     assert DIALECT.error_body(Overloaded("busy")) == {
-        "type": "error", "error": {"type": "overloaded_error", "message": "busy"}}
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": "busy"},
+    }
     assert DIALECT.stream_error(BadRequest("no")).startswith(b"event: error\ndata: ")
 
 
@@ -114,8 +117,20 @@ def test_a_chat_stream_becomes_anthropic_events_with_cached_tokens() -> None:
     events = r.on_chunk(chunk({"role": "assistant"}, timings=timings))
     events += r.on_chunk(chunk({"reasoning_content": "think"}))
     events += r.on_chunk(chunk({"content": "Hi"}))
-    events += r.on_chunk(chunk({"tool_calls": [{"index": 0, "id": "c1", "type": "function",
-                                                "function": {"name": "f", "arguments": ""}}]}))
+    events += r.on_chunk(
+        chunk(
+            {
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "f", "arguments": ""},
+                    }
+                ]
+            }
+        )
+    )
     events += r.on_chunk(chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}))
     events += r.on_chunk(chunk(finish="tool_calls", timings=timings))
     events += r.closing()
@@ -144,7 +159,9 @@ def test_a_whole_chat_answer_becomes_one_message() -> None:
         "usage": {"prompt_tokens": 50, "completion_tokens": 2,
                   "prompt_tokens_details": {"cached_tokens": 40}}}  # fmt: skip
     out = MessagesResponder(model="m").whole(answer)
-    assert out["content"] == [{"type": "text", "text": "Hi"},
-                              {"type": "tool_use", "id": "c", "name": "f", "input": {"a": 2}}]
+    assert out["content"] == [
+        {"type": "text", "text": "Hi"},
+        {"type": "tool_use", "id": "c", "name": "f", "input": {"a": 2}},
+    ]
     assert out["stop_reason"] == "max_tokens"
     assert out["usage"]["input_tokens"] == 10 and out["usage"]["cache_read_input_tokens"] == 40

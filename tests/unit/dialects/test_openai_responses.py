@@ -53,14 +53,21 @@ def test_parameters_convert_and_the_rest_is_kept() -> None:
                           {"type": "web_search"}]})  # fmt: skip
     assert out["max_tokens"] == 5 and out["reasoning_effort"] == "low"
     assert out["prompt_cache_key"] == "k" and out["store"] is False
-    assert out["tools"] == [{"type": "function",
-                             "function": {"name": "f", "parameters": {}, "strict": True}}]
+    assert out["tools"] == [
+        {"type": "function", "function": {"name": "f", "parameters": {}, "strict": True}}
+    ]
     assert "max_output_tokens" not in out and "reasoning" not in out
 
 
-@pytest.mark.parametrize("body", [{}, {"input": 3}, {"input": [{"role": "assistant",
-                                                                "content": "no type"}]},
-                                  {"input": [{"role": "user", "content": [{"type": "x"}]}]}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"input": 3},
+        {"input": [{"role": "assistant", "content": "no type"}]},
+        {"input": [{"role": "user", "content": [{"type": "x"}]}]},
+    ],
+)
 def test_malformed_bodies_are_a_400(body: Any) -> None:
     with pytest.raises(BadRequest):
         DIALECT.parse(body)
@@ -76,11 +83,24 @@ def test_a_chat_stream_becomes_responses_events() -> None:
     events = r.on_chunk(chunk({"role": "assistant"}))
     events += r.on_chunk(chunk({"content": "He"}))
     events += r.on_chunk(chunk({"content": "llo"}))
-    events += r.on_chunk(chunk({"tool_calls": [{"index": 0, "id": "c1", "type": "function",
-                                                "function": {"name": "f", "arguments": "{"}}]}))
+    events += r.on_chunk(
+        chunk(
+            {
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "f", "arguments": "{"},
+                    }
+                ]
+            }
+        )
+    )
     events += r.on_chunk(chunk({"tool_calls": [{"index": 0, "function": {"arguments": "}"}}]}))
-    events += r.on_chunk(chunk(finish="tool_calls",
-                               timings={"prompt_n": 5, "cache_n": 95, "predicted_n": 4}))
+    events += r.on_chunk(
+        chunk(finish="tool_calls", timings={"prompt_n": 5, "cache_n": 95, "predicted_n": 4})
+    )
     events += r.closing()
     assert [e["type"] for e in events] == [
         "response.created", "response.in_progress",
@@ -97,8 +117,14 @@ def test_a_chat_stream_becomes_responses_events() -> None:
     assert done["usage"]["input_tokens_details"]["cached_tokens"] == 95
     message, call = done["output"]
     assert message["content"][0]["text"] == "Hello"
-    assert call == {"id": "fc_c1", "type": "function_call", "status": "completed",
-                    "arguments": "{}", "call_id": "c1", "name": "f"}
+    assert call == {
+        "id": "fc_c1",
+        "type": "function_call",
+        "status": "completed",
+        "arguments": "{}",
+        "call_id": "c1",
+        "name": "f",
+    }
 
 
 def test_a_stored_conversation_goes_before_the_new_input_and_converts_back() -> None:
@@ -108,4 +134,8 @@ def test_a_stored_conversation_goes_before_the_new_input_and_converts_back() -> 
     body = expand({"previous_response_id": "x", "input": "Q2", "instructions": "S"}, earlier)
     assert "previous_response_id" not in body
     assert [(m["role"], m["content"]) for m in chat(body)["messages"]] == [
-        ("system", "S"), ("user", "Q1"), ("assistant", "A1"), ("user", "Q2")]
+        ("system", "S"),
+        ("user", "Q1"),
+        ("assistant", "A1"),
+        ("user", "Q2"),
+    ]

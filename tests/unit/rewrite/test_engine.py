@@ -276,8 +276,10 @@ def test_content_spliced_into_the_first_user_message_moves_to_the_newest_turn() 
     )
 
 
-ENV = ("# Environment\nWorking directory: /repo\nPlatform: linux\nShell: bash\n"
-       "Model: local\nToday's date is 2026-12-03.\n")
+ENV = (
+    "# Environment\nWorking directory: /repo\nPlatform: linux\nShell: bash\n"
+    "Model: local\nToday's date is 2026-12-03.\n"
+)
 
 
 @pytest.mark.parametrize("role", ["system", "developer"])
@@ -297,8 +299,7 @@ def test_a_changed_context_message_after_the_first_user_turn_moves_to_the_newest
     )  # fmt: skip
     assert applied == ["volatile"] and cause is None and extends(sent1, sent2)
     assert sent2[-1].content.endswith(
-        f'<context-update source="{role} message">\n'
-        "Today's date is 2026-12-04.\n</context-update>"
+        f'<context-update source="{role} message">\nToday\'s date is 2026-12-04.\n</context-update>'
     )
 
 

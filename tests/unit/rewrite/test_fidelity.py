@@ -32,8 +32,19 @@ TOOLS = [
     for i in range(4)
 ]
 ACTION = st.sampled_from(
-    ["turn", "turn", "tool", "transient", "volatile", "compact", "edit", "splice", "env",
-     "compact-date", "summarize"]
+    [
+        "turn",
+        "turn",
+        "tool",
+        "transient",
+        "volatile",
+        "compact",
+        "edit",
+        "splice",
+        "env",
+        "compact-date",
+        "summarize",
+    ]
 )
 LABEL = re.compile(r"^\[[A-Za-z ]+(?: [\w-]+)?\]: ")
 CALL_LINE = re.compile(r"^(\[Assistant tool calls\]: | +)t\d\(.*\)$|^\[Tool calls:$|^\]$")

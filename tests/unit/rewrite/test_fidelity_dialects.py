@@ -70,17 +70,41 @@ def test_anthropic_sessions_reach_the_upstream_whole(actions: list[str], words: 
             billing = f"x-anthropic-billing-header: cc_version=2.1.328.{step:03d};"
         env = {"role": "system", "content": f"# Environment\ncwd: /repo\nDate: {date}\n"}
         if action == "tool":
-            history += [{"role": "assistant", "content": [
-                {"type": "text", "text": "reading"},
-                {"type": "tool_use", "id": f"t{step}", "name": "read", "input": {"p": word}}]},
-                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"t{step}",
-                                              "content": [{"type": "text", "text": word}]}]}]
-        history += [{"role": "assistant", "content": [{"type": "text", "text": "ok"}]},
-                    {"role": "user", "content": [{"type": "text", "text": word}]}]
+            history += [
+                {
+                    "role": "assistant",
+                    "content": [
+                        {"type": "text", "text": "reading"},
+                        {
+                            "type": "tool_use",
+                            "id": f"t{step}",
+                            "name": "read",
+                            "input": {"p": word},
+                        },
+                    ],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": f"t{step}",
+                            "content": [{"type": "text", "text": word}],
+                        }
+                    ],
+                },
+            ]
+        history += [
+            {"role": "assistant", "content": [{"type": "text", "text": "ok"}]},
+            {"role": "user", "content": [{"type": "text", "text": word}]},
+        ]
         if action == "flip":  # an earlier newest message becomes a string
             for m in history[1:-1]:
-                if isinstance(m["content"], list) and len(m["content"]) == 1 and \
-                        m["content"][0].get("type") == "text":
+                if (
+                    isinstance(m["content"], list)
+                    and len(m["content"]) == 1
+                    and m["content"][0].get("type") == "text"
+                ):
                     m["content"] = m["content"][0]["text"]
         if action == "marker":
             history[-1]["content"][-1]["cache_control"] = {"type": "ephemeral"}
@@ -123,16 +147,26 @@ def test_responses_sessions_reach_the_upstream_whole(actions: list[str], words: 
                f"<environment_context>\n<cwd>/repo</cwd>\n<date>{date}</date>\n"
                "</environment_context>"}]}  # fmt: skip
         if action == "tool":
-            history += [{"type": "function_call", "call_id": f"c{step}", "name": "exec",
-                         "arguments": json.dumps({"cmd": word})},
-                        {"type": "function_call_output", "call_id": f"c{step}", "output": word}]
+            history += [
+                {
+                    "type": "function_call",
+                    "call_id": f"c{step}",
+                    "name": "exec",
+                    "arguments": json.dumps({"cmd": word}),
+                },
+                {"type": "function_call_output", "call_id": f"c{step}", "output": word},
+            ]
         history += [{"type": "message", "role": "assistant",
                      "content": [{"type": "output_text", "text": "ok"}]},
                     {"type": "message", "role": "user",
                      "content": [{"type": "input_text", "text": word}]}]  # fmt: skip
         body = {"model": "m", "input": [base, env, *history], "store": False,
                 "prompt_cache_key": "s"}  # fmt: skip
-        texts = [p["text"] for item in body["input"] for p in item.get("content") or []
-                 if isinstance(p, dict) and "text" in p]
+        texts = [
+            p["text"]
+            for item in body["input"]
+            for p in item.get("content") or []
+            if isinstance(p, dict) and "text" in p
+        ]
         texts += [item["output"] for item in history if item.get("type") == "function_call_output"]
         run(rw, RESPONSES, body, texts)

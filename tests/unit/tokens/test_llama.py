@@ -81,8 +81,11 @@ def test_chunked_tokenizing_equals_the_whole_text(vocabs: dict[str, LlamaVocab])
         specials = [t for t in vocab.specials if t.strip()]
         template = vocab.chat_template or "".join(specials[:40])
         vocab.prepare(template)
-        texts = [text for text, _ in cases(models_dir() / name)] if (
-            models_dir() / (name + ".inp")).exists() else ["Hello world", " x ", "\n\n"]
+        texts = (
+            [text for text, _ in cases(models_dir() / name)]
+            if (models_dir() / (name + ".inp")).exists()
+            else ["Hello world", " x ", "\n\n"]
+        )
         if vocab.boundary is None:
             continue
         chunked += 1

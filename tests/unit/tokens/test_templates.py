@@ -97,7 +97,8 @@ def test_an_assistant_prefill_is_continued_not_closed() -> None:
                          {"role": "assistant", "content": '{"colour": "'}]}  # fmt: skip
     assert PREFILL in features(body)
     assert render(CHATML, body, {}, Normalization()) == (
-        '<|im_start|>user\nSky?<|im_end|>\n<|im_start|>assistant\n{"colour": "')
+        '<|im_start|>user\nSky?<|im_end|>\n<|im_start|>assistant\n{"colour": "'
+    )
     part = {"type": "text", "text": "a"}
     parts = {"messages": [{"role": "user", "content": "x"},
                           {"role": "assistant", "content": [part]}]}  # fmt: skip
