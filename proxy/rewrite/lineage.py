@@ -9,7 +9,7 @@ no other conversation could own it as well. Everything else starts a new tape.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal, TypeVar
@@ -326,17 +326,17 @@ def same_system(tape: Tape, req: Request, volatile_on: bool) -> bool:
 def find_compaction(own: Sequence[Tape], req: Request, volatile_on: bool = False
                     ) -> Lineage | None:  # fmt: skip
     """A compacted request (a summary among its new messages) tied to exactly one tape: in
-    a named session that holds one conversation with this system prompt, that one; else
-    the only candidate that keeps a message whose text no other conversation of the
-    client sent or was answered with. A session may hold several: Claude Code's and
-    Codex's subagents share the parent's session and system prompt, and appending the
-    tape that merely looks compacted, or spoke last, would send another conversation
-    upstream."""
-    peers, candidates = 0, []
+    a named session that holds no other tape, that one; else the only candidate that keeps
+    a message whose text no other conversation of the client sent or was answered with. A
+    session may hold several conversations: Claude Code's and Codex's subagents share the
+    parent's session and system prompt, and appending the tape that merely looks
+    compacted, spoke last, or is the only one with the request's system prompt (a
+    subagent's is its parent's, which may have changed since either tape was written)
+    would send another conversation upstream."""
+    candidates = []
     for tape in own:
         if not same_system(tape, req, volatile_on):
             continue
-        peers += 1
         is_new, kept = kept_messages(tape, req)
         tail = transient_tail(tape, req, is_new)
         end = len(is_new) - tail
@@ -348,7 +348,7 @@ def find_compaction(own: Sequence[Tape], req: Request, volatile_on: bool = False
             candidates.append((tape, is_new, kept, found, tail))
     if not candidates:
         return None
-    if req.identity.session is not None and peers == 1:
+    if req.identity.session is not None and len(own) == 1:
         tape, is_new, _, (index, shape), tail = candidates[0]
         return Lineage("compaction", tape, 0, index, shape, tuple(is_new), transient=tail)
     owners = [
@@ -367,13 +367,20 @@ def keeps_its_own(tape: Tape, req: Request, is_new: Sequence[bool], kept: Sequen
     """Whether the request keeps a message of ``tape``'s conversation that none of the
     ``others`` holds, neither as it went upstream (a rule may have changed it: the
     volatile rule appends the date to a user message) nor as their client sent it."""
+    if "reply:" + tape.reply in kept and not any(tape.reply in texts_of(t) for t in others):
+        return True
+    return any(not elsewhere for _, elsewhere in kept_and_elsewhere(req, is_new, others))
+
+
+def kept_and_elsewhere(req: Request, is_new: Sequence[bool], others: Sequence[Tape]
+                       ) -> Iterator[tuple[Message, bool]]:  # fmt: skip
+    """Each message with text that the request keeps (not new, not the system prompt), and
+    whether one of ``others`` holds it as it went upstream or as its client sent it."""
     sent = {key for t in others for key in texts_of(t)}
     client = {key for t in others for key in t.client}
-    if "reply:" + tape.reply in kept and tape.reply not in sent:
-        return True
-    return any(not new and m.role != "system" and m.text().strip()
-               and text_hash(m.text()) not in sent and key not in client
-               for m, key, new in zip(req.messages, req.hashes, is_new, strict=True))  # fmt: skip
+    for m, key, new in zip(req.messages, req.hashes, is_new, strict=True):
+        if not new and m.role != "system" and m.text().strip():
+            yield m, text_hash(m.text()) in sent or key in client
 
 
 def texts_of(tape: Tape) -> set[str]:

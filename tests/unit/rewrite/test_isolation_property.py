@@ -150,6 +150,22 @@ def act(client: Client, action: str, word: str, step: int) -> None:
          plays=[(0, "turn", "hi"), (0, "date", "hi"), (1, "turn", "hi"), (1, "turn", "hi"),
                 (0, "compact", "hi")],
          rules={"tape", "volatile", "compaction"}, replies=["Hello!"] * 40)  # fmt: skip
+# Without the volatile rule the parent's new date made its tape the only one of the session
+# with the system prompt the subagent now sends too (a subagent's is its parent's): the
+# subagent's compacted request was appended to the parent's conversation.
+@example(n=2, credentials=[None] * 6, named=[True, *[False] * 5],
+         subagents=[False, True, *[False] * 4],
+         plays=[(0, "turn", "hi"), (1, "turn", "hi"), (1, "turn", "hi"), (0, "date", "hi"),
+                (1, "compact", "hi")],
+         rules={"tape", "compaction"}, replies=["Hello!"] * 40)  # fmt: skip
+# The parent's compacted conversation went on after its system prompt lost a line: the
+# subagent's tape was then the only one with that prompt, and the parent's request (its
+# summary still among the messages) was appended to the subagent's conversation.
+@example(n=2, credentials=[None] * 6, named=[True, *[False] * 5],
+         subagents=[False, True, *[False] * 4],
+         plays=[(0, "turn", "hi"), (1, "turn", "hi"), (0, "mode", "hi"), (0, "compact", "hi"),
+                (0, "mode", "hi")],
+         rules={"tape", "volatile", "compaction"}, replies=["Hello!"] * 40)  # fmt: skip
 def test_interleaved_clients_never_see_each_other(
     n: int,
     credentials: list[str | None],
