@@ -30,3 +30,16 @@ def check_rejected(dialect: Any, body: Any, says: str) -> None:
     with pytest.raises(BadRequest) as info:
         dialect.parse(body)
     assert says in info.value.message
+
+
+def chunk(delta: dict[str, Any] | None = None, finish: str | None = None,
+          **top: Any) -> dict[str, Any]:  # fmt: skip
+    """One streamed chat-completions chunk, as llama-server sends it."""
+    return {"choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish}], **top}
+
+
+def call_chunk(arguments: str, call_id: str = "c1", name: str = "f") -> dict[str, Any]:
+    """The chunk that opens a streamed tool call."""
+    call = {"index": 0, "id": call_id, "type": "function",
+            "function": {"name": name, "arguments": arguments}}  # fmt: skip
+    return chunk({"tool_calls": [call]})

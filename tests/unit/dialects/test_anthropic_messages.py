@@ -9,6 +9,7 @@ import pytest
 
 from proxy.core.errors import BadRequest, Overloaded
 from proxy.dialects.anthropic_messages import DIALECT, MessagesResponder, normalize_billing_header
+from tests.unit.dialects.cases import call_chunk, chunk
 
 
 def chat(body: dict[str, Any]) -> dict[str, Any]:
@@ -106,31 +107,13 @@ def test_errors_have_anthropics_shape() -> None:
     assert DIALECT.stream_error(BadRequest("no")).startswith(b"event: error\ndata: ")
 
 
-def chunk(delta: dict[str, Any] | None = None, finish: str | None = None,
-          **top: Any) -> dict[str, Any]:  # fmt: skip
-    return {"choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish}], **top}
-
-
 def test_a_chat_stream_becomes_anthropic_events_with_cached_tokens() -> None:
     r = MessagesResponder(model="claude")
     timings = {"prompt_n": 10, "cache_n": 90, "predicted_n": 3}
     events = r.on_chunk(chunk({"role": "assistant"}, timings=timings))
     events += r.on_chunk(chunk({"reasoning_content": "think"}))
     events += r.on_chunk(chunk({"content": "Hi"}))
-    events += r.on_chunk(
-        chunk(
-            {
-                "tool_calls": [
-                    {
-                        "index": 0,
-                        "id": "c1",
-                        "type": "function",
-                        "function": {"name": "f", "arguments": ""},
-                    }
-                ]
-            }
-        )
-    )
+    events += r.on_chunk(call_chunk(""))
     events += r.on_chunk(chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}))
     events += r.on_chunk(chunk(finish="tool_calls", timings=timings))
     events += r.closing()

@@ -9,6 +9,7 @@ import pytest
 
 from proxy.core.errors import BadRequest
 from proxy.dialects.openai_responses import DIALECT, ResponsesResponder, expand, output_items
+from tests.unit.dialects.cases import call_chunk, chunk
 
 
 def chat(body: dict[str, Any]) -> dict[str, Any]:
@@ -73,30 +74,12 @@ def test_malformed_bodies_are_a_400(body: Any) -> None:
         DIALECT.parse(body)
 
 
-def chunk(delta: dict[str, Any] | None = None, finish: str | None = None,
-          **top: Any) -> dict[str, Any]:  # fmt: skip
-    return {"choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish}], **top}
-
-
 def test_a_chat_stream_becomes_responses_events() -> None:
     r = ResponsesResponder(model="m")
     events = r.on_chunk(chunk({"role": "assistant"}))
     events += r.on_chunk(chunk({"content": "He"}))
     events += r.on_chunk(chunk({"content": "llo"}))
-    events += r.on_chunk(
-        chunk(
-            {
-                "tool_calls": [
-                    {
-                        "index": 0,
-                        "id": "c1",
-                        "type": "function",
-                        "function": {"name": "f", "arguments": "{"},
-                    }
-                ]
-            }
-        )
-    )
+    events += r.on_chunk(call_chunk("{"))
     events += r.on_chunk(chunk({"tool_calls": [{"index": 0, "function": {"arguments": "}"}}]}))
     events += r.on_chunk(
         chunk(finish="tool_calls", timings={"prompt_n": 5, "cache_n": 95, "predicted_n": 4})
