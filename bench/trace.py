@@ -468,6 +468,8 @@ def report(runs: list[Run], sessions: int, seed: int, seconds: float, write: boo
     tables = "\n\n".join(run_table(r) for r in runs)
     png = DOC.parent / "bench-trace.png"
     command = f"make bench-trace{' SESSIONS=' + str(sessions) if sessions != 16 else ''}"
+    if any(r.name == SUMMARIZING for r in runs):
+        command += " SUMMARIZER=1"
     text = (
         f"{sessions} sessions, seed {seed}, {SLOTS} slots, "
         f"{seconds:.0f} s in all:\n\n{summary_table(runs)}\n\n{tables}"
