@@ -9,7 +9,7 @@ no other conversation could own it as well. Everything else starts a new tape.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal, TypeVar
@@ -367,20 +367,13 @@ def keeps_its_own(tape: Tape, req: Request, is_new: Sequence[bool], kept: Sequen
     """Whether the request keeps a message of ``tape``'s conversation that none of the
     ``others`` holds, neither as it went upstream (a rule may have changed it: the
     volatile rule appends the date to a user message) nor as their client sent it."""
-    if "reply:" + tape.reply in kept and not any(tape.reply in texts_of(t) for t in others):
-        return True
-    return any(not elsewhere for _, elsewhere in kept_and_elsewhere(req, is_new, others))
-
-
-def kept_and_elsewhere(req: Request, is_new: Sequence[bool], others: Sequence[Tape]
-                       ) -> Iterator[tuple[Message, bool]]:  # fmt: skip
-    """Each message with text that the request keeps (not new, not the system prompt), and
-    whether one of ``others`` holds it as it went upstream or as its client sent it."""
     sent = {key for t in others for key in texts_of(t)}
     client = {key for t in others for key in t.client}
-    for m, key, new in zip(req.messages, req.hashes, is_new, strict=True):
-        if not new and m.role != "system" and m.text().strip():
-            yield m, text_hash(m.text()) in sent or key in client
+    if "reply:" + tape.reply in kept and tape.reply not in sent:
+        return True
+    return any(not new and m.role != "system" and m.text().strip()
+               and text_hash(m.text()) not in sent and key not in client
+               for m, key, new in zip(req.messages, req.hashes, is_new, strict=True))  # fmt: skip
 
 
 def texts_of(tape: Tape) -> set[str]:
