@@ -219,7 +219,8 @@ class Director:
         self.slots.release(lease, completed=completed, generated=generated,
                            finish_reason=ex.observer.finish_reason,
                            cached_actual=rec.cached_tokens,
-                           reply_text=ex.observer.text)  # fmt: skip
+                           reply_text=ex.observer.text, prefilled=rec.prefilled_tokens,
+                           prefill_ms=rec.prefill_ms)  # fmt: skip
         if completed and rec.warm is None:
             # a warm-up is no conversation: no tape (its text may come from another's)
             self.rewriter.commit(plan, reply=ex.observer.text)

@@ -70,6 +70,17 @@ class Metrics:
         Gauge("kvproxy_bodies_refused", "Requests refused: --max-inflight-body-bytes reached",
               registry=self.registry).set_function(lambda: budget.refused)  # fmt: skip
 
+    def watch_read_back(self, servers: list[Any], default: float) -> None:
+        """Each upstream's learned cost of reading a slot back, as a share of prefilling
+        it (``proxy.slots.read_back``; ``default`` until its timings are known)."""
+        gauge = Gauge("kvproxy_restore_cost_share", "Reading a slot back, as a share of "
+                      "prefilling it, learned from the server's timings", ["upstream"],
+                      registry=self.registry)  # fmt: skip
+        for server in servers:
+            gauge.labels(server.upstream.name).set_function(
+                lambda server=server: server.read_back.share(default)
+            )
+
     def observe(self, record: dict[str, Any]) -> None:
         """Count one finished request (a RequestRecord's fields)."""
         status = record.get("status")

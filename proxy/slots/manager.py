@@ -27,7 +27,7 @@ from proxy.core.prefix_index import Prompt
 from proxy.slots.actions import SlotAction, SlotActions, post_slot_action
 from proxy.slots.catalog import Ghosts, SavedCatalog, known_best
 from proxy.slots.mirror import Mirror, Persist
-from proxy.slots.routing import Route, RoutePolicy, choose
+from proxy.slots.routing import Route, RoutePolicy, SlotView, choose
 from proxy.slots.servers import Lease, ServerSlots
 from proxy.slots.table import Outcome, held_after
 
@@ -245,13 +245,21 @@ class SlotManager:
                 waiter.set_result(None)
                 return
 
+    def views(self, prompts: dict[int, Prompt | None],
+              owner: str | None = None) -> list[SlotView]:  # fmt: skip
+        """Every slot of every server as the router sees these prompts, each server's
+        learned cost of reading a slot back included."""
+        default = self.policy.restore_cost
+        return [v for server in self.servers
+                for v in server.table.views(prompts[server.index], owner,
+                                            server.can_save and not server.stale,
+                                            server.read_back.share(default))]  # fmt: skip
+
     async def _route(self, prompts: dict[int, Prompt | None], owner: str | None = None
                      ) -> Lease | None:  # fmt: skip
         async with self._lock:
             now = self.clock()
-            views = [v for server in self.servers
-                     for v in server.table.views(prompts[server.index], owner,
-                                                 server.can_save and not server.stale)]  # fmt: skip
+            views = self.views(prompts, owner)
             any_prompt = next((p for p in prompts.values() if p is not None), None)
             length = len(any_prompt) if any_prompt is not None else 0
             saved = self.catalog.best(any_prompt, self.whole_files, owner)
@@ -319,14 +327,18 @@ class SlotManager:
         cached_actual: int | None = None,
         prompt_done: bool = False,
         reply_text: str | None = None,
+        prefilled: int | None = None,
+        prefill_ms: float | None = None,
     ) -> None:
         """Record what the slot holds now (``slot_table.held_after``). A completed reply the
         tokenizer could not tokenize here (``generated`` None) is tokenized in the
-        background and added once known (``_learn_reply``)."""
+        background and added once known (``_learn_reply``). ``prefilled`` tokens in
+        ``prefill_ms``: the server's own timing, for its restore cost (``ReadBack``)."""
         if lease.released:
             return
         lease.released = True
         server, slot = lease.server, lease.route.slot
+        server.read_back.prefilled(prefilled, prefill_ms)
         holds, processed = None, None
         if lease.prompt is not None:
             outcome = Outcome(completed, None if generated is None else tuple(generated),

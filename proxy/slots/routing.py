@@ -34,6 +34,9 @@ class SlotView:
     # it keeps when a restore replaces the slot (only an earlier idle-slot save's copy).
     ram_kept: int = 0
     ram_copied: int = 0
+    # Its server's learned cost of reading a slot back (``ReadBack.share``); None: the
+    # policy's ``restore_cost``.
+    restore_cost: float | None = None
 
     @property
     def saved(self) -> bool:
@@ -74,7 +77,9 @@ class RoutePolicy:
     # and a person coming back after a break (tens of minutes).
     idle_half_life: float = 600.0
     # What bringing back a slot saved before it was given up costs, as a share of
-    # prefilling it again: reading its KV state from disk instead of computing it.
+    # prefilling it again: reading its KV state from disk instead of computing it. Until
+    # a server's own timings are known (``proxy.slots.read_back``), and for servers that
+    # report none.
     restore_cost: float = 0.1
     # Restore a saved prefix only when that saves this many tokens of expected prefill
     # more than the best live slot, net of reading the file (``restore_cost``) and of what
@@ -131,6 +136,11 @@ def comeback(view: SlotView, policy: RoutePolicy, now: float) -> float:
     return 0.5 ** (max(0.0, now - view.last_used) / policy.idle_half_life)
 
 
+def read_cost(view: SlotView, policy: RoutePolicy) -> float:
+    """Reading the view's tokens back, as a share of prefilling them."""
+    return policy.restore_cost if view.restore_cost is None else view.restore_cost
+
+
 def eviction_cost(view: SlotView, kept: int, policy: RoutePolicy, now: float,
                   replaced: bool = False) -> float:  # fmt: skip
     """Expected prefill of giving the slot up to a request that keeps its first ``kept``
@@ -144,9 +154,10 @@ def eviction_cost(view: SlotView, kept: int, policy: RoutePolicy, now: float,
     dropped = max(0, view.held - kept)
     lost = min(dropped, view.unkept(replaced))
     in_ram = min(dropped, view.unsaved_tokens) - lost
-    cost = in_ram * policy.restore_cost
+    share = read_cost(view, policy)
+    cost = in_ram * share
     if view.savable and lost >= policy.min_save_tokens:
-        cost += lost * policy.restore_cost
+        cost += lost * share
     else:
         cost += lost
     return cost * comeback(view, policy, now) if cost else 0.0
@@ -247,7 +258,7 @@ def restore_route(prompt_len: int, idle: list[SlotView], best: SlotView,
         return None
     # what the slot holds of this prompt's prefix, the file holds too: not lost
     kept = min(target.cached, saved.cached)
-    gain = (reused * (1 - policy.restore_cost)
+    gain = (reused * (1 - read_cost(target, policy))
             - eviction_cost(target, kept, policy, now, replaced=True))  # fmt: skip
     if gain < value(best, prompt_len, policy, now) + policy.min_restore_gain:
         return None

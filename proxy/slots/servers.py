@@ -14,6 +14,7 @@ from proxy.backends.upstream import Upstream
 from proxy.core.cause import MissCause
 from proxy.core.prefix_index import BLOCK, Prompt
 from proxy.slots.ram_cache import RamCache, RamSettings
+from proxy.slots.read_back import ReadBack
 from proxy.slots.routing import Route
 from proxy.slots.table import DIVERGE_SLACK, SlotTable
 from proxy.tokens import Tokenizer
@@ -43,6 +44,8 @@ class ServerSlots:
     # The server's host-RAM prompt cache (--cache-ram), modelled for dense models only: a
     # sliding-window or recurrent slot loaded from RAM also needs a checkpoint.
     ram: RamSettings | None = None
+    # what reading a slot back costs here, from the server's own timings
+    read_back: ReadBack = field(default_factory=ReadBack)
     # ollama: the context each model runs at (proxy/ollama_keep.py)
     ollama_ctx: ContextMemory = field(default_factory=ContextMemory)
     table: SlotTable = field(init=False)

@@ -227,11 +227,12 @@ class SlotTable:
         self.swa_window = swa_window  # the model's sliding window (None: as swa_tail)
         self.recurrent = recurrent  # one recurrent state per slot (swa_tail: n_ubatch)
 
-    def views(self, prompt: Prompt | None, principal: str | None = None,
-              savable: bool = False) -> list[SlotView]:  # fmt: skip
+    def views(self, prompt: Prompt | None, principal: str | None = None, savable: bool = False,
+              restore_cost: float | None = None) -> list[SlotView]:  # fmt: skip
         """Every slot as the router sees it for ``prompt``; what ``principal`` may not
         reuse (``visible``) counts as nothing shared; ``savable``: the server saves a slot
-        before it is overwritten. With the server's RAM cache (``ram``), what it loads
+        before it is overwritten; ``restore_cost``: the server's learned cost of reading a
+        slot back (``ReadBack.share``). With the server's RAM cache (``ram``), what it loads
         counts as cached and what it keeps as not lost (``RamCache.view``)."""
         out = []
         for slot, state in enumerate(self.states):
@@ -248,7 +249,8 @@ class SlotTable:
                                 last_used=state.last_used, unsaved=unsaved, ram_kept=kept,
                                 ram_copied=copied,
                                 public=held is not None and state.owner == PUBLIC,
-                                savable=savable and not state.unverified))  # fmt: skip
+                                savable=savable and not state.unverified,
+                                restore_cost=restore_cost))  # fmt: skip
         return out
 
     def _reusable(self, state: SlotState, held: Prompt, prompt: Prompt) -> int:

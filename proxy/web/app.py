@@ -256,6 +256,7 @@ async def slots_ctx(app: web.Application) -> AsyncIterator[None]:
     manager = await slot_manager(app, servers)
     app[SLOTS] = manager
     app[DIRECTOR] = director(app, manager)
+    app[METRICS].watch_read_back(servers, settings.route.restore_cost)
     loops: list[asyncio.Task[None]] = []
     if settings.slot_checkpoint_idle > 0 and any(p.can_save for p in servers):
         loops.append(asyncio.create_task(manager.checkpoint_loop(settings.slot_checkpoint_idle)))

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from proxy.records.metrics import Metrics
+from proxy.slots.read_back import ReadBack
 
 
 def value(metrics: Metrics, name: str, **labels: str) -> float | None:
@@ -69,3 +70,13 @@ def test_gauges_read_the_store_and_the_body_budget_when_scraped() -> None:
     assert value(metrics, "kvproxy_record_writer_restarts") == 3
     assert value(metrics, "kvproxy_body_bytes_inflight") == 20
     assert b"kvproxy_bodies_refused 4.0" in metrics.render()
+
+
+def test_each_upstreams_learned_restore_cost_is_a_gauge() -> None:
+    metrics = Metrics()
+    server = SimpleNamespace(upstream=SimpleNamespace(name="gpu"), read_back=ReadBack())
+    metrics.watch_read_back([server], 0.1)
+    assert value(metrics, "kvproxy_restore_cost_share", upstream="gpu") == 0.1
+    server.read_back.prefilled(1000, 1000.0)
+    server.read_back.copied(1000, 20.0)
+    assert value(metrics, "kvproxy_restore_cost_share", upstream="gpu") == pytest.approx(0.02)

@@ -49,14 +49,19 @@ class NoServer:
         return self.slots
 
 
-def answering(actions: list[str], hang: bool = False) -> SlotAction:
-    """Slot saves and restores answered in process (or never), each one noted."""
+def answering(actions: list[str], hang: bool = False, ms: float | None = None) -> SlotAction:
+    """Slot saves and restores answered in process (or never), each one noted; ``ms``:
+    the server's timing for each, as llama-server reports it."""
 
     async def action(server: ServerSlots, slot: int, action: str, name: str) -> dict[str, Any]:
         actions.append(action)
         if hang:
             await asyncio.Event().wait()
-        return {"n_written": 10}
+        if ms is None:
+            return {"n_written": 10}
+        held = server.table.held.get(slot)
+        tokens = len(held) if action == "save" and held is not None else 1000
+        return {"n_written": 10, f"n_{action}d": tokens, "timings": {f"{action}_ms": ms}}
 
     return action
 

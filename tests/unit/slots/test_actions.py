@@ -16,6 +16,7 @@ from tests.unit.slots.fakes import (
     Clock,
     NoServer,
     acquire,
+    answering,
     manager,
     saving_manager,
     slots_answer,
@@ -279,3 +280,20 @@ async def test_the_checkpoint_loop_outlives_an_unexpected_error(
     loop.cancel()
     with pytest.raises(asyncio.CancelledError):
         await loop
+
+
+async def test_the_servers_timings_set_its_restore_cost() -> None:
+    """Issue 20: what a restore costs is learned from the server's own figures (a save's
+    or restore's ``timings`` against the prefill the responses report), and every slot
+    view of that server carries it to the router."""
+    actions: list[str] = []
+    m = manager(1, can_save=True, slot_action=answering(actions, ms=20.0))
+    first = await acquire(m, CHAT, {0: {"tokens": list(range(1000))}})
+    m.release(first, completed=True, generated=[], finish_reason="stop", prefilled=1000,
+              prefill_ms=4000.0)  # fmt: skip
+    second = await acquire(m, CHAT, {0: {"tokens": list(range(5000, 5300))}})
+    assert actions == ["save"]  # 1,000 tokens in 20 ms against 4 ms a token of prefill
+    assert m.servers[0].read_back.share(0.1) == pytest.approx(0.005)
+    m.release(second, completed=True, generated=[], finish_reason="stop")
+    prompts = await m.tokens_for(CHAT, {0: {"tokens": list(range(1000))}})
+    assert [v.restore_cost for v in m.views(prompts)] == [pytest.approx(0.005)]
