@@ -175,7 +175,8 @@ class SlotActions:
         if data is None:
             return 0
         size = int(data.get("n_written") or 0)
-        server.read_back.slot_action("save", data)
+        if server.read_back.slot_action("save", data):
+            self.mirror.rates(server)
         if server.table.ram is not None:
             server.table.ram.learn_size(data.get("n_written"), data.get("n_saved"))
         drops = self.catalog.add(SavedFile(name, server.index, size, deletable), held, owner)
@@ -196,7 +197,8 @@ class SlotActions:
         data = await self.slot_action(server, slot, "restore", name)
         if data is None:
             return False
-        server.read_back.slot_action("restore", data)
+        if server.read_back.slot_action("restore", data):
+            self.mirror.rates(server)
         self.catalog.touch(name)
         public = PUBLIC in self.catalog.owners_of(name)
         server.table.restored(slot, prompt, PUBLIC if public else owner)

@@ -338,7 +338,8 @@ class SlotManager:
             return
         lease.released = True
         server, slot = lease.server, lease.route.slot
-        server.read_back.prefilled(prefilled, prefill_ms)
+        if server.read_back.prefilled(prefilled, prefill_ms):
+            self.mirror.rates(server)
         holds, processed = None, None
         if lease.prompt is not None:
             outcome = Outcome(completed, None if generated is None else tuple(generated),

@@ -2,8 +2,9 @@
 so that a restarted kvproxy starts warm.
 
 Keys: ``live|<upstream url>|<slot>`` for a slot's content, ``file|<name>`` for a saved
-file. The writes go through ``persist(key, value or None to delete)``, where the value is a
-function serializing the state, called on the store's writer thread.
+file, ``rate|<upstream url>`` for the server's learned restore cost (``ReadBack``). The
+writes go through ``persist(key, value or None to delete)``, where the value is a function
+serializing the state, called on the store's writer thread.
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ class Mirror:
         saved_len, owner = server.table.states[slot].saved_len, server.table.states[slot].owner
         self.persist(key, lambda: encode_state(held, saved_len=saved_len, owner=owner))
 
+    def rates(self, server: ServerSlots) -> None:
+        if self.persist is not None:
+            data = server.read_back.dump()
+            self.persist(f"rate|{server.upstream.url}", lambda: data)
+
     def file(self, name: str) -> None:
         if self.persist is None:
             return
@@ -75,6 +81,10 @@ class Mirror:
         loaded = 0
         for key, raw in items:
             kind, _, rest = key.partition("|")
+            if kind == "rate":
+                if rest in by_url:
+                    by_url[rest].read_back.load(raw)
+                continue
             try:
                 prompt, meta = decode_state(raw)
             except (ValueError, KeyError, TypeError):

@@ -8,6 +8,8 @@ their own files.
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
 
 # Samples under this many tokens are mostly fixed overhead (a batch, opening a file).
@@ -28,11 +30,13 @@ class Rate:
     ms: float = 0.0
     tokens: float = 0.0
 
-    def add(self, tokens: int, ms: float) -> None:
+    def add(self, tokens: int, ms: float) -> bool:
+        """Count a sample; False when it was skipped."""
         if tokens < MIN_TOKENS or not ms > 0:
-            return
+            return False
         self.ms = self.ms * DECAY + ms
         self.tokens = self.tokens * DECAY + tokens
+        return True
 
     @property
     def per_token(self) -> float | None:
@@ -47,22 +51,33 @@ class ReadBack:
     prefill: Rate = field(default_factory=Rate)
     copy: Rate = field(default_factory=Rate)
 
-    def prefilled(self, tokens: int | None, ms: float | None) -> None:
-        if tokens is not None and ms is not None:
-            self.prefill.add(tokens, ms)
+    def prefilled(self, tokens: int | None, ms: float | None) -> bool:
+        return tokens is not None and ms is not None and self.prefill.add(tokens, ms)
 
-    def copied(self, tokens: int | None, ms: float | None) -> None:
-        if tokens is not None and ms is not None:
-            self.copy.add(tokens, ms)
+    def copied(self, tokens: int | None, ms: float | None) -> bool:
+        return tokens is not None and ms is not None and self.copy.add(tokens, ms)
 
-    def slot_action(self, action: str, answer: dict[str, object]) -> None:
+    def slot_action(self, action: str, answer: dict[str, object]) -> bool:
         """llama-server's answer to a save or restore: ``n_saved`` tokens in
         ``timings.save_ms``, ``n_restored`` in ``timings.restore_ms``."""
         timings = answer.get("timings")
         tokens = answer.get(f"n_{action}d")
         ms = timings.get(f"{action}_ms") if isinstance(timings, dict) else None
-        if isinstance(tokens, int) and isinstance(ms, int | float):
-            self.copied(tokens, float(ms))
+        return isinstance(tokens, int) and isinstance(ms, int | float) and self.copied(tokens, ms)
+
+    def dump(self) -> bytes:
+        """Both rates, for the slot state's durable copy (``Mirror``)."""
+        return json.dumps([self.prefill.ms, self.prefill.tokens, self.copy.ms,
+                           self.copy.tokens]).encode()  # fmt: skip
+
+    def load(self, raw: bytes) -> None:
+        """What ``dump`` wrote; anything else leaves the rates as they are."""
+        try:
+            values = [float(v) for v in json.loads(raw)]
+        except (ValueError, TypeError):
+            return
+        if len(values) == 4 and all(math.isfinite(v) and v >= 0 for v in values):
+            self.prefill, self.copy = Rate(*values[:2]), Rate(*values[2:])
 
     def share(self, default: float) -> float:
         """The learned share, or ``default`` (``RoutePolicy.restore_cost``) until both
