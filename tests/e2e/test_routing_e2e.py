@@ -219,3 +219,15 @@ def test_restarted_kvproxy_starts_warm(llama_nocache: EmbeddedServer, tmp_path: 
     finally:
         stop_proxy(proxy)
     assert all(c.predicted == c.cache_n > 300 for c in after)
+
+
+def test_the_restore_cost_is_learned_from_the_servers_timings(
+    routed: Proxy, interleaved: dict
+) -> None:
+    """The saves and restores above answered with llama-server's own timings: the router
+    no longer charges the default tenth (issue 20; the share itself depends on the machine)."""
+    text = httpx.get(routed.url + "/metrics", timeout=10).text
+    shares = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith("kvproxy_restore_cost_share{")]  # fmt: skip
+    assert len(shares) == 1
+    assert 0.001 <= shares[0] <= 1.0 and shares[0] != 0.1
