@@ -94,13 +94,21 @@ class LoggingUpstream:
                     headers={k: v for k, v in resp.headers.items() if k.lower() not in HOP},
                 )
                 await out.prepare(request)
-                tail = b""
+                tail, gone = b"", False
+                # A client that hangs up once it has its answer (before the closing chunk)
+                # still leaves the server's figures to read from the rest of the stream.
                 async for chunk in resp.content.iter_any():
                     tail = (tail + chunk)[-16384:]
-                    await out.write(chunk)
+                    if not gone:
+                        try:
+                            await out.write(chunk)
+                        except ConnectionResetError:
+                            gone = True
                 exchange.prompt_n = last_int(PROMPT_N, tail)
                 exchange.cache_n = last_int(CACHE_N, tail)
-                await out.write_eof()
+                if not gone:
+                    with contextlib.suppress(ConnectionResetError):
+                        await out.write_eof()
                 return out
 
         app = web.Application(client_max_size=64 * 1024 * 1024)
