@@ -35,9 +35,11 @@ from typing import Any
 import httpx
 from aiohttp import web
 
+import proxy.flow.director as director_module
 import proxy.slots.manager as manager_module
 import proxy.tokens.local as local_module
 import proxy.web.body as body_module
+import proxy.web.handlers as handlers_module
 from bench.tokens import appended, conversation
 from bench.workload import chat
 from proxy.backends import llama_server
@@ -123,7 +125,16 @@ def instrument(app: web.Application, spent: Timings) -> Callable[[], None]:
     ORDER.clear()
     # (label, depth in the report, owner, attribute): the phases timed, in order
     phases = (
-        ("body read", 0, body_module, "read_body"),
+        ("read_json", 0, handlers_module, "read_json"),
+        ("body read", 1, body_module, "read_body"),
+        ("director.plan", 0, director, "plan"),
+        ("look_ahead", 1, slots, "look_ahead"),
+        ("identify", 1, director_module, "identify"),
+        ("cannot_fit", 1, director_module, "cannot_fit"),
+        ("client_label", 1, director_module, "client_label"),
+        ("director.route", 0, director, "route"),
+        ("ceiling.reached", 1, director.ceiling, "reached"),
+        ("note_route", 1, director_module, "note_route"),
         ("JSON decode", 0, body_module, "decode_json"),
         ("dialect parse", 0, type(openai_chat.DIALECT), "parse"),
         ("rewriter.plan", 0, director.rewriter, "plan"),

@@ -126,6 +126,10 @@ class Upstream:
     # kvproxy has API keys of its own: the client's credential headers carry one of them,
     # which is kvproxy's secret and not the upstream's business; none is forwarded.
     drop_credentials: bool = False
+    # Streamed calls' own pool (``make_session(pooled=False)``): llama-server drops the
+    # connection after a chunked answer, so taking the kept-alive one would make the next
+    # /slots read before routing open a connection of its own, in the request's time.
+    streams: aiohttp.ClientSession | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -140,14 +144,17 @@ class Upstream:
         json_body: Any = None,
         data: Any = None,
         headers: dict[str, str] | None = None,
+        stream: bool = False,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """A response whose body the caller reads; connection and timeout failures are
         mapped to 502/504. Leaving the block early closes the upstream connection, which is
-        how llama-server learns that a client went away."""
+        how llama-server learns that a client went away. ``stream``: a streamed answer,
+        whose connection is closed after it (``streams``)."""
         url = URL(self.url + path, encoded=True)
         if headers is not None and self.drop_credentials:
             headers = {k: v for k, v in headers.items() if k.lower() not in CREDENTIALS}
-        resp = await self._send(method, url, json_body, data, headers)
+        session = self.streams if stream and self.streams is not None else self.session
+        resp = await self._send(session, method, url, json_body, data, headers)
         try:
             yield resp
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -159,9 +166,9 @@ class Upstream:
         finally:
             resp.release()
 
-    async def _send(
-        self, method: str, url: URL, json_body: Any, data: Any, headers: dict[str, str] | None
-    ) -> aiohttp.ClientResponse:
+    async def _send(self, session: aiohttp.ClientSession, method: str, url: URL,
+                    json_body: Any, data: Any,
+                    headers: dict[str, str] | None) -> aiohttp.ClientResponse:  # fmt: skip
         """Send once more when a pooled connection turns out to be closed by the server
         before it answered (a keep-alive race: the request was never read). A JSON body is
         encoded once, by orjson (``jsonio.dumps``), not by aiohttp's ``json.dumps``."""
@@ -169,7 +176,7 @@ class Upstream:
             data = BytesPayload(jsonio.dumps(json_body), content_type="application/json")
         for attempt in (1, 2):
             try:
-                return await self.session.request(
+                return await session.request(
                     method, url, data=data, headers=headers, allow_redirects=False
                 )
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
@@ -228,12 +235,18 @@ def describe(exc: BaseException) -> str:
     return text.splitlines()[0][:200]
 
 
-def make_session(connect_timeout: float, read_timeout: float) -> aiohttp.ClientSession:
+def make_session(connect_timeout: float, read_timeout: float,
+                 pooled: bool = True) -> aiohttp.ClientSession:  # fmt: skip
     """Bytes pass through undecoded (``auto_decompress=False``) so forwarded bodies keep
-    their content-encoding; ``sock_read`` bounds the silence between two chunks."""
+    their content-encoding; ``sock_read`` bounds the silence between two chunks. Not
+    ``pooled``: every request on a connection of its own, closed after it (streams)."""
     timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout)
-    # Idle pooled connections are dropped before llama-server's 5 s keep-alive timeout.
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=4)
+    connector = (
+        # Idle pooled connections are dropped before llama-server's 5 s keep-alive timeout.
+        aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=4)
+        if pooled
+        else aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, force_close=True)
+    )
     return aiohttp.ClientSession(
         timeout=timeout, connector=connector, auto_decompress=False, trust_env=False
     )

@@ -286,15 +286,17 @@ async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
     upstreams = []
     for spec in specs:
         session = make_session(settings.connect_timeout, settings.upstream_timeout)
+        streams = make_session(settings.connect_timeout, settings.upstream_timeout, pooled=False)
         try:
             kind = spec.kind or await detect_kind(session, spec.url)
             # Client credentials carry kvproxy's own key when it has one: never forwarded.
-            upstream = Upstream(url=spec.url, kind=kind, session=session,
+            upstream = Upstream(url=spec.url, kind=kind, session=session, streams=streams,
                                 drop_credentials=bool(settings.exposure.api_keys))  # fmt: skip
         except BaseException:
             await session.close()
+            await streams.close()
             for done in upstreams:
-                await done.session.close()
+                await close_sessions(done)
             raise
         if backend_for(kind).pins:
             await refresh_props(upstream)
@@ -305,7 +307,13 @@ async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         for upstream in upstreams:
-            await upstream.session.close()
+            await close_sessions(upstream)
+
+
+async def close_sessions(upstream: Upstream) -> None:
+    await upstream.session.close()
+    if upstream.streams is not None:
+        await upstream.streams.close()
 
 
 async def refresh_props(upstream: Upstream) -> None:

@@ -167,7 +167,7 @@ async def relay_native(call: Relay) -> web.StreamResponse:
     )
     rec.upstream_path = path
     async with upstream.request(
-        "POST", path, json_body=body, headers=client_headers(request)
+        "POST", path, json_body=body, headers=client_headers(request), stream=call.conv.stream
     ) as resp:
         rec.status = resp.status
         limits = upstream.limits
@@ -215,8 +215,9 @@ async def relay_translated(call: Relay, t: Translation) -> web.StreamResponse:
     request, conv, rec, observer = call.request, call.conv, call.rec, call.observer
     rec.upstream_path, rec.translated = call.path, True
     async with call.upstream.request(
-        "POST", call.path, json_body=call.body, headers=client_headers(request)
-    ) as resp:
+        "POST", call.path, json_body=call.body, headers=client_headers(request),
+        stream=conv.stream,
+    ) as resp:  # fmt: skip
         rec.status = resp.status
         limits = call.upstream.limits
         if resp.status != 200:
