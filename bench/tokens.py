@@ -121,7 +121,9 @@ async def tokenizing(server: EmbeddedServer) -> tuple[list[str], float, LocalTok
             server_append = await median_ms(
                 lambda b=body, t=turns: remote.prompt_tokens(CHAT, appended(b, next(t)))
             )
-            assert await local.prompt_tokens(CHAT, body) == await remote.prompt_tokens(CHAT, body)
+            assert list(await local.prompt_tokens(CHAT, body) or ()) == list(
+                await remote.prompt_tokens(CHAT, body) or ()
+            )
             rows.append(f"| {n} | {local_cold:.1f} | {server_cold:.1f} | {local_append:.2f} "
                         f"| {server_append:.1f} |")  # fmt: skip
             print(rows[-1], flush=True)

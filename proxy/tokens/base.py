@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from proxy.core.conversation import Conversation
@@ -18,7 +19,8 @@ class Tokenizer(Protocol):
     # checkpoints (slot_table.checkpoints_after); empty when unknown.
     user_marker: tuple[int, ...]
 
-    async def prompt_tokens(self, conv: Conversation, body: dict[str, Any]) -> list[int] | None:
+    async def prompt_tokens(self, conv: Conversation,
+                            body: dict[str, Any]) -> Sequence[int] | None:  # fmt: skip
         """The tokens the upstream will see for this request, or None if unknowable."""
         ...
 
@@ -41,7 +43,7 @@ class Encoder(Protocol):
     add_bos: bool
     add_eos: bool
 
-    def encode(self, text: str, add_special: bool = True) -> list[int]: ...
+    def encode(self, text: str, add_special: bool = True) -> Sequence[int]: ...
 
     def unknown_chars(self, text: str, add_special: bool = True) -> int:
         """How many characters of ``text`` ``encode`` would look at: past the leading

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,7 @@ class LocalTokenizer:
             text = text[: -len(eos)]
         return text
 
-    async def appended_tokens(self, body: dict[str, Any], norm: Normalization) -> list[int]:
+    async def appended_tokens(self, body: dict[str, Any], norm: Normalization) -> Sequence[int]:
         """An appended turn (``ResumedRender.resumes``): rendered on the event loop, and
         tokenized there too when its new text is short (``INLINE_CHARS``), since handing
         it to a thread and back costs more than the work, milliseconds on a busy machine
@@ -108,16 +109,17 @@ class LocalTokenizer:
             return self.pieces.encode(text)
         return await asyncio.to_thread(self.pieces.encode, text)
 
-    def tokens_of_chat(self, body: dict[str, Any], norm: Normalization) -> list[int]:
+    def tokens_of_chat(self, body: dict[str, Any], norm: Normalization) -> Sequence[int]:
         return self.pieces.encode(self.render(body, norm))
 
     def text_tokens(self, text: str) -> list[int] | None:
-        return self.pieces.encode(text, add_special=False)
+        return list(self.pieces.encode(text, add_special=False))
 
     async def reply_tokens(self, text: str) -> list[int] | None:
         return self.text_tokens(text)
 
-    async def prompt_tokens(self, conv: Conversation, body: dict[str, Any]) -> list[int] | None:
+    async def prompt_tokens(self, conv: Conversation,
+                            body: dict[str, Any]) -> Sequence[int] | None:  # fmt: skip
         if conv.kind == "chat":
             norm = self.verified.normalization(features(body))
             if norm is None:
