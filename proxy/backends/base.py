@@ -53,6 +53,7 @@ class Backend(Protocol):
     state_path: str  # what it holds now: after a restart or an unload, nothing
     answers_ollama_reads: bool  # /api/tags, /api/show, /api/version synthesized by kvproxy
     tokenizes: bool  # /tokenize and /apply-template: kvproxy's tokens can be exact
+    drops_streams: bool  # closes a streamed answer's connection: streams get their own
 
     def lost_cache(self, answer: Any) -> bool: ...
 

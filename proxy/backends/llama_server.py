@@ -30,6 +30,7 @@ class LlamaServer:
     state_path = "/slots"
     answers_ollama_reads = True
     tokenizes = True
+    drops_streams = True  # cpp-httplib, although it advertises keep-alive
 
     def lost_cache(self, answer: Any) -> bool:
         """``/slots`` with every slot idle and empty: a restart. Unknown shapes are not."""

@@ -33,6 +33,7 @@ class Ollama:
     state_path = "/api/ps"
     answers_ollama_reads = False  # its own
     tokenizes = False  # no tokenizer endpoints: estimates
+    drops_streams = False  # Go's net/http keeps a finished stream's connection alive
 
     def lost_cache(self, answer: Any) -> bool:
         """``/api/ps`` with no model loaded: an unload or a restart."""

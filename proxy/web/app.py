@@ -283,25 +283,32 @@ async def embedded_ctx(app: web.Application) -> AsyncIterator[None]:
 async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     specs = settings.upstreams or (UpstreamSpec(url=app[EMBEDDED].url, kind="llama"),)
-    upstreams = []
-    for spec in specs:
-        session = make_session(settings.connect_timeout, settings.upstream_timeout)
-        streams = make_session(settings.connect_timeout, settings.upstream_timeout, pooled=False)
-        try:
-            kind = spec.kind or await detect_kind(session, spec.url)
+    upstreams: list[Upstream] = []
+    try:
+        for spec in specs:
+            session = make_session(settings.connect_timeout, settings.upstream_timeout)
+            try:
+                kind = spec.kind or await detect_kind(session, spec.url)
+            except BaseException:
+                await session.close()
+                raise
+            backend = backend_for(kind)
+            streams = (
+                make_session(settings.connect_timeout, settings.upstream_timeout, pooled=False)
+                if backend.drops_streams
+                else None
+            )
             # Client credentials carry kvproxy's own key when it has one: never forwarded.
             upstream = Upstream(url=spec.url, kind=kind, session=session, streams=streams,
                                 drop_credentials=bool(settings.exposure.api_keys))  # fmt: skip
-        except BaseException:
-            await session.close()
-            await streams.close()
-            for done in upstreams:
-                await close_sessions(done)
-            raise
-        if backend_for(kind).pins:
-            await refresh_props(upstream)
-        log.info("upstream_ready", url=spec.url, kind=kind)
-        upstreams.append(upstream)
+            upstreams.append(upstream)
+            if backend.pins:
+                await refresh_props(upstream)
+            log.info("upstream_ready", url=spec.url, kind=kind)
+    except BaseException:
+        for done in upstreams:
+            await close_sessions(done)
+        raise
     app[UPSTREAMS] = Upstreams(upstreams)
     try:
         yield

@@ -9,9 +9,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestClient, TestServer
 
+from proxy.backends.kinds import backend_for
+from proxy.backends.upstream import UpstreamSpec
+from proxy.config.settings import Settings
+from proxy.web.app import create_app
+from proxy.web.components import UPSTREAMS
 from tests.integration.fakes import kvproxy
 
 PROPS = {"total_slots": 2, "default_generation_settings": {"n_ctx": 4096}}
@@ -65,6 +71,27 @@ async def test_a_streamed_call_leaves_the_pooled_connection_to_the_small_reads(
         # the small reads (at most two at once: /slots beside the template) keep theirs
         assert not set(small) & set(streamed)
         assert len(set(small)) <= 2, f"small reads opened a connection per turn: {small}"
+    finally:
+        await client.close()
+        await upstream.close()
+
+
+@pytest.mark.parametrize(("kind", "own_pool"), [("llama", True), ("ollama", False)])
+async def test_only_a_server_that_drops_streams_gets_a_pool_for_them(
+    tmp_path: Path, kind: str, own_pool: bool
+) -> None:
+    """ollama (Go's net/http) keeps a finished stream's connection alive: its streams
+    reuse the pooled connections as before."""
+    app = web.Application()
+    upstream = TestServer(app)
+    await upstream.start_server()
+    url = str(upstream.make_url("/")).rstrip("/")
+    settings = Settings(upstreams=(UpstreamSpec(url=url, kind=kind),), data_dir=tmp_path)
+    client = TestClient(TestServer(create_app(settings)))
+    await client.start_server()
+    try:
+        assert backend_for(kind).drops_streams is own_pool
+        assert (client.app[UPSTREAMS].primary.streams is not None) is own_pool
     finally:
         await client.close()
         await upstream.close()
