@@ -182,7 +182,7 @@ class LlamaVocab:
         self._cache: OrderedDict[int, array[int]] = OrderedDict()
         self._cached = 0
         self._cache_lock = threading.Lock()
-        # (add_special, text, tokens), newest last: see ``encode``
+        # recent prompts (``Known``), newest last: see ``encode``
         self._prefixes: list[Known] = []
 
     @classmethod
