@@ -201,7 +201,8 @@ def timed_prompt(spent: Timings) -> type:
 
 
 async def run(server_url: str, tmp: Path, size: int, turns: int, profiled: int,
-              profile: Path, pause: float, skip: int = 0) -> None:  # fmt: skip
+              profile: Path, pause: float, skip: int = 0,
+              alternate: bool = False) -> None:  # fmt: skip
     settings = Settings(upstreams=(UpstreamSpec(url=server_url, kind="llama"),), data_dir=tmp)
     app = create_app(settings)
     runner = web.AppRunner(app)
@@ -225,6 +226,10 @@ async def run(server_url: str, tmp: Path, size: int, turns: int, profiled: int,
                 chat(c, url, body["messages"], 1, body)
 
             body = await loop.run_in_executor(None, conversation, size, count, 7)
+            other: dict[str, Any] | None = None
+            if alternate:  # bench-tokens' direct side: its own conversation on the other slot
+                other = await loop.run_in_executor(None, conversation, size, count, 8)
+                await loop.run_in_executor(None, chat, c, server_url, other["messages"], 1, other)
             for i in range(skip):  # what an earlier run against --upstream left in a slot
                 body = appended(body, i)
             await loop.run_in_executor(None, send, body)  # the slot holds the conversation
@@ -233,6 +238,10 @@ async def run(server_url: str, tmp: Path, size: int, turns: int, profiled: int,
             for i in range(turns):
                 body = appended(body, skip + i)
                 await asyncio.sleep(pause)  # bench-tokens: a direct turn comes between
+                if other is not None:
+                    other = appended(other, skip + i)
+                    await loop.run_in_executor(None, chat, c, server_url, other["messages"], 1,
+                                               other)  # fmt: skip
                 spent.turn = i
                 await loop.run_in_executor(None, send, body)
             restore()
@@ -298,6 +307,12 @@ def main(argv: list[str] | None = None) -> int:
         "its context room for the turns) instead of starting one",
     )
     parser.add_argument(
+        "--alternate",
+        action="store_true",
+        help="a direct appended turn of another conversation before each timed one, on the "
+        "server's other slot (as make bench-tokens plays them)",
+    )
+    parser.add_argument(
         "--skip",
         type=int,
         default=0,
@@ -319,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     server = EmbeddedServer.start(settings, tmp / "llama")
     try:
         asyncio.run(run(server.url, tmp / "proxy", args.tokens, args.turns, args.profiled,
-                        args.profile, args.pause))  # fmt: skip
+                        args.profile, args.pause, alternate=args.alternate))  # fmt: skip
     finally:
         server.stop()
     return 0
