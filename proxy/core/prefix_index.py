@@ -28,7 +28,8 @@ def chain_hashes(tokens: Sequence[int], block: int = BLOCK, start: int = 0,
     out: list[int] = []
     prev = seed
     full = len(tokens) - len(tokens) % block
-    data = array("i", tokens[start * block : full]).tobytes()
+    part = tokens[start * block : full]
+    data = (part if isinstance(part, array) else array("i", part)).tobytes()
     step = block * 4
     for at in range(0, len(data), step):
         prev = xxhash.xxh3_64_intdigest(data[at : at + step], seed=prev)
@@ -45,19 +46,34 @@ def common_prefix(a: Sequence[int], b: Sequence[int], start: int = 0) -> int:
     return i
 
 
+def as_tokens(tokens: Iterable[int]) -> array[int]:
+    """Tokens as a C array of 32-bit ints: slicing, comparing and hashing 32k of them are
+    memory copies, where a tuple touches 32k scattered int objects (cold after a prefill)."""
+    return tokens if isinstance(tokens, array) and tokens.typecode == "i" else array("i", tokens)
+
+
 @dataclass(frozen=True)
 class Prompt:
-    """A prompt's tokens with their chain hashes, computed once per request."""
+    """A prompt's tokens with their chain hashes, computed once per request. The tokens
+    are always an ``array('i')`` (``as_tokens``): an array never equals a tuple or a list,
+    so no prompt may hold another kind."""
 
-    tokens: tuple[int, ...]
+    tokens: array[int]
     hashes: tuple[int, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tokens, array):
+            object.__setattr__(self, "tokens", as_tokens(self.tokens))
+
+    def __hash__(self) -> int:  # an array is unhashable; equal tokens mean equal hashes
+        return hash((len(self.tokens), self.hashes))
 
     @classmethod
     def of(cls, tokens: Iterable[int], like: Iterable[Prompt] = ()) -> Prompt:
         """``tokens`` with their chain hashes; the leading blocks they share whole with one
         of ``like`` (the previous prompt of the same slot, say) keep that one's hashes, so
         an appended turn hashes only its new blocks."""
-        toks = tuple(tokens)
+        toks = as_tokens(tokens)
         shared, base = 0, ()
         for other in like:
             n = leading_blocks(toks, other)
@@ -70,7 +86,7 @@ class Prompt:
         return len(self.tokens)
 
 
-def leading_blocks(tokens: tuple[int, ...], other: Prompt, tries: int = 3) -> int:
+def leading_blocks(tokens: array[int], other: Prompt, tries: int = 3) -> int:
     """How many of ``other``'s hashed blocks ``tokens`` begins with, when that is all of
     them or all but the last one or two (the usual case: a prompt extending another, or
     diverging where the other's reply ends; one comparison each); else 0 (hashed afresh)."""

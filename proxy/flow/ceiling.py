@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Protocol
 
-from proxy.core.prefix_index import PrefixIndex, Prompt
+from proxy.core.prefix_index import PrefixIndex, Prompt, as_tokens
 from proxy.rewrite.identity import Identity
 
 MAX_SESSIONS = 512
@@ -67,7 +67,7 @@ class SessionCeiling:
         index, order = self._sessions.pop(session, None) or (PrefixIndex(), [])
         held = prompt
         if generated:
-            held = Prompt.of((*prompt.tokens, *generated), like=(prompt,))
+            held = Prompt.of(prompt.tokens + as_tokens(generated), like=(prompt,))
         key = (order[-1] + 1) if order else 0
         index.put(key, held)
         order.append(key)

@@ -24,7 +24,7 @@ Persist = Callable[[str, Callable[[], bytes] | None], None]
 
 def encode_state(prompt: Prompt, **meta: Any) -> bytes:
     """A prompt's tokens and a little metadata, for LMDB."""
-    tokens = base64.b64encode(array("i", prompt.tokens).tobytes()).decode()
+    tokens = base64.b64encode(prompt.tokens.tobytes()).decode()
     return json.dumps({"tokens": tokens, **meta}, separators=(",", ":")).encode()
 
 
@@ -32,7 +32,7 @@ def decode_state(raw: bytes) -> tuple[Prompt, dict[str, Any]]:
     data = json.loads(raw)
     tokens = array("i")
     tokens.frombytes(base64.b64decode(data.pop("tokens")))
-    return Prompt.of(tokens.tolist()), data
+    return Prompt.of(tokens), data
 
 
 class Mirror:

@@ -16,7 +16,7 @@ from typing import Any
 
 import xxhash
 
-from proxy.core.prefix_index import PrefixIndex, Prompt, match_length
+from proxy.core.prefix_index import PrefixIndex, Prompt, as_tokens, match_length
 from proxy.slots.ram_cache import RamCache
 from proxy.slots.routing import SlotView
 
@@ -74,10 +74,10 @@ def held_after(prompt: Prompt, outcome: Outcome, predicted: int) -> Prompt:
     end-of-generation token, which is never fed back). An interrupted request leaves only
     what is certain: the whole prompt once generation started, else the reused part."""
     if outcome.completed:
-        tail = list(outcome.generated or ())
+        tail = as_tokens(outcome.generated or ())
         if outcome.finish_reason not in ("stop", "eos") and tail:
             tail = tail[:-1]
-        return Prompt.of(prompt.tokens + tuple(tail), like=(prompt,))
+        return Prompt.of(prompt.tokens + tail, like=(prompt,))
     if outcome.prompt_done:
         return prompt
     keep = outcome.cached_actual if outcome.cached_actual is not None else predicted
@@ -167,7 +167,7 @@ def user_starts(tokens: Sequence[int], marker: Sequence[int]) -> list[int]:
     search on the 4-byte token array)."""
     if not marker or len(marker) > len(tokens):
         return []
-    haystack = array("i", tokens).tobytes()
+    haystack = as_tokens(tokens).tobytes()
     needle = array("i", marker).tobytes()
     out, at = [], haystack.find(needle)
     while at >= 0:

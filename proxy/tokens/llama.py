@@ -15,7 +15,6 @@ import functools
 import threading
 from array import array
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from proxy.core.errors import ProxyError
 TEXT_CACHE_TOKENS = 2_000_000
 # Recent prompts' leading chunks (all but the last) with their tokens: the next turn of a
 # conversation starts with them, so only its new chunks are looked at. At most this many
-# prompts, and tokens in all (a tuple of int objects: ~36 bytes a token).
+# prompts, and tokens in all (4 bytes a token: an ``array('i')``).
 PREFIXES = 32
 PREFIX_TOKENS = 1_000_000
 # The text cache's key seed of a chunk: tokenized without BOS, special tokens parsed.
@@ -38,15 +37,15 @@ CHUNK_SEED = 1
 @dataclass(frozen=True, slots=True)
 class Known:
     """A recent prompt's text up to its last chunk boundary, and its tokens: the first
-    ``count`` of ``out``, that prompt's whole tuple (the slice is taken when reused)."""
+    ``count`` of ``out``, that prompt's whole array (the slice is taken when reused)."""
 
     add_special: bool
     text: str
-    out: tuple[int, ...]
+    out: array[int]
     count: int
 
-    def tokens(self) -> tuple[int, ...]:
-        return self.out if self.count == len(self.out) else self.out[: self.count]
+    def tokens(self) -> array[int]:
+        return self.out[: self.count]
 
 
 class VocabUnavailable(ProxyError):
@@ -261,16 +260,20 @@ class LlamaVocab:
 
     def tokenize(self, text: str, add_special: bool, parse_special: bool = True) -> list[int]:
         """``llama_tokenize``: as the server tokenizes a prompt (both flags true)."""
+        return self._tokens(text, add_special, parse_special).tolist()
+
+    def _tokens(self, text: str, add_special: bool, parse_special: bool) -> array[int]:
+        """``tokenize`` as a new array (the cache's own is never handed out)."""
         raw = text.encode("utf-8", "surrogatepass")
         key = xxhash.xxh3_64_intdigest(raw, seed=add_special * 2 + parse_special)  # CHUNK_SEED
         with self._cache_lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
-                return hit.tolist()
+                return hit[:]
         ids = self._call(raw, add_special, parse_special)
         self._keep(key, ids)
-        return ids.tolist()
+        return ids[:]
 
     def _call(self, raw: bytes, add_special: bool, parse_special: bool) -> array[int]:
         self.tokenized += 1
@@ -280,7 +283,9 @@ class LlamaVocab:
             n = self._lib.lib.llama_tokenize(self._vocab, raw, len(raw), buf, room, add_special,
                                              parse_special)  # fmt: skip
             if n >= 0:
-                return array("i", buf[:n])
+                out = array("i")
+                out.frombytes(ctypes.string_at(buf, n * 4))
+                return out
             room = -n
         raise VocabUnavailable("llama_tokenize failed")
 
@@ -295,42 +300,41 @@ class LlamaVocab:
                     self._cached -= len(old)
 
     # The PieceTokenizer interface that LocalTokenizer uses.
-    def encode(self, text: str, add_special: bool = True) -> Sequence[int]:
+    def encode(self, text: str, add_special: bool = True) -> array[int]:
         """A prompt's tokens, chunk by chunk where ``prepare`` chose a chunk boundary.
 
         A recent prompt's leading chunks that this text starts with, up to a boundary, are
         not split or looked up again: their tokens are reused whole. The boundary has no
         border (no proper prefix equal to a suffix), so no occurrence can straddle that
-        point and the split of the rest is the same. A chunked prompt is one tuple, kept
-        as it is for the next turn's reuse: copying 32k tokens is a tenth of a millisecond
+        point and the split of the rest is the same. A prompt's tokens are one
+        ``array('i')``, kept as it is for the next turn's reuse: copying 32k of them is a
+        memory copy, where a tuple's 32k int objects cost a tenth of a millisecond or more
         on cold caches, and this is the request's path."""
         boundary = self.boundary
         if boundary is None or boundary not in text:
-            return self.tokenize(text, add_special, parse_special=True)
+            return self._tokens(text, add_special, parse_special=True)
         known = self._known_prefix(text, add_special)
         if known is not None:
-            head = known.tokens()
+            out = known.tokens()
             parts = text[len(known.text) + len(boundary) :].split(boundary)
         else:
             first, *parts = text.split(boundary)
-            head = tuple(self.tokenize(first, add_special, parse_special=True))
-        new: list[int] = []
-        end = 0  # new tokens before the last chunk
+            out = self._tokens(first, add_special, parse_special=True)
+        end = len(out)  # tokens before the last chunk
         for chunk in self._chunks([boundary + part for part in parts]):
-            end = len(new)
-            new += chunk
-        out = head + tuple(new)
-        self._remember(add_special, text, out, text.rfind(boundary), len(head) + end)
+            end = len(out)
+            out += chunk
+        self._remember(add_special, text, out, text.rfind(boundary), end)
         return out
 
-    def _chunks(self, chunks: list[str]) -> list[list[int]]:
+    def _chunks(self, chunks: list[str]) -> list[array[int]]:
         """Each chunk's tokens (each starts with the boundary), the ones not cached
         tokenized in one call and split where the boundary's token is: every call scans all
         special tokens' texts (6,414 on Gemma 3) before it tokenizes, so one call per turn
         costs a third of one per chunk. Exact: the boundary is a special token no other
         overlaps (``prepare``), so llama.cpp cuts the joined text at each occurrence of it
         first and tokenizes what lies between on its own, as it does each chunk."""
-        found: dict[int, list[int]] = {}
+        found: dict[int, array[int]] = {}
         missing: list[int] = []
         keys = [xxhash.xxh3_64_intdigest(c.encode("utf-8", "surrogatepass"), seed=CHUNK_SEED)
                 for c in chunks]  # fmt: skip
@@ -341,16 +345,16 @@ class LlamaVocab:
                     missing.append(i)
                 else:
                     self._cache.move_to_end(key)
-                    found[i] = hit.tolist()
+                    found[i] = hit
         if len(missing) > 1:
             raw = "".join(chunks[i] for i in missing).encode("utf-8", "surrogatepass")
             joined = self._call(raw, False, True)
             starts = [k for k, token in enumerate(joined) if token == self.boundary_id]
             if len(starts) == len(missing) and starts[0] == 0:
                 for i, a, b in zip(missing, starts, [*starts[1:], len(joined)], strict=True):
-                    self._keep(keys[i], joined[a:b])
-                    found[i] = joined[a:b].tolist()
-        return [found[i] if i in found else self.tokenize(c, False, True)
+                    found[i] = joined[a:b]
+                    self._keep(keys[i], found[i])
+        return [found[i] if i in found else self._tokens(c, False, True)
                 for i, c in enumerate(chunks)]  # fmt: skip
 
     def unknown_chars(self, text: str, add_special: bool = True) -> int:
@@ -371,10 +375,10 @@ class LlamaVocab:
                     best, found = n, entry
         return found
 
-    def _remember(self, add_special: bool, text: str, out: tuple[int, ...], cut: int,
+    def _remember(self, add_special: bool, text: str, out: array[int], cut: int,
                   tokens: int) -> None:  # fmt: skip
         """Keep ``text`` up to its last boundary (``cut``) with its first ``tokens`` of
-        ``out`` (not copied: the prompt's own tuple)."""
+        ``out`` (not copied: the prompt's own array, which the caller must not change)."""
         if cut <= 0 or tokens <= 0:
             return
         entry = Known(add_special, text[:cut], out, tokens)

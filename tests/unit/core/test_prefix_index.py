@@ -100,3 +100,16 @@ def test_hashes_reused_from_a_similar_prompt_equal_fresh_ones(tokens: list[int],
                                                               like: list[Any]) -> None:  # fmt: skip
     others = [Prompt.of(list(t)) for t in like]
     assert Prompt.of(tokens, others) == Prompt.of(tokens)
+
+
+@pytest.mark.parametrize("given", [[5, 6, 7], (5, 6, 7), range(5, 8)])
+def test_a_prompt_always_holds_an_int_array(given: Any) -> None:
+    """An array never equals a tuple or a list, so every prompt holds the same kind: two
+    prompts of equal tokens are equal however they were built, and hash alike."""
+    from array import array
+
+    made = [Prompt.of(given), Prompt(given), Prompt.of(array("i", [5, 6, 7]))]
+    for prompt in made:
+        assert isinstance(prompt.tokens, array) and prompt.tokens.typecode == "i"
+    assert made[0] == made[2] and hash(made[0]) == hash(made[2])
+    assert list(made[1].tokens) == [5, 6, 7]

@@ -86,7 +86,7 @@ def test_eviction_counts_only_what_ram_lost(ram: tuple[Prompt, ...], unkept: int
     at dispatch, and what it drops is lost unless an earlier idle-slot save kept it (then
     it costs a RAM load, ``restore_cost`` of its prefill)."""
     t = table(A2, ram=ram, age=0.0)
-    fork = Prompt.of(A1.tokens + (77,) * 50)
+    fork = Prompt.of((*A1.tokens, *(77,) * 50))
     view = t.views(fork)[0]
     assert view.unkept() == unkept
     assert eviction_cost(view, view.cached, RoutePolicy(), NOW) == pytest.approx(cost)

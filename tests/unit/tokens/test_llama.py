@@ -157,6 +157,22 @@ def test_the_new_chunks_of_a_turn_are_tokenized_in_one_call(
     assert checked >= 10
 
 
+def test_a_prompt_returned_is_never_changed_by_a_later_turn(
+    vocabs: dict[str, LlamaVocab],
+) -> None:
+    """A prompt's tokens are one array that the next turn's encoding starts from: the
+    next turn copies the known part before appending, so the earlier prompt (held by a
+    slot's index by then) keeps its tokens."""
+    checked = 0
+    for vocab, b in chunked(vocabs):
+        first = vocab.encode(f"{b}user\nHello{b}model\nHi{b}user\nmore{b}model\n")
+        kept = list(first)
+        second = vocab.encode(f"{b}user\nHello{b}model\nHi{b}user\nmore{b}model\nok{b}user\nx")
+        assert list(first) == kept and len(second) > len(first)
+        checked += 1
+    assert checked >= 10
+
+
 def test_a_known_prefix_is_reused_only_where_the_split_is_the_same(
     vocabs: dict[str, LlamaVocab],
 ) -> None:
