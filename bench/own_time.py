@@ -125,11 +125,11 @@ def instrument(app: web.Application, spent: Timings) -> Callable[[], None]:
     ORDER.clear()
     # (label, depth in the report, owner, attribute): the phases timed, in order
     phases = (
+        ("look_ahead at admission (starts the /slots read)", 0, slots, "look_ahead"),
         ("read_json", 0, handlers_module, "read_json"),
         ("body read", 1, body_module, "read_body"),
         ("JSON decode", 1, body_module, "decode_json"),
         ("director.plan", 0, director, "plan"),
-        ("look_ahead (starts the /slots read)", 1, slots, "look_ahead"),
         ("dialect parse", 1, type(openai_chat.DIALECT), "parse"),
         ("identify", 1, director_module, "identify"),
         ("rewriter.plan", 1, director.rewriter, "plan"),

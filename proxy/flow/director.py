@@ -97,10 +97,14 @@ class Director:
     def admit(self, dialect: DialectBase, path: str, hold: BodyHold,
               warm: str | None = None) -> Exchange:  # fmt: skip
         """A record for the request from its first moment (``warm``: kvproxy's own
-        warm-up, checked by the caller)."""
+        warm-up, checked by the caller). /slots is read from now on
+        (``SlotManager.look_ahead``), while the body arrives and is parsed: its answer is
+        in by the time the request is routed."""
         rec = RequestRecord(request_id=new_request_id(), path=path, dialect=dialect.name,
                             sink=self.sink, warm=warm)  # fmt: skip
-        return Exchange(dialect, rec, hold)
+        ex = Exchange(dialect, rec, hold)
+        ex.ticket = self.slots.look_ahead()
+        return ex
 
     async def prepare(self, ex: Exchange, body: Any, headers: Mapping[str, str],
                       raw_path: str) -> UpstreamCall:  # fmt: skip
@@ -113,9 +117,7 @@ class Director:
     async def plan(self, ex: Exchange, body: Any, headers: Mapping[str, str],
                    raw_path: str) -> None:  # fmt: skip
         """Parse into the canonical conversation, rewrite it (``Rewriter.plan``), build each
-        upstream's call and tokens; a malformed body is a 400. /slots is read meanwhile
-        (``SlotManager.look_ahead``)."""
-        ex.ticket = self.slots.look_ahead()
+        upstream's call and tokens; a malformed body is a 400."""
         try:
             if ex.dialect.family == "responses":
                 body = self.earlier_responses(ex, body, headers)

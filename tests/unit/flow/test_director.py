@@ -3,6 +3,7 @@ upstream, what the record says, what the slot and the tape keep."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import Iterator
@@ -134,3 +135,18 @@ async def test_an_openai_request_to_ollama_goes_to_its_chat_api_unpinned() -> No
     ex = await turn(d, body("hi"))
     assert ex.call is not None and ex.call.path == "/api/chat"
     assert "id_slot" not in ex.call.body and "keep_alive" in ex.call.body
+
+
+async def test_slots_are_read_from_the_moment_a_request_is_admitted() -> None:
+    """The /slots reading that routes a request starts when it is admitted, before its
+    body is read: the server answers while the body arrives and is decoded, so the route
+    does not wait for it (``SlotManager.look_ahead``)."""
+    d, _, _ = director()
+    server = d.slots.servers[0]
+    ex = d.admit(CHAT, "/v1/chat/completions", BodyBudget(1 << 30).hold())
+    try:
+        assert ex.ticket == 1 and server.read_for == 1 and server.sync_task is not None
+    finally:
+        d.close(ex)
+        if server.sync_task is not None:
+            await asyncio.gather(server.sync_task, return_exceptions=True)
