@@ -45,6 +45,7 @@ from bench.workload import chat
 from proxy.backends import llama_server
 from proxy.backends.embedded import EmbeddedServer, free_port, resolve_model
 from proxy.backends.upstream import UpstreamSpec
+from proxy.cli.main import tune_collector
 from proxy.config.settings import EmbeddedSettings, Settings
 from proxy.core import prefix_index
 from proxy.dialects import openai_chat
@@ -207,6 +208,7 @@ async def run(server_url: str, tmp: Path, size: int, turns: int, profiled: int,
     app = create_app(settings)
     runner = web.AppRunner(app)
     await runner.setup()
+    tune_collector()  # as ``kvproxy serve`` does
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     url = f"http://127.0.0.1:{port}"

@@ -154,3 +154,22 @@ def test_a_start_that_fails_says_why_once_and_nothing_else(tmp_path: Path) -> No
     out = result.stdout + result.stderr
     assert "record_writer_died" not in out
     assert out.count("127.0.0.1:1 failed") == 1, out
+
+
+def test_serve_keeps_requests_out_of_the_collectors_scans() -> None:
+    """``kvproxy serve`` freezes what start-up built and lets the youngest generation grow
+    to ``YOUNG_GENERATION`` containers: a 32k-token request allocates thousands, freed by
+    reference counting when it ends, and Python's default of 700 scans its live body a
+    dozen times on the request's path."""
+    import gc
+
+    from proxy.cli.main import YOUNG_GENERATION, tune_collector
+
+    before = gc.get_threshold()
+    try:
+        tune_collector()
+        assert gc.get_threshold()[0] == YOUNG_GENERATION >= 20 * before[0]
+        assert gc.get_threshold()[1:] == before[1:] and gc.get_freeze_count() > 0
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
