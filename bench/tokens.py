@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shlex
 import statistics
 import tempfile
 import time
@@ -140,11 +141,15 @@ async def tokenizing(server: EmbeddedServer) -> tuple[list[str], float, LocalTok
 
 
 def ttft(server: EmbeddedServer, proxy_url: str, size: int, turns: int
-         ) -> tuple[list[float], list[float], int]:  # fmt: skip
-    """Appended tool turns on a ~``size``-token conversation per side, alternating."""
+         ) -> tuple[list[float], list[float], int, dict[str, list[float]]]:  # fmt: skip
+    """Appended tool turns on a ~``size``-token conversation per side, alternating; and
+    per side the TTFT less the server's own prompt time (``timings.prompt_ms``): what the
+    server spent on a turn besides its prefill (its template and tokenizer, its RAM cache)
+    plus, through kvproxy, kvproxy's own time."""
     bodies: dict[str, dict[str, Any]] = {}
     sides = {"direct": server.url, "kvproxy": proxy_url}
     out: dict[str, list[float]] = {"direct": [], "kvproxy": []}
+    besides: dict[str, list[float]] = {"direct": [], "kvproxy": []}
     # no keep-alive: llama-server drops an idle connection after 5 s, and prefills take longer
     with httpx.Client(timeout=1800, limits=httpx.Limits(max_keepalive_connections=0)) as client:
         counted = client.post(server.url + "/apply-template", json={
@@ -164,9 +169,11 @@ def ttft(server: EmbeddedServer, proxy_url: str, size: int, turns: int
         for i in range(turns):
             for side, base in sides.items():
                 bodies[side] = appended(bodies[side], i)
-                _, _, _, ms = chat(client, base, bodies[side]["messages"], 1, bodies[side])
+                _, timings, _, ms = chat(client, base, bodies[side]["messages"], 1,
+                                         bodies[side])  # fmt: skip
                 out[side].append(ms)
-    return out["direct"], out["kvproxy"], tokens
+                besides[side].append(ms - float(timings.get("prompt_ms") or 0.0))
+    return out["direct"], out["kvproxy"], tokens, besides
 
 
 def own_time(records: Path, turns: int) -> list[float]:
@@ -186,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="GGUF or packaged name for the TTFT part (32k context)")  # fmt: skip
     parser.add_argument("--turns", type=int, default=9)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--llama-args", default="",
+                        help="more llama-server flags for the TTFT part, e.g. '--cache-ram 0' "
+                        "(the numbers are then not published)")  # fmt: skip
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="kvp-tokens-"))
     server = EmbeddedServer.start(EmbeddedSettings(parallel=1, ctx_per_slot=8192), tmp / "llama")
@@ -195,12 +205,13 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
     model, template = resolve_model(args.ttft_model)
     extra = ("--chat-template-file", str(template)) if template else ()
+    extra += tuple(shlex.split(args.llama_args))
     settings = EmbeddedSettings(model=model, parallel=2, ctx_per_slot=32_768, extra_args=extra)
     server = EmbeddedServer.start(settings, tmp / "llama-ttft")
     proxy = None
     try:
         proxy = spawn_proxy(tmp / "proxy", "--upstream", server.url)
-        direct, via, tokens = ttft(server, proxy.url, args.ttft_tokens, args.turns)
+        direct, via, tokens, besides = ttft(server, proxy.url, args.ttft_tokens, args.turns)
         overhead = own_time(proxy.data_dir / "records", args.turns)
     finally:
         if proxy is not None:
@@ -218,9 +229,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{', '.join(f'{t:.0f}' for t in direct)}; kvproxy "
         f"{', '.join(f'{t:.0f}' for t in via)}. kvproxy's own time before sending upstream "
         f"(the record's `overhead_ms`: reading, rewriting, tokenizing, routing) p50 "
-        f"{statistics.median(overhead):.1f} ms, max {max(overhead):.1f} ms.",
+        f"{statistics.median(overhead):.1f} ms, max {max(overhead):.1f} ms.", "",
+        f"TTFT less the server's own prompt time (`timings.prompt_ms`), p50: direct "
+        f"{statistics.median(besides['direct']):.0f} ms, kvproxy "
+        f"{statistics.median(besides['kvproxy']):.0f} ms: the server's work on a turn "
+        "besides its prefill (with its RAM cache on: saving the other slot's state, "
+        "docs/benchmarks.md) plus, through kvproxy, kvproxy's own time."
+        + (f" llama-server flags added: `{args.llama_args}`." if args.llama_args else ""),
     ])  # fmt: skip
-    publish("tokens", table, not args.no_write)
+    publish("tokens", table, not args.no_write and not args.llama_args)
     return 0
 
 
