@@ -162,21 +162,13 @@ def configured(
     return options, settings
 
 
-# Container objects allocated before the collector's youngest generation is scanned.
-# Python's default, 700, runs a scan a dozen times while one 32k-token request's JSON is
-# decoded and parsed, and each walks that live body again; nearly everything a request
-# allocates is freed by reference counting when it ends, so with a larger allowance most
-# requests see no scan at all (bench/own_time.py: own time p50 4.8 -> 4.2 ms).
-YOUNG_GENERATION = 50_000
-
-
 def tune_collector() -> None:
-    """The cyclic collector for a request/response server: what start-up built
-    (vocabularies, templates: hundreds of thousands of objects) lives as long as the
-    process and is kept out of every scan (``gc.freeze``: decode 1.2 ms, 0.4 without);
-    scans of the youngest generation wait for ``YOUNG_GENERATION`` allocations."""
+    """What start-up built (vocabularies, templates: hundreds of thousands of objects) lives
+    as long as the process: kept out of the cyclic collector's scans (``gc.freeze``), which
+    otherwise walk it while a request's JSON is decoded (bench/own_time.py: decode 1.2 ms,
+    0.4 without). The thresholds stay Python's: raising the youngest generation's to 50,000
+    moved nothing ``make bench-tokens`` can tell from noise (docs/benchmarks.md)."""
     gc.freeze()
-    gc.set_threshold(YOUNG_GENERATION, *gc.get_threshold()[1:])
 
 
 async def serve(settings: Settings) -> None:

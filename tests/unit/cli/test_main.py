@@ -156,20 +156,16 @@ def test_a_start_that_fails_says_why_once_and_nothing_else(tmp_path: Path) -> No
     assert out.count("127.0.0.1:1 failed") == 1, out
 
 
-def test_serve_keeps_requests_out_of_the_collectors_scans() -> None:
-    """``kvproxy serve`` freezes what start-up built and lets the youngest generation grow
-    to ``YOUNG_GENERATION`` containers: a 32k-token request allocates thousands, freed by
-    reference counting when it ends, and Python's default of 700 scans its live body a
-    dozen times on the request's path."""
+def test_serve_keeps_what_start_up_built_out_of_the_collectors_scans() -> None:
+    """``kvproxy serve`` (and bench/own_time.py, which stands for it) freezes what start-up
+    built: the collector's scans during a request walk only what the request allocated."""
     import gc
 
-    from proxy.cli.main import YOUNG_GENERATION, tune_collector
+    from proxy.cli.main import tune_collector
 
-    before = gc.get_threshold()
     try:
+        gc.unfreeze()
         tune_collector()
-        assert gc.get_threshold()[0] == YOUNG_GENERATION >= 20 * before[0]
-        assert gc.get_threshold()[1:] == before[1:] and gc.get_freeze_count() > 0
+        assert gc.get_freeze_count() > 0
     finally:
-        gc.set_threshold(*before)
         gc.unfreeze()
