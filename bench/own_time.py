@@ -142,6 +142,9 @@ def instrument(app: web.Application, spent: Timings) -> Callable[[], None]:
         ("tokens_of_chat (in the thread)", 3, tokenizer, "tokens_of_chat"),
         ("render (resumed)", 4, tokenizer, "render"),
         ("tokenize (encode)", 4, tokenizer.pieces, "encode"),
+        ("known prefix (text compare)", 5, tokenizer.pieces, "_known_prefix"),
+        ("llama_tokenize (the new chunks)", 5, tokenizer.pieces, "_call"),
+        ("remember (for the next turn)", 5, tokenizer.pieces, "_remember"),
         ("Prompt.of (hashes)", 2, None, ""),  # timed_prompt
         ("client_label", 1, director_module, "client_label"),
         ("best_predicted (original)", 1, slots, "best_predicted"),

@@ -108,7 +108,12 @@ class Director:
 
     async def prepare(self, ex: Exchange, body: Any, headers: Mapping[str, str],
                       raw_path: str) -> UpstreamCall:  # fmt: skip
-        """Plan, route, gate and dispatch: the call to send upstream."""
+        """Plan, route, gate and dispatch: the call to send upstream. The event loop is
+        given one turn first: the /slots reading ``admit`` started sends its request then,
+        and the server answers while the body is parsed and tokenized. Planning an appended
+        turn never waits on its own, so the request would otherwise go out only when
+        routing waits for its answer (a round trip on the request's path)."""
+        await asyncio.sleep(0)
         await self.plan(ex, body, headers, raw_path)
         await self.route(ex)
         await self.enter_gate(ex)

@@ -72,7 +72,9 @@ class SlotActions:
             return
         server.synced = now
         try:
-            slots = await asyncio.wait_for(server.upstream.get_json("/slots"), SYNC_TIMEOUT)
+            # Not ``wait_for``, whose task of its own would send the request a loop turn later.
+            async with asyncio.timeout(SYNC_TIMEOUT):
+                slots = await server.upstream.get_json("/slots")
         except (ProxyError, TimeoutError):
             return
         for cut in server.table.reconcile(slots, stale=server.stale):

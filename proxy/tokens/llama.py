@@ -208,6 +208,7 @@ class LlamaVocab:
         self._cache_lock = threading.Lock()
         # recent prompts (``Known``), newest last: see ``encode``
         self._prefixes: list[Known] = []
+        self._looked: tuple[str, bool, Known | None] | None = None  # see ``_known_prefix``
 
     @classmethod
     def load(cls, path: Path) -> LlamaVocab:
@@ -267,12 +268,14 @@ class LlamaVocab:
             ids = self.tokenize(self.boundary, False, parse_special=True)
             self.boundary_id = ids[0] if len(ids) == 1 else -1
         self._prefixes = []
+        self._looked = None
 
     def forget(self) -> None:
         with self._cache_lock:
             self._cache.clear()
             self._cached = 0
             self._prefixes = []
+            self._looked = None
 
     def special_strings(self) -> dict[str, str]:
         """``bos_token`` and ``eos_token`` for the chat template."""
@@ -388,16 +391,22 @@ class LlamaVocab:
         return len(text) - (known.cut if known is not None else 0)
 
     def _known_prefix(self, text: str, add_special: bool) -> Known | None:
-        """The longest remembered leading chunks ``text`` starts with."""
+        """The longest remembered leading chunks ``text`` starts with. The answer for the
+        last text asked about is kept: a turn asks twice (``unknown_chars`` decides where
+        to tokenize, then ``encode``), and each asking compares 100 kB or more."""
         found: Known | None = None
         best = 0
         boundary = self.boundary or ""
         with self._cache_lock:
+            looked = self._looked
+            if looked is not None and looked[0] is text and looked[1] == add_special:
+                return looked[2]
             for entry in reversed(self._prefixes):
                 n = entry.cut
                 if (entry.add_special == add_special and n > best and entry.begins(text)
                         and text.startswith(boundary, n)):  # fmt: skip
                     best, found = n, entry
+            self._looked = (text, add_special, found)
         return found
 
     def _remember(self, add_special: bool, text: str, out: array[int], cut: int,

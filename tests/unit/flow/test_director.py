@@ -150,3 +150,28 @@ async def test_slots_are_read_from_the_moment_a_request_is_admitted() -> None:
         d.close(ex)
         if server.sync_task is not None:
             await asyncio.gather(server.sync_task, return_exceptions=True)
+
+
+async def test_the_slots_request_goes_out_before_the_body_is_parsed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Planning an appended turn never waits, so the /slots reading ``admit`` started would
+    send its request only when routing waits for the answer: ``prepare`` gives it the loop
+    first, and the server answers while the body is parsed and tokenized."""
+    d, _, _ = director()
+    seen: list[str] = []
+
+    async def get_json(path: str) -> Any:
+        seen.append(f"GET {path}")
+        raise ProxyError("no server here")
+
+    parse = type(CHAT).parse
+
+    def parsed(self: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append("parse")
+        return parse(self, *args, **kwargs)
+
+    monkeypatch.setattr(d.slots.servers[0].upstream, "get_json", get_json)
+    monkeypatch.setattr(type(CHAT), "parse", parsed)
+    await turn(d, body("hi"))
+    assert seen[:2] == ["GET /slots", "parse"], seen

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.tokens.llama import LlamaVocab
+from proxy.tokens.llama import Known, LlamaVocab
 from tests.llama_sdist import models_dir
 
 SEP = "\n__ggml_vocab_test__\n"
@@ -189,6 +189,34 @@ def test_a_remembered_prompt_is_not_copied_on_the_request_path(
         assert list(vocab.encode(second)) == vocab.tokenize(second, True, parse_special=True)
         assert entry.whole is first and vocab._prefixes[-1].whole is second
         assert entry._lead is None and vocab._prefixes[-1]._lead is None
+        checked += 1
+    assert checked >= 10
+
+
+def test_a_turn_compares_its_text_with_the_remembered_one_once(
+    vocabs: dict[str, LlamaVocab], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An appended turn asks for its known prefix twice (``unknown_chars``, which decides
+    whether it is tokenized on the event loop, then ``encode``): the comparison of 100 kB
+    or more with the remembered prompt is made once, and the tokens stay exact."""
+    compared: list[str] = []
+    begins = Known.begins
+
+    def counted(self: Known, text: str) -> bool:
+        compared.append(text)
+        return begins(self, text)
+
+    monkeypatch.setattr(Known, "begins", counted)
+    checked = 0
+    for vocab, b in chunked(vocabs):
+        first = f"{b}user\nHello{b}model\nHi{b}user\nmore{b}model\n"
+        vocab.encode(first)
+        second = first + f"sure{b}user\nagain{b}model\n"
+        assert vocab.unknown_chars(second) == len(second) - first.rfind(b)
+        compared.clear()
+        tokens = list(vocab.encode(second))
+        assert compared == [], "compared again"
+        assert tokens == vocab.tokenize(second, True, parse_special=True)
         checked += 1
     assert checked >= 10
 
