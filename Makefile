@@ -7,7 +7,13 @@ BIN := $(VENV)/bin
 NPROC := $(shell nproc 2>/dev/null || echo 2)
 
 # llama.cpp is built from source by pip: skip its tests and examples, use every core.
-export CMAKE_ARGS ?= -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF
+# Its x86-64 build is -march=native: on a CPU that reports AMX under a kernel or hypervisor
+# that does not enable the tile state (seen on a Firecracker VM), llama-server dies with
+# SIGILL (exit -4) in its first matrix product, so AMX is left out wherever the compiler
+# knows the flags (it is of no use to the small batches here).
+AMX_OFF := $(shell echo | $${CC:-cc} -mno-amx-tile -mno-amx-int8 -mno-amx-bf16 -E - >/dev/null 2>&1 && echo "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16")
+export CMAKE_ARGS ?= -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF \
+	$(if $(AMX_OFF),"-DCMAKE_C_FLAGS=$(AMX_OFF)" "-DCMAKE_CXX_FLAGS=$(AMX_OFF)")
 export LLAMA_CPP_BUILD_JOBS ?= $(NPROC)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 

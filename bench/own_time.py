@@ -24,6 +24,7 @@ import cProfile
 import functools
 import io
 import pstats
+import resource
 import statistics
 import tempfile
 import time
@@ -65,11 +66,13 @@ class Timings:
         self.turn: int | None = None
         self.spent: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
         self.cpu: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
+        self.faults: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
 
-    def add(self, name: str, ms: float, cpu_ms: float) -> None:
+    def add(self, name: str, ms: float, cpu_ms: float, faults: int = 0) -> None:
         if self.turn is not None:
             self.spent[name][self.turn] += ms
             self.cpu[name][self.turn] += cpu_ms
+            self.faults[name][self.turn] += faults
 
     def end_turn(self) -> None:
         self.turn = None
@@ -85,24 +88,31 @@ def timed(spent: Timings, name: str, fn: Callable[..., Any]) -> Callable[..., An
 
         @functools.wraps(fn)
         async def run_async(*args: Any, **kwargs: Any) -> Any:
-            t0, c0 = time.perf_counter(), time.thread_time()
+            t0, c0, f0 = time.perf_counter(), time.thread_time(), minor_faults()
             try:
                 return await fn(*args, **kwargs)
             finally:
                 spent.add(name, (time.perf_counter() - t0) * 1000,
-                          (time.thread_time() - c0) * 1000)  # fmt: skip
+                          (time.thread_time() - c0) * 1000, minor_faults() - f0)  # fmt: skip
 
         return run_async
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
-        t0, c0 = time.perf_counter(), time.thread_time()
+        t0, c0, f0 = time.perf_counter(), time.thread_time(), minor_faults()
         try:
             return fn(*args, **kwargs)
         finally:
-            spent.add(name, (time.perf_counter() - t0) * 1000, (time.thread_time() - c0) * 1000)
+            spent.add(name, (time.perf_counter() - t0) * 1000, (time.thread_time() - c0) * 1000,
+                      minor_faults() - f0)  # fmt: skip
 
     return run
+
+
+def minor_faults() -> int:
+    """The calling thread's minor page faults so far: memory the kernel maps on first touch
+    (fresh pages of a large allocation), which the phases' wall time includes."""
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
 
 
 async def inline(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
@@ -168,10 +178,10 @@ def instrument(app: web.Application, spent: Timings) -> Callable[[], None]:
             wrap(label, depth, owner, attr)
     wrap("backend prepare", 1, llama_server.LlamaServer, "prepare")
     dispatch, admit = director.dispatch, director.admit
-    started: list[float] = [0.0, 0.0]
+    started: list[float] = [0.0, 0.0, 0]
 
     def admitted(*args: Any, **kwargs: Any) -> Any:
-        started[:] = [time.perf_counter(), time.thread_time()]
+        started[:] = [time.perf_counter(), time.thread_time(), minor_faults()]
         return admit(*args, **kwargs)
 
     def dispatched(ex: Any) -> Any:
@@ -180,7 +190,8 @@ def instrument(app: web.Application, spent: Timings) -> Callable[[], None]:
         finally:
             spent.add("admit to dispatch (the event loop's thread)",
                       (time.perf_counter() - started[0]) * 1000,
-                      (time.thread_time() - started[1]) * 1000)  # fmt: skip
+                      (time.thread_time() - started[1]) * 1000,
+                      minor_faults() - started[2])  # fmt: skip
             spent.end_turn()
 
     director.admit = admitted  # type: ignore[method-assign]
@@ -276,13 +287,16 @@ async def run(server_url: str, tmp: Path, size: int, turns: int, profiled: int,
         f"over {len(own)} turns: {own}"
     )
     print(f"queued_ms (not in overhead_ms) p50 {statistics.median(queued):.2f} ms")
-    print("| phase | wall p50 ms | CPU p50 ms | wall max ms |\n|---|---|---|---|")
+    print("| phase | wall p50 ms | CPU p50 ms | wall max ms | page faults p50 |\n"
+          "|---|---|---|---|---|")
     for name, depth in ORDER:
         if name in spent.spent:
             wall = [spent.spent[name].get(i, 0.0) for i in range(turns)]
             cpu = [spent.cpu[name].get(i, 0.0) for i in range(turns)]
+            faults = [spent.faults[name].get(i, 0.0) for i in range(turns)]
             print(f"| {'  ' * depth}{name} | {statistics.median(wall):.3f} "
-                  f"| {statistics.median(cpu):.3f} | {max(wall):.3f} |")  # fmt: skip
+                  f"| {statistics.median(cpu):.3f} | {max(wall):.3f} "
+                  f"| {statistics.median(faults):.0f} |")  # fmt: skip
     if not profiled:
         return
     profiler.dump_stats(profile)
