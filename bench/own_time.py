@@ -287,8 +287,10 @@ async def run(server_url: str, tmp: Path, size: int, turns: int, profiled: int,
         f"over {len(own)} turns: {own}"
     )
     print(f"queued_ms (not in overhead_ms) p50 {statistics.median(queued):.2f} ms")
-    print("| phase | wall p50 ms | CPU p50 ms | wall max ms | page faults p50 |\n"
-          "|---|---|---|---|---|")
+    print(
+        "| phase | wall p50 ms | CPU p50 ms | wall max ms | page faults p50 |\n"
+        "|---|---|---|---|---|"
+    )
     for name, depth in ORDER:
         if name in spent.spent:
             wall = [spent.spent[name].get(i, 0.0) for i in range(turns)]
