@@ -146,6 +146,9 @@ def instrument(app: web.Application, spent: Timings) -> Callable[[], None]:
         ("rewriter.plan", 1, director.rewriter, "plan"),
         ("cannot_fit", 1, director_module, "cannot_fit"),
         ("calls_for (upstream body)", 1, director, "calls_for"),
+        ("heads_for (an appended turn known in part)", 1, slots, "heads_for"),
+        ("appended_head", 2, tokenizer, "appended_head"),
+        ("split_known", 3, tokenizer.pieces, "split_known"),
         ("tokens_for", 1, slots, "tokens_for"),
         ("prompt_tokens (with thread hand-off)", 2, tokenizer, "prompt_tokens"),
         ("features", 3, local_module, "features"),
@@ -287,6 +290,12 @@ async def run(server_url: str, tmp: Path, size: int, turns: int, profiled: int,
         f"over {len(own)} turns: {own}"
     )
     print(f"queued_ms (not in overhead_ms) p50 {statistics.median(queued):.2f} ms")
+    tails = [r["tail_ms"] for r in timed_turns if r.get("tail_ms") is not None]
+    if tails:
+        print(
+            f"tail_ms (the new text tokenized after dispatch, not in overhead_ms) p50 "
+            f"{statistics.median(tails):.2f} ms on {len(tails)} of {len(timed_turns)} turns"
+        )
     print(
         "| phase | wall p50 ms | CPU p50 ms | wall max ms | page faults p50 |\n"
         "|---|---|---|---|---|"

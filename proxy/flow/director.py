@@ -18,7 +18,7 @@ from proxy.backends.base import Placement, UpstreamCall
 from proxy.backends.kinds import backend_for
 from proxy.config.settings import Settings
 from proxy.core.conversation import Conversation, MessageMemo
-from proxy.core.errors import BadRequest, NotFound, Overloaded
+from proxy.core.errors import BadRequest, NotFound, Overloaded, ProxyError
 from proxy.core.limits import MAX_TOKEN_BYTES, BodyHold, cannot_fit
 from proxy.core.log import get_logger
 from proxy.core.prefix_index import Prompt
@@ -30,9 +30,10 @@ from proxy.flow.responses import ResponseStore, StoredResponse
 from proxy.records.record import RequestRecord, new_request_id
 from proxy.rewrite.engine import Plan, Rewriter
 from proxy.rewrite.identity import identify, principal_of
-from proxy.slots.manager import SlotManager
+from proxy.slots.manager import SlotManager, prompt_of
 from proxy.slots.servers import Lease, miss_cause
 from proxy.slots.table import PUBLIC
+from proxy.tokens.base import Partial
 
 log = get_logger("kvproxy.director")
 
@@ -80,6 +81,10 @@ class Exchange:
     headers: dict[str, str] = field(default_factory=dict)  # kvproxy's response headers
     items: list[dict[str, Any]] | None = None  # a Responses request's whole input
     answer: dict[str, Any] | None = None  # a Responses request's finished response
+    # An appended turn routed on its head (``SlotManager.heads_for``): the rest of its
+    # prompt, tokenized after dispatch (``finish_prompt``, in ``finishing``)
+    partial: Partial | None = None
+    finishing: asyncio.Task[None] | None = None
 
 
 @dataclass
@@ -146,10 +151,18 @@ class Director:
             raise BadRequest(f"prompt exceeds the context of every slot ({largest} tokens; "
                              f"the users' text alone is over {MAX_TOKEN_BYTES} bytes a "
                              "token)")  # fmt: skip
+        original: list[dict[int, Prompt | None]] = []
         while True:
             calls = self.calls_for(ex.dialect, plan.conv, raw_path)
-            wanted = [self.slots.tokens_for(plan.conv, {i: c.body for i, c in calls.items()})]
-            if plan.applied and plan.conv is not plan.original:
+            bodies = {i: c.body for i, c in calls.items()}
+            rewritten = plan.applied and plan.conv is not plan.original
+            if plan.fallback is None and not rewritten and ex.rec.warm is None:
+                heads = await self.slots.heads_for(plan.conv, bodies)
+                if heads is not None:
+                    prompts, ex.partial = heads
+                    break
+            wanted = [self.slots.tokens_for(plan.conv, bodies)]
+            if rewritten:
                 originals = self.calls_for(ex.dialect, plan.original, raw_path)
                 wanted.append(self.slots.tokens_for(
                     plan.original, {i: c.body for i, c in originals.items()}))  # fmt: skip
@@ -171,9 +184,46 @@ class Director:
         owner = PUBLIC if ex.rec.warm is not None else ex.plan.identity.principal
         with self.gatekeeper.queue():  # a drain ends the wait with a 503
             ex.lease = await self.slots.acquire_prompts(ex.prompts, owner, ex.ticket)
+        part = ex.partial
+        if part is not None and not self.slots.head_decides(ex.lease, part.tail_bytes):
+            await self.finish_prompt(ex)  # the tail may change the route: known before it goes
+        else:
+            self.note_lease(ex)
+
+    def note_lease(self, ex: Exchange) -> None:
+        """The route in the record, once the whole prompt is known."""
+        assert ex.lease is not None and ex.plan is not None
         note_route(ex.rec, ex.lease)
-        if ex.lease.prompt is not None and ex.rec.warm is None:
+        if ex.partial is None and ex.lease.prompt is not None and ex.rec.warm is None:
             ex.rec.ceiling_tokens = self.ceiling.reached(session_of(ex.plan), ex.lease.prompt)
+
+    async def finish_prompt(self, ex: Exchange) -> None:
+        """The whole prompt of a request routed on its head: its new text tokenized in a
+        worker thread (llama.cpp's tokenizer releases the GIL), then the lease's
+        prediction, the record and the cache header as routing on it gives them
+        (``SlotManager.complete``). A failure leaves the head: a prefix of the prompt,
+        what the slot is then known to hold at least."""
+        part, lease = ex.partial, ex.lease
+        assert part is not None and lease is not None
+        started = time.perf_counter()
+        try:
+            tokens = await asyncio.to_thread(part.rest)
+        except ProxyError as err:
+            log.warning("tokenize_failed", request_id=ex.rec.request_id, error=err.message)
+        else:
+            self.slots.complete(lease, prompt_of(lease.server, tokens))
+            ex.partial = None
+            if ex.finishing is not None:
+                ex.rec.tail_ms = round((time.perf_counter() - started) * 1000, 2)
+        self.note_lease(ex)
+        if CACHE_HEADER in ex.headers:
+            ex.headers.update(cache_header(lease))
+
+    async def prompt_known(self, ex: Exchange) -> None:
+        """Wait for the prompt tokenized after dispatch (``finish_prompt``): the answer's
+        headers and the slot's record need it."""
+        if ex.finishing is not None:
+            await ex.finishing
 
     async def enter_gate(self, ex: Exchange) -> None:
         """One of the upstream's in-flight places; past ``--queue-timeout`` a 503."""
@@ -213,6 +263,8 @@ class Director:
             ex.headers[SESSION_HEADER] = plan.session_key
         rec.overhead_ms = round((time.perf_counter() - rec.t0) * 1000 - ex.waited_ms, 2)
         self.gatekeeper.check()  # nothing starts once draining began, however long it queued
+        if ex.partial is not None:
+            ex.finishing = asyncio.create_task(self.finish_prompt(ex))
         return ex.call
 
     def settle(self, ex: Exchange) -> None:
@@ -238,8 +290,10 @@ class Director:
 
     def close(self, ex: Exchange) -> None:
         """Whatever happened: the body budget, the gate and the slot are given back, and
-        the record is written."""
+        the record is written. A prompt still being tokenized is left to its head."""
         ex.hold.release()
+        if ex.finishing is not None and not ex.finishing.done():
+            ex.finishing.cancel()
         if ex.gate is not None:
             ex.gate.release()
         lease, rec = ex.lease, ex.rec

@@ -61,6 +61,9 @@ class RequestRecord:
     # kvproxy's own time before sending upstream (reading, rewriting, tokenizing, routing),
     # waits for a free slot or the in-flight limit excluded
     overhead_ms: float | None = None
+    # An appended turn routed on its remembered leading chunks: the time its new text took
+    # to tokenize after dispatch, while the upstream had the request (not in overhead_ms)
+    tail_ms: float | None = None
     # ollama upstream: the client's num_ctx / keep_alive where kvproxy sent others
     ollama_replaced: dict[str, Any] | None = None
     warm: str | None = None  # a warm-up request (proxy/warm.py): the warm file's name

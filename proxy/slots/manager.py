@@ -15,7 +15,8 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -23,13 +24,15 @@ import aiohttp
 from proxy.core.conversation import Conversation
 from proxy.core.errors import Overloaded, ProxyError
 from proxy.core.log import get_logger
-from proxy.core.prefix_index import Prompt
+from proxy.core.prefix_index import Prompt, match_length
 from proxy.slots.actions import SlotAction, SlotActions, post_slot_action
 from proxy.slots.catalog import Ghosts, SavedCatalog, known_best
 from proxy.slots.mirror import Mirror, Persist
-from proxy.slots.routing import Route, RoutePolicy, SlotView, choose
+from proxy.slots.ram_cache import lookup_fires
+from proxy.slots.routing import Route, RoutePolicy, SlotView, choose, usable
 from proxy.slots.servers import Lease, ServerSlots
 from proxy.slots.table import Outcome, held_after
+from proxy.tokens.base import Partial
 
 log = get_logger("kvproxy.slots")
 
@@ -134,11 +137,66 @@ class SlotManager:
                 except ProxyError as err:
                     log.warning("tokenize_failed", upstream=server.upstream.url, error=err.message)
                     toks = None
-                held = server.table.held  # an appended turn: its slot's prompt is a prefix
-                like = [p for p in map(held.get, held.keys()) if p is not None]
-                done[key] = None if toks is None else Prompt.of(toks, like)
+                done[key] = None if toks is None else prompt_of(server, toks)
             out[server.index] = done[key]
         return out
+
+    async def heads_for(self, conv: Conversation, bodies: dict[int, dict[str, Any]]
+                        ) -> tuple[dict[int, Prompt | None], Partial] | None:  # fmt: skip
+        """An appended turn known in part (``LocalTokenizer.appended_head``) where one
+        tokenizer serves every upstream: the prompts of its head, to route on, and what
+        tokenizes the rest. None where ``tokens_for`` decides."""
+        first = self.servers[0]
+        head = getattr(first.tokenizer, "appended_head", None)
+        if head is None or any(s.tokenizer is not first.tokenizer for s in self.servers):
+            return None
+        try:
+            part = await head(conv, bodies[first.index])
+        except ProxyError:
+            return None  # ``tokens_for`` tries again, and logs
+        if part is None or not part.head:
+            return None
+        prompt = prompt_of(first, part.head)
+        return {server.index: prompt for server in self.servers}, part
+
+    def head_decides(self, lease: Lease, tail_bytes: int) -> bool:
+        """Whether a lease routed on its prompt's head (``heads_for``) is the route the
+        whole prompt gets, whatever the tail: a prefix hit on a slot that holds the whole
+        head, with nothing restored or saved first, and no RAM lookup by the server for any
+        tail of up to ``tail_bytes`` tokens (``ram_cache.lookup_fires``: the slot keeps as
+        much of itself, and the prompt as much of the slot, either way). Then only the
+        prediction waits for the tail (``complete``)."""
+        route, head = lease.route, lease.prompt
+        if route.restore is not None or route.save_first or route.reason != "prefix-hit":
+            return False
+        held = lease.server.table.held.get(route.slot)
+        if head is None or held is None or match_length(held, head) < len(head):
+            return False
+        ram = lease.server.table.ram
+        return (
+            ram is None
+            or not ram.settings.enabled
+            or not lookup_fires(
+                len(held), len(head), len(head) + tail_bytes, True, ram.settings.similarity
+            )
+        )
+
+    def complete(self, lease: Lease, prompt: Prompt) -> None:
+        """A lease routed on its prompt's head (``head_decides``), given the whole prompt:
+        its prediction, what the RAM model shares and what was ever known of it, as
+        routing on the whole prompt gives them."""
+        route, server = lease.route, lease.server
+        views = self.views({s.index: prompt for s in self.servers}, lease.owner)
+        view = next(v for v in views if v.key == (route.server, route.slot))
+        lease.route = replace(route, predicted=usable(view.cached, len(prompt)),
+                              lost=max(0, view.held - view.cached))  # fmt: skip
+        held = server.table.held.get(route.slot)
+        if lease.ram_shared is not None and held is not None:
+            lease.ram_shared = match_length(held, prompt)
+        known = known_best(prompt, views, self.catalog, self.ghosts)
+        lease.known_best, lease.known_from, lease.known_held = (
+            known.best, known.source, known.held)  # fmt: skip
+        lease.prompt = prompt
 
     @property
     def whole_files(self) -> frozenset[int]:
@@ -379,3 +437,10 @@ class SlotManager:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def prompt_of(server: ServerSlots, tokens: Sequence[int]) -> Prompt:
+    """``tokens`` as a prompt, hashed from what a slot of ``server`` holds: an appended
+    turn's slot holds a prefix of it (``Prompt.of``'s ``like``)."""
+    held = server.table.held
+    return Prompt.of(tokens, [p for p in map(held.get, held.keys()) if p is not None])

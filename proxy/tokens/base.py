@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from proxy.core.conversation import Conversation
@@ -36,6 +37,19 @@ class Tokenizer(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Partial:
+    """An appended turn's prompt known in part: the tokens of its leading chunks, which a
+    recent prompt had (``head``, a prefix of the whole prompt's tokens), and what tokenizes
+    the rest (``rest``: blocking, for a worker thread; it returns the whole prompt's
+    tokens). ``tail_bytes`` is the UTF-8 size of the text after the head: no more tokens
+    than that follow it."""
+
+    head: Sequence[int]
+    rest: Callable[[], Sequence[int]]
+    tail_bytes: int
+
+
 class Encoder(Protocol):
     """What LocalTokenizer needs of a tokenizer: ``LlamaVocab`` (llama.cpp's own) or the
     rebuilt ``PieceTokenizer``."""
@@ -48,6 +62,11 @@ class Encoder(Protocol):
     def unknown_chars(self, text: str, add_special: bool = True) -> int:
         """How many characters of ``text`` ``encode`` would look at: past the leading
         chunks it remembers from a recent prompt (all of them when it keeps none)."""
+        ...
+
+    def split_known(self, text: str) -> Partial | None:
+        """``text`` as a prompt known in part (``Partial``), where its leading chunks are
+        a recent prompt's; None where they are not (``encode`` then tokenizes it)."""
         ...
 
     def special_strings(self) -> dict[str, str]: ...

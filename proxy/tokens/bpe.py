@@ -112,6 +112,10 @@ class PieceTokenizer:
         """All of it: the whole text is split at special tokens each time."""
         return len(text)
 
+    def split_known(self, text: str) -> None:
+        """Never: no prompt's leading chunks are remembered."""
+        return None
+
     @property
     def add_bos(self) -> bool:
         return self.vocab.add_bos

@@ -20,6 +20,7 @@ from pathlib import Path
 import xxhash
 
 from proxy.core.errors import ProxyError
+from proxy.tokens.base import Partial
 
 # Whole texts tokenized recently, by content hash: a request is often tokenized twice (the
 # rewritten and the client's form), and retries repeat. Bounded by tokens held.
@@ -341,7 +342,23 @@ class LlamaVocab:
         boundary = self.boundary
         if boundary is None or boundary not in text:
             return self._tokens(text, add_special, parse_special=True)
-        known = self._known_prefix(text, add_special)
+        return self._extend(text, add_special, self._known_prefix(text, add_special))
+
+    def split_known(self, text: str) -> Partial | None:
+        """``text`` (a prompt, BOS added) as the tokens of the longest remembered leading
+        chunks it starts with and what tokenizes the rest (``_extend``, the same work
+        ``encode`` does: its tokens are ``encode``'s); None when no remembered prompt's
+        chunks lead it."""
+        known = self._known_prefix(text, True) if self.boundary is not None else None
+        if known is None:
+            return None
+        tail = len(text[known.cut :].encode("utf-8", "surrogatepass"))
+        return Partial(known.tokens(), functools.partial(self._extend, text, True, known), tail)
+
+    def _extend(self, text: str, add_special: bool, known: Known | None) -> array[int]:
+        """``encode`` past the remembered chunks ``known`` (all of ``text`` without)."""
+        boundary = self.boundary
+        assert boundary is not None
         if known is not None:
             out = known.tokens()
             parts = text[known.cut + len(boundary) :].split(boundary)

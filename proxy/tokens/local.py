@@ -9,7 +9,13 @@ from typing import Any
 
 from proxy.core.conversation import Conversation
 from proxy.core.log import get_logger
-from proxy.tokens.base import Encoder, TokenizerUnavailable, completion_prompt, template_body
+from proxy.tokens.base import (
+    Encoder,
+    Partial,
+    TokenizerUnavailable,
+    completion_prompt,
+    template_body,
+)
 from proxy.tokens.resume import ResumedRender
 from proxy.tokens.server import ServerTokenizer
 from proxy.tokens.templates import (
@@ -108,6 +114,18 @@ class LocalTokenizer:
         if self.pieces.unknown_chars(text) <= INLINE_CHARS:
             return self.pieces.encode(text)
         return await asyncio.to_thread(self.pieces.encode, text)
+
+    async def appended_head(self, conv: Conversation, body: dict[str, Any]) -> Partial | None:
+        """An appended turn as a prompt known in part (``Encoder.split_known``): the tokens
+        of its leading chunks now, the rest for a worker thread, so that the request can
+        be routed and sent while the new text is tokenized (docs/tokens.md). None where
+        ``prompt_tokens`` decides: no chat, no resumed turn, no remembered chunks."""
+        if conv.kind != "chat":
+            return None
+        norm = self.verified.normalization(features(body))
+        if norm is None or not self.resumed.resumes(body, norm):
+            return None
+        return self.pieces.split_known(self.render(body, norm))
 
     def tokens_of_chat(self, body: dict[str, Any], norm: Normalization) -> Sequence[int]:
         return self.pieces.encode(self.render(body, norm))

@@ -8,6 +8,7 @@ No exception leaves a handler except cancellation: errors become dialect-shaped 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -86,8 +87,10 @@ def dialect_handler(dialect: DialectBase) -> Handler:
             call = await director.prepare(ex, body, request.headers, request.raw_path)
             assert ex.plan is not None and ex.lease is not None
             relay = Relay(request, dialect, ex.plan.conv, call.path, call.body,
-                          ex.lease.server.upstream, ex.rec, ex.observer, ex.headers)  # fmt: skip
+                          ex.lease.server.upstream, ex.rec, ex.observer, ex.headers,
+                          ready=functools.partial(director.prompt_known, ex))  # fmt: skip
             out = await RELAYS[call.how](relay)
+            await director.prompt_known(ex)  # a relay that never reached the headers
             ex.answer = getattr(relay.answer, "response", None)
             director.settle(ex)
             return out

@@ -4,7 +4,7 @@ translated event by event through a bridge (``relay_translated``); one relay per
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,17 +154,21 @@ class Relay:
     observer: UsageObserver
     extra_headers: dict[str, str]
     answer: Any = None  # a bridge's responder, which holds the finished answer
+    # What the answer's headers wait for once the upstream answered: kvproxy's own
+    # (``Director.prompt_known``: a prompt tokenized while the request was upstream)
+    ready: Callable[[], Awaitable[None]] | None = None
+
+    async def headers(self) -> dict[str, str]:
+        """kvproxy's headers for the answer, complete."""
+        if self.ready is not None:
+            await self.ready()
+        return self.extra_headers
 
 
 async def relay_native(call: Relay) -> web.StreamResponse:
     """Same dialect on both sides: relay the bytes, observing counters and generated text."""
     request, dialect, path, body = call.request, call.dialect, call.path, call.body
-    upstream, rec, observer, extra_headers = (
-        call.upstream,
-        call.rec,
-        call.observer,
-        call.extra_headers,
-    )
+    upstream, rec, observer = call.upstream, call.rec, call.observer
     rec.upstream_path = path
     async with upstream.request(
         "POST", path, json_body=body, headers=client_headers(request), stream=call.conv.stream
@@ -173,7 +177,7 @@ async def relay_native(call: Relay) -> web.StreamResponse:
         limits = upstream.limits
         observer.framing("ndjson" if resp.content_type.endswith("ndjson") else "sse",
                          limits.max_event_bytes)  # fmt: skip
-        headers = {**forwardable_headers(resp.headers), **extra_headers}
+        headers = {**forwardable_headers(resp.headers), **await call.headers()}
         if is_stream(resp):
             # Whole, checked events only: bytes of no event never reach the client.
             out = await relay_stream(request, resp, upstream, dialect, rec,
@@ -220,18 +224,19 @@ async def relay_translated(call: Relay, t: Translation) -> web.StreamResponse:
     ) as resp:  # fmt: skip
         rec.status = resp.status
         limits = call.upstream.limits
+        extra = await call.headers()
         if resp.status != 200:
             raw = await call.upstream.read(resp, limits.max_event_bytes)
             message = upstream_error_message(raw)
             return web.json_response(t.error(message, resp.status), status=resp.status,
-                                     headers=call.extra_headers)  # fmt: skip
+                                     headers=extra)  # fmt: skip
         if not conv.stream:
             whole = whole_answer(await call.upstream.read(resp, limits.max_stream_bytes))
             observer.observe(whole)
             rec.first_byte()
             answer = t.whole(whole)
             rec.absorb(t.counters())
-            return web.json_response(answer, headers=call.extra_headers)
+            return web.json_response(answer, headers=extra)
 
         t.splitter.max_event_bytes = limits.max_event_bytes
 
@@ -247,7 +252,7 @@ async def relay_translated(call: Relay, t: Translation) -> web.StreamResponse:
 
         out = await relay_stream(
             request, resp, call.upstream, call.dialect, rec,
-            on_chunk=translate, headers={"Content-Type": t.content_type, **call.extra_headers},
+            on_chunk=translate, headers={"Content-Type": t.content_type, **extra},
             closing=t.closing,
         )  # fmt: skip
         rec.absorb(t.counters())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +23,7 @@ from proxy.rewrite.tape import TapeStore
 from proxy.slots.manager import SlotManager
 from proxy.slots.routing import RoutePolicy
 from proxy.slots.servers import ServerSlots
+from proxy.tokens.base import Partial
 
 CHAT = REGISTRY["/v1/chat/completions"]
 SYSTEM = "You are a careful agent.\n" * 40
@@ -62,9 +64,38 @@ class Gate:
         yield
 
 
-def director(kind: str = "llama") -> tuple[Director, list[dict[str, Any]], Gate]:
-    server = ServerSlots(0, FakeUpstream(kind), CharTokenizer(), 2 if kind == "llama" else 1,  # type: ignore[arg-type]
-                         100_000, can_save=False)  # fmt: skip
+class HeadTokenizer(CharTokenizer):
+    """``CharTokenizer`` that remembers the last prompt it tokenized: an appended turn is
+    known in part (``LocalTokenizer.appended_head``), its head what it shares with that
+    prompt; its rest (a worker thread's part) waits for ``go``."""
+
+    def __init__(self) -> None:
+        self.last: list[int] = []
+        self.go = threading.Event()
+
+    async def prompt_tokens(self, conv: Conversation, body: dict[str, Any]) -> list[int]:
+        self.last = await super().prompt_tokens(conv, body)
+        return self.last
+
+    async def appended_head(self, conv: Conversation, body: dict[str, Any]) -> Partial | None:
+        whole = await super().prompt_tokens(conv, body)
+        n = next((i for i, (a, b) in enumerate(zip(self.last, whole, strict=False)) if a != b),
+                 min(len(self.last), len(whole)))  # fmt: skip
+        if n == 0:
+            return None
+
+        def rest() -> list[int]:
+            assert self.go.wait(10)
+            self.last = whole
+            return whole
+
+        return Partial(whole[:n], rest, len(whole) - n)
+
+
+def director(kind: str = "llama", tokenizer: CharTokenizer | None = None
+             ) -> tuple[Director, list[dict[str, Any]], Gate]:  # fmt: skip
+    server = ServerSlots(0, FakeUpstream(kind), tokenizer or CharTokenizer(),  # type: ignore[arg-type]
+                         2 if kind == "llama" else 1, 100_000, can_save=False)  # fmt: skip
     slots = SlotManager([server], RoutePolicy(), 1 << 30)
     records: list[dict[str, Any]] = []
     gate = Gate()
@@ -175,3 +206,55 @@ async def test_the_slots_request_goes_out_before_the_body_is_parsed(
     monkeypatch.setattr(type(CHAT), "parse", parsed)
     await turn(d, body("hi"))
     assert seen[:2] == ["GET /slots", "parse"], seen
+
+
+async def test_an_appended_turn_goes_upstream_before_its_new_text_is_tokenized() -> None:
+    """An appended turn whose head (the remembered chunks) decides its route is routed on
+    the head and sent; its new text is tokenized while the upstream has it, and the
+    prediction, the cache header and the record are then those of routing on the whole
+    prompt (docs/tokens.md)."""
+    reference, seen, _ = director()
+    await turn(reference, body("hi"))
+    expected = await turn(reference, body("hi", "Hello!", "and now?"))
+    tokenizer = HeadTokenizer()
+    d, records, _ = director(tokenizer=tokenizer)
+    await turn(d, body("hi"))
+    ex = d.admit(CHAT, "/v1/chat/completions", BodyBudget(1 << 30).hold())
+    try:
+        second = body("hi", "Hello!", "and now?")
+        await d.prepare(ex, second, {"x-session-id": "s1"}, "/v1/chat/completions")
+        assert ex.call is not None and ex.lease is not None and ex.finishing is not None
+        assert not ex.finishing.done() and ex.rec.overhead_ms is not None
+        tokenizer.go.set()
+        await d.prompt_known(ex)
+        whole = await CharTokenizer().prompt_tokens(Conversation(kind="chat"), second)
+        assert ex.lease.prompt is not None and list(ex.lease.prompt.tokens) == whole
+        assert ex.lease.route == expected.lease.route
+        assert ex.headers[CACHE_HEADER] == expected.headers[CACHE_HEADER]
+        ex.rec.status = 200
+        ex.observer.observe({"choices": [{"message": {"content": "ok"},
+                                          "finish_reason": "stop"}]})  # fmt: skip
+        d.settle(ex)
+    finally:
+        d.close(ex)
+    assert records[1]["predicted_cached"] == expected.lease.route.predicted
+    assert records[1]["route_reason"] == "prefix-hit" and records[1]["tail_ms"] is not None
+    held = d.slots.servers[0].table.held.get(ex.lease.route.slot)
+    assert held is not None and list(held.tokens[: len(whole)]) == whole
+    assert records[1]["ceiling_tokens"] == seen[1]["ceiling_tokens"] > 0
+
+
+async def test_a_head_the_slot_does_not_hold_is_tokenized_whole_before_routing() -> None:
+    """Where the slot does not hold all of the head, the tail could change the route: the
+    whole prompt is tokenized before the request is routed on and sent."""
+    tokenizer = HeadTokenizer()
+    d, records, _ = director(tokenizer=tokenizer)
+    await turn(d, body("hi"))
+    tokenizer.last = await CharTokenizer().prompt_tokens(
+        Conversation(kind="chat"), body("hi", "Hello! Something else", "x")
+    )
+    tokenizer.go.set()
+    ex = await turn(d, body("hi", "Hello!", "and now?"))
+    assert ex.finishing is None and ex.partial is None and ex.lease is not None
+    assert ex.lease.prompt is not None and list(ex.lease.prompt.tokens) == tokenizer.last
+    assert records[1]["tail_ms"] is None and records[1]["predicted_cached"] > len(SYSTEM)

@@ -270,3 +270,26 @@ def test_a_chunk_repeated_in_one_turn_is_counted_once_in_the_text_cache(
         break
     else:
         pytest.fail("no chunked vocabulary")
+
+
+def test_a_prompt_known_in_part_is_the_prompt_encode_gives(
+    vocabs: dict[str, LlamaVocab],
+) -> None:
+    """``split_known``: an appended turn's head is the tokens of the remembered chunks it
+    starts with (a prefix of the whole prompt's), and its rest gives the very tokens
+    ``encode`` does, on every chunked vocabulary; no remembered chunks lead a new
+    conversation."""
+    checked = 0
+    for vocab, b in chunked(vocabs):
+        first = f"{b}user\nHello there{b}model\nHi{b}user\nmore{b}model\n"
+        vocab.encode(first)
+        second = first + f"sure{b}user\nagain, é{b}model\n"
+        part = vocab.split_known(second)
+        assert part is not None, vocab.path
+        whole = vocab.tokenize(second, True, parse_special=True)
+        assert list(part.head) == whole[: len(part.head)] and 0 < len(part.head) < len(whole)
+        assert part.tail_bytes == len(second[first.rindex(b) :].encode())
+        assert list(part.rest()) == whole
+        assert vocab.split_known(f"{b}user\nsomething else{b}model\n") is None
+        checked += 1
+    assert checked >= 10
