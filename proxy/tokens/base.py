@@ -57,14 +57,18 @@ class Encoder(Protocol):
     add_bos: bool
     add_eos: bool
 
-    def encode(self, text: str, add_special: bool = True) -> Sequence[int]: ...
+    def encode(self, text: str, add_special: bool = True, lead: str | None = None
+               ) -> Sequence[int]:  # fmt: skip
+        """``text``'s tokens; ``lead``: a text it starts with that the caller holds (a
+        hint for remembering it, ``LlamaVocab.encode``)."""
+        ...
 
     def unknown_chars(self, text: str, add_special: bool = True) -> int:
         """How many characters of ``text`` ``encode`` would look at: past the leading
         chunks it remembers from a recent prompt (all of them when it keeps none)."""
         ...
 
-    def split_known(self, text: str) -> Partial | None:
+    def split_known(self, text: str, lead: str | None = None) -> Partial | None:
         """``text`` as a prompt known in part (``Partial``), where its leading chunks are
         a recent prompt's; None where they are not (``encode`` then tokenizes it)."""
         ...

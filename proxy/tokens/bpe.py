@@ -94,7 +94,7 @@ class PieceTokenizer:
             self.cached_tokens -= len(old)
         return ids
 
-    def encode(self, text: str, add_special: bool = True) -> list[int]:
+    def encode(self, text: str, add_special: bool = True, lead: str | None = None) -> list[int]:
         out: list[int] = []
         if add_special and self.vocab.add_bos and self.vocab.bos_id is not None:
             out.append(self.vocab.bos_id)
@@ -112,7 +112,7 @@ class PieceTokenizer:
         """All of it: the whole text is split at special tokens each time."""
         return len(text)
 
-    def split_known(self, text: str) -> None:
+    def split_known(self, text: str, lead: str | None = None) -> None:
         """Never: no prompt's leading chunks are remembered."""
         return None
 

@@ -329,7 +329,7 @@ class LlamaVocab:
                     self._cached -= len(old)
 
     # The PieceTokenizer interface that LocalTokenizer uses.
-    def encode(self, text: str, add_special: bool = True) -> array[int]:
+    def encode(self, text: str, add_special: bool = True, lead: str | None = None) -> array[int]:
         """A prompt's tokens, chunk by chunk where ``prepare`` chose a chunk boundary.
 
         A recent prompt's leading chunks that this text starts with, up to a boundary, are
@@ -338,13 +338,17 @@ class LlamaVocab:
         point and the split of the rest is the same. A prompt's tokens are one
         ``array('i')``, kept as it is for the next turn's reuse: copying 32k of them is a
         memory copy, where a tuple's 32k int objects cost a tenth of a millisecond or more
-        on cold caches, and this is the request's path."""
+        on cold caches, and this is the request's path. ``lead``: a text ``text`` starts
+        with that the caller holds anyway (the conversation without its generation prompt,
+        ``ResumedRender``): kept as the remembered text up to the cut where it ends there,
+        so that a next turn that does not start with all of ``text`` is compared with it
+        without a copy."""
         boundary = self.boundary
         if boundary is None or boundary not in text:
             return self._tokens(text, add_special, parse_special=True)
-        return self._extend(text, add_special, self._known_prefix(text, add_special))
+        return self._extend(text, add_special, self._known_prefix(text, add_special), lead)
 
-    def split_known(self, text: str) -> Partial | None:
+    def split_known(self, text: str, lead: str | None = None) -> Partial | None:
         """``text`` (a prompt, BOS added) as the tokens of the longest remembered leading
         chunks it starts with and what tokenizes the rest (``_extend``, the same work
         ``encode`` does: its tokens are ``encode``'s); None when no remembered prompt's
@@ -353,9 +357,11 @@ class LlamaVocab:
         if known is None:
             return None
         tail = len(text[known.cut :].encode("utf-8", "surrogatepass"))
-        return Partial(known.tokens(), functools.partial(self._extend, text, True, known), tail)
+        rest = functools.partial(self._extend, text, True, known, lead)
+        return Partial(known.tokens(), rest, tail)
 
-    def _extend(self, text: str, add_special: bool, known: Known | None) -> array[int]:
+    def _extend(self, text: str, add_special: bool, known: Known | None,
+                lead: str | None = None) -> array[int]:  # fmt: skip
         """``encode`` past the remembered chunks ``known`` (all of ``text`` without)."""
         boundary = self.boundary
         assert boundary is not None
@@ -369,7 +375,7 @@ class LlamaVocab:
         for chunk in self._chunks([boundary + part for part in parts]):
             end = len(out)
             out += chunk
-        self._remember(add_special, text, out, text.rfind(boundary), end)
+        self._remember(add_special, text, out, text.rfind(boundary), end, lead)
         return out
 
     def _chunks(self, chunks: list[str]) -> list[array[int]]:
@@ -427,12 +433,14 @@ class LlamaVocab:
         return found
 
     def _remember(self, add_special: bool, text: str, out: array[int], cut: int,
-                  tokens: int) -> None:  # fmt: skip
+                  tokens: int, lead: str | None = None) -> None:  # fmt: skip
         """Keep ``text`` up to its last boundary (``cut``) with its first ``tokens`` of
         ``out`` (not copied: the prompt's own array, which the caller must not change)."""
         if cut <= 0 or tokens <= 0:
             return
         entry = Known(add_special, text, cut, out, tokens)
+        if lead is not None and len(lead) == cut and text.startswith(lead):
+            entry._lead = lead  # the text up to the cut, held by the caller: no copy
         with self._cache_lock:
             kept = [e for e in self._prefixes
                     if e.add_special != add_special

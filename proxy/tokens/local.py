@@ -45,7 +45,9 @@ class LocalTokenizer:
         self.template = template
         self.server = server
         self.special = pieces.special_strings()  # bos/eos text: fixed for a vocabulary
-        self.resumed = ResumedRender(template, self.special)  # appended turns (resume.py)
+        bos = self.special.get("bos_token") if pieces.add_bos else None
+        # appended turns (resume.py), without the BOS the vocabulary adds itself
+        self.resumed = ResumedRender(template, self.special, drop=bos)
         pieces.prepare(template)
         marker = user_start_marker(template, self.special)
         self.user_marker = tuple(pieces.encode(marker, add_special=False)) if marker else ()
@@ -88,7 +90,15 @@ class LocalTokenizer:
     def render(self, body: dict[str, Any], norm: Normalization | None = None) -> str:
         """The prompt text, resumed from an earlier turn of the conversation where certified
         (``ResumedRender``): the same text as ``templates.render``."""
-        return self.drop_doubled_specials(self.resumed.render(body, norm or Normalization()))
+        return self.render_parts(body, norm)[0]
+
+    def render_parts(self, body: dict[str, Any],
+                     norm: Normalization | None = None) -> tuple[str, str | None]:  # fmt: skip
+        """``render``'s text and, where ``ResumedRender`` keeps one, the text without the
+        generation prompt that it starts with (``Encoder.encode``'s ``lead``)."""
+        text, closed = self.resumed.render_parts(body, norm or Normalization())
+        dropped = self.drop_doubled_specials(text)  # its BOS is gone already (``drop``)
+        return dropped, closed if dropped is text else None
 
     def forget(self) -> None:
         """Drop every cached tokenization and kept render (``make bench-tokens``: cold)."""
@@ -110,10 +120,10 @@ class LocalTokenizer:
         tokenized there too when its new text is short (``INLINE_CHARS``), since handing
         it to a thread and back costs more than the work, milliseconds on a busy machine
         (docs/tokens.md); a long new text is tokenized in a thread."""
-        text = self.render(body, norm)
+        text, lead = self.render_parts(body, norm)
         if self.pieces.unknown_chars(text) <= INLINE_CHARS:
-            return self.pieces.encode(text)
-        return await asyncio.to_thread(self.pieces.encode, text)
+            return self.pieces.encode(text, lead=lead)
+        return await asyncio.to_thread(self.pieces.encode, text, True, lead)
 
     async def appended_head(self, conv: Conversation, body: dict[str, Any]) -> Partial | None:
         """An appended turn as a prompt known in part (``Encoder.split_known``): the tokens
@@ -125,10 +135,11 @@ class LocalTokenizer:
         norm = self.verified.normalization(features(body))
         if norm is None or not self.resumed.resumes(body, norm):
             return None
-        return self.pieces.split_known(self.render(body, norm))
+        return self.pieces.split_known(*self.render_parts(body, norm))
 
     def tokens_of_chat(self, body: dict[str, Any], norm: Normalization) -> Sequence[int]:
-        return self.pieces.encode(self.render(body, norm))
+        text, lead = self.render_parts(body, norm)
+        return self.pieces.encode(text, lead=lead)
 
     def text_tokens(self, text: str) -> list[int] | None:
         return list(self.pieces.encode(text, add_special=False))

@@ -132,9 +132,13 @@ class ResumedRender:
     certified (module doc); one per tokenizer, bounded by the text it keeps."""
 
     def __init__(self, template: str, special: dict[str, str], max_chars: int = MAX_CHARS,
-                 max_entries: int = MAX_ENTRIES) -> None:  # fmt: skip
+                 max_entries: int = MAX_ENTRIES, drop: str | None = None) -> None:  # fmt: skip
         self.template = template
         self.special = special
+        # What the text loses at its start for the tokenizer (the BOS a template writes where
+        # the vocabulary adds its own): kept texts are without it, so a resumed turn's text
+        # is made without a copy to drop it.
+        self.drop = drop or None
         self.max_chars = max_chars
         self.max_entries = max_entries
         self._entries: OrderedDict[int, Entry] = OrderedDict()
@@ -163,29 +167,41 @@ class ResumedRender:
                 and self.find(shape, messages) is not None)  # fmt: skip
 
     def render(self, body: dict[str, Any], norm: Normalization) -> str:
-        """The text ``templates.render`` gives for ``body`` (with the generation prompt)."""
+        """The text ``templates.render`` gives for ``body`` (with the generation prompt),
+        less ``drop`` at its start."""
+        return self.render_parts(body, norm)[0]
+
+    def render_parts(self, body: dict[str, Any], norm: Normalization) -> tuple[str, str | None]:
+        """``render``'s text, and the text without the generation prompt where one is kept
+        (the same object the next turn resumes from; the first text starts with it)."""
         now = time.localtime()
         messages = body.get("messages") or []
         r = self.renderer(body, norm, now)
         if len(messages) < MIN_MESSAGES or messages[-1].get("role") == "assistant":
-            return r(messages, True)
+            return self.dropped(r(messages, True)), None
         shape = shape_of(body, norm, now)
         if shape is None:
-            return r(messages, True)
+            return self.dropped(r(messages, True)), None
         entry = self.find(shape, messages)
         if entry is not None and self.certified(shape, r):
             if len(entry.messages) == len(messages):
-                return entry.prompt
+                return entry.prompt, entry.text
             got = attempt(resume, entry, messages, r)
             if got is not None:
                 self.resumed += 1
                 self.keep(got)
-                return got.prompt
-        prompt = r(messages, True)  # a template's refusal is the request's error
+                return got.prompt, got.text
+        prompt = self.dropped(r(messages, True))  # a template's refusal is the request's error
         got = attempt(fresh, shape, messages, prompt, r)
         if got is not None:
             self.keep(got)
-        return prompt
+            return prompt, got.text
+        return prompt, None
+
+    def dropped(self, text: str) -> str:
+        """``text`` less ``drop`` at its start."""
+        drop = self.drop
+        return text[len(drop) :] if drop is not None and text.startswith(drop) else text
 
     def find(self, shape: Hashable, messages: list[Message]) -> Entry | None:
         """The longest kept entry whose messages start ``messages``."""

@@ -42,7 +42,7 @@ class CharEncoder:
     def __init__(self, add_bos: bool = False, add_eos: bool = False) -> None:
         self.add_bos, self.add_eos = add_bos, add_eos
 
-    def encode(self, text: str, add_special: bool = True) -> list[int]:
+    def encode(self, text: str, add_special: bool = True, lead: str | None = None) -> list[int]:
         ids = [ord(c) for c in text]
         if add_special:
             ids = [1] * self.add_bos + ids + [2] * self.add_eos
@@ -50,6 +50,9 @@ class CharEncoder:
 
     def unknown_chars(self, text: str, add_special: bool = True) -> int:
         return len(text)
+
+    def split_known(self, text: str, lead: str | None = None) -> None:
+        return None
 
     def prepare(self, template: str) -> None:
         pass

@@ -128,3 +128,38 @@ def test_the_cache_is_bounded_by_the_text_it_keeps() -> None:
             messages.pop()
         renderer.render({"messages": messages}, Normalization())
     assert 0 < renderer._chars <= 20_000
+
+
+def dropped_turns(template: str, seed: int) -> tuple[int, int]:
+    """A conversation extended turn by turn through a renderer that drops the BOS: each
+    text is the full render less its leading BOS, and the text without the generation
+    prompt it gives leads it. Returns the turns resumed and those given that text."""
+    renderer = ResumedRender(template, SPECIAL, drop=SPECIAL["bos_token"])
+    rng = random.Random(seed)
+    messages, cut, led = turns(rng, 40), MIN_MESSAGES, 0
+    while cut <= len(messages):
+        request = {"messages": messages[:cut]}
+        try:
+            want = render(template, request, SPECIAL, Normalization())
+        except Exception:
+            break  # the template refuses these messages
+        prompt, closed = renderer.render_parts(request, Normalization())
+        assert prompt == want.removeprefix(SPECIAL["bos_token"])
+        assert closed is None or prompt.startswith(closed)
+        led += closed is not None
+        cut += rng.randint(1, 4)
+    return renderer.resumed, led
+
+
+@pytest.mark.parametrize("name", templates())
+def test_a_dropped_bos_resumes_exactly_on_real_templates(name: str) -> None:
+    """Kept texts are without the BOS the vocabulary adds itself (``drop``), so a resumed
+    turn's text needs no copy to drop it: still the full render's, on every template."""
+    from tests.llama_sdist import models_dir
+
+    dropped_turns((models_dir() / "templates" / f"{name}.jinja").read_text(), 2)
+
+
+def test_a_resumed_turn_gives_the_text_its_prompt_starts_with() -> None:
+    resumed, led = dropped_turns("{{ bos_token }}" + CHATML, 4)
+    assert resumed > 3 and led > resumed
