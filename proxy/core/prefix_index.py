@@ -91,11 +91,14 @@ def leading_blocks(tokens: array[int], other: Prompt, tries: int = 3) -> int:
     them or all but the last one or two (the usual case: a prompt extending another, or
     diverging where the other's reply ends; one comparison each); else 0 (hashed afresh)."""
     top = min(len(other.hashes), len(tokens) // BLOCK)
-    for n in range(top, max(0, top - tries), -1):
-        end = n * BLOCK
-        if tokens[end - BLOCK : end] == other.tokens[end - BLOCK : end] and (
-                tokens[:end] == other.tokens[:end]):  # fmt: skip
-            return n
+    with memoryview(tokens) as mine, memoryview(other.tokens) as theirs:
+        for n in range(top, max(0, top - tries), -1):
+            end = n * BLOCK
+            # compared in place: slicing two arrays of 32k tokens writes 256 kB, fresh
+            # pages of the heap after a trim (bench/own_time.py: 0.6 ms on cold caches)
+            if mine[end - BLOCK : end] == theirs[end - BLOCK : end] and (
+                    mine[:end] == theirs[:end]):  # fmt: skip
+                return n
     return 0
 
 
