@@ -7,7 +7,8 @@ user ask, a tool call, its result) of one conversation, each completed (one toke
 the slot holds the conversation and the turn is routed as bench-tokens' are. The client
 posts from a worker thread. The first ``--turns`` turns are timed phase by phase (each phase
 is a wrapper around the function named, added after start-up: nested phases are indented,
-and a wrapper costs about a microsecond); then ``--profiled`` turns run under cProfile with
+and a wrapper costs about a microsecond), with their page faults (fresh memory mapped on
+first touch); then ``--profiled`` turns run under cProfile with
 the tokenizer's thread hand-off made inline, so that the profile sees it.
 
 The record's ``overhead_ms`` is kvproxy's time from the request's first byte to its
