@@ -97,7 +97,7 @@ class LocalTokenizer:
         """``render``'s text and, where ``ResumedRender`` keeps one, the text without the
         generation prompt that it starts with (``Encoder.encode``'s ``lead``)."""
         text, closed = self.resumed.render_parts(body, norm or Normalization())
-        dropped = self.drop_doubled_specials(text)  # its BOS is gone already (``drop``)
+        dropped = self.drop_eos(text)  # its BOS is gone already (``drop``)
         return dropped, closed if dropped is text else None
 
     def forget(self) -> None:
@@ -108,9 +108,14 @@ class LocalTokenizer:
     def drop_doubled_specials(self, text: str) -> str:
         """llama-server strips a BOS (EOS) the template wrote when the tokenizer adds one
         itself (common/chat.cpp), so that the prompt does not start with two."""
-        bos, eos = self.special.get("bos_token"), self.special.get("eos_token")
+        bos = self.special.get("bos_token")
         if self.pieces.add_bos and bos and text.startswith(bos):
             text = text[len(bos) :]
+        return self.drop_eos(text)
+
+    def drop_eos(self, text: str) -> str:
+        """The EOS half of ``drop_doubled_specials``."""
+        eos = self.special.get("eos_token")
         if self.pieces.add_eos and eos and text.endswith(eos):
             text = text[: -len(eos)]
         return text

@@ -90,3 +90,14 @@ async def test_an_appended_turn_is_tokenized_on_the_event_loop_unless_its_new_te
                  {"role": "user", "content": "x" * (local.INLINE_CHARS + 1)}]  # fmt: skip
     await tokens({"messages": messages})
     assert threaded == ["tokens_of_chat"] * 2 + ["encode"] and tok.resumed.resumed == 3
+
+
+async def test_a_bos_the_template_writes_is_dropped_once() -> None:
+    """llama-server drops one BOS the template wrote where the tokenizer adds its own; a
+    second one stays. The kept renders drop the template's BOS (``ResumedRender``'s
+    ``drop``), so the text must not be stripped again."""
+    odd = "{{ bos_token }}{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}"
+    tok = LocalTokenizer(CharEncoder(add_bos=True), odd, ServerTokenizer(None))
+    tok.verified = Verified(features={PLAIN: frozenset([Normalization()])})
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    assert await tok.prompt_tokens(CHAT, body) == [1, *map(ord, "<s>hi")]
