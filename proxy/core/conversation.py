@@ -7,6 +7,7 @@ Everything a dialect does not understand is kept verbatim (``Message.extra``,
 
 from __future__ import annotations
 
+import operator
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -125,6 +126,62 @@ class Listed:
     data: bytes
     nulls: tuple[int, ...]
     messages: tuple[Message, ...]
+    raw: tuple[Any, ...] = ()  # the decoded items (``MessageMemo.decode`` hands them on)
+    nan_free: bool = False  # none of them holds NaN: their JSON decodes back to them
+
+
+# A body whose message list is shorter decodes whole (orjson is quick there).
+RESUME_BYTES = 16 << 10
+# What finds a kept list in a new body (then compared whole).
+NEEDLE = 64
+
+
+def has_nan(value: Any) -> bool:
+    """Whether a decoded value holds NaN or an infinity (the stdlib's decoding lets them in;
+    orjson writes them as null, so such a list's JSON is not its value)."""
+    if isinstance(value, float):
+        return value != value or value in (float("inf"), float("-inf"))
+    if isinstance(value, dict):
+        return any(has_nan(v) for v in value.values())
+    if isinstance(value, list):
+        return any(has_nan(v) for v in value)
+    return False
+
+
+def spliced(raw: bytes, listed: Listed, at: int) -> dict[str, Any] | None:
+    """``raw`` decoded, where ``listed``'s JSON less its closing bracket lies at ``at``: the
+    kept items, then what follows them decoded. The list is cut out and a marker put first
+    in its place; the body is decoded twice, with 0 and with 1 as the marker, and only a
+    top-level key whose value starts with the marker in both (the value at ``at``, not one
+    a later duplicate key replaced) takes the kept items. None where anything differs."""
+    n = len(listed.data) - 1
+    rest = raw[at + n :]
+    if rest[:1] == b",":
+        rest = rest[1:]
+        if rest.lstrip()[:1] == b"]":
+            return None  # a trailing comma: not JSON, as the whole body's decoding says
+        joint = b","
+    elif rest[:1] == b"]":
+        joint = b""
+    else:
+        return None
+    head = memoryview(raw)[:at]
+    try:
+        zero = orjson.loads(b"".join((head, b"[0", joint, rest)))
+        one = orjson.loads(b"".join((head, b"[1", joint, rest)))
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(zero, dict) or not isinstance(one, dict):
+        return None
+    keys = [k for k, v in zero.items() if marked(v, 0) and marked(one.get(k), 1)]
+    if len(keys) != 1:
+        return None
+    zero[keys[0]] = [*listed.raw, *zero[keys[0]][1:]]
+    return zero
+
+
+def marked(value: Any, marker: int) -> bool:
+    return type(value) is list and bool(value) and type(value[0]) is int and value[0] == marker
 
 
 Parse = Callable[[int, dict[str, Any]], Message]
@@ -179,19 +236,53 @@ class MessageMemo:
         known = self._extended(data) if data else None
         out: list[Message] = []
         nulls: list[int] = []
+        nan_free = True
         if known is not None:
             out, nulls = list(known.messages), list(known.nulls)
             for i in nulls:
                 out[i] = self.one(i, raw[i], parse)
+            # the known items themselves (a resumed decoding) are known to be free of NaN
+            if not (known.nan_free and all(map(operator.is_, known.raw, raw))):
+                nan_free = not any(has_nan(raw[i]) for i in nulls)
         for i in range(len(out), len(raw)):
             item = raw[i]
             out.append(self.one(i, item, parse))
             if data and b"null" in orjson.dumps(item):
                 nulls.append(i)
+                nan_free = nan_free and not has_nan(item)
         messages = tuple(out)
         if data and len(data) <= self.max_chars // 4:
-            self._keep(Listed(data, tuple(nulls), messages))
+            self._keep(Listed(data, tuple(nulls), messages, tuple(raw), nan_free))
         return messages
+
+    def decode(self, raw: bytes) -> Any | None:
+        """``raw`` as ``orjson.loads`` gives it, without decoding a recent list's messages
+        again where the body holds that list's JSON byte for byte (an agent's next turn:
+        the same messages, then more; ``spliced``); None where no recent list is there.
+
+        Only the client's own bytes decide: the items handed on are equal to what decoding
+        those bytes gives (a list's JSON is kept only as orjson writes its items, and one
+        whose items hold NaN is passed over), so no other request's content can enter."""
+        if len(raw) < RESUME_BYTES:
+            return None
+        found: dict[bytes, int] = {}
+        best: tuple[Listed, int] | None = None
+        for listed in reversed(self._lists[-8:]):
+            n = len(listed.data) - 1
+            if n < RESUME_BYTES or n >= len(raw) or not listed.raw:
+                continue
+            if best is not None and n <= len(best[0].data) - 1:
+                continue
+            needle = listed.data[:NEEDLE]
+            at = found.get(needle)
+            if at is None:
+                at = found[needle] = raw.find(needle)
+            # startswith compares bytes as memcmp does (memoryview's == goes item by item)
+            if at >= 0 and raw.startswith(memoryview(listed.data)[:n], at):
+                best = (listed, at)
+        if best is None or not best[0].nan_free:
+            return None
+        return spliced(raw, *best)
 
     def one(self, i: int, item: Any, parse: Parse) -> Message:
         """A message by its own key, parsed (and kept) if new."""

@@ -88,8 +88,11 @@ class Items:
         ):
             call = {"function": {"arguments": item["arguments"], "name": item["name"]},
                     "id": item["call_id"], "type": "function"}  # fmt: skip
-            if prev is not None:
-                prev.setdefault("tool_calls", []).append(call)
+            if prev is not None:  # a new list: the item's own is the client's (kept)
+                calls = prev.get("tool_calls", [])
+                if not isinstance(calls, list):
+                    raise BadRequest("'tool_calls' of an assistant item must be an array")
+                prev["tool_calls"] = [*calls, call]
             else:
                 self.messages.append({"role": "assistant", "tool_calls": [call]})
         elif kind == "function_call_output" and isinstance(item.get("call_id"), str):

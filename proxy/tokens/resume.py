@@ -38,7 +38,7 @@ from proxy.tokens.templates import Normalization, render
 WINDOW = 6
 # Conversations shorter than this are rendered whole (little to save).
 MIN_MESSAGES = 12
-# Text kept in all (a 32k-token conversation is about 130 k characters, kept twice).
+# Text kept in all (a 32k-token conversation is about 130 k characters, kept once).
 MAX_CHARS = 8 << 20
 MAX_ENTRIES = 64
 MAX_SHAPES = 64
@@ -47,18 +47,49 @@ Message = dict[str, Any]
 Renderer = Callable[[list[Message], bool], str]
 
 
-@dataclass(frozen=True)
+@dataclass
 class Entry:
-    """A request's messages with their text, without and with the generation prompt."""
+    """A request's messages with their text, and what the generation prompt adds to it.
+
+    The prompt is made when asked for, and an entry that a later turn extends keeps no text
+    of its own: its text starts the later one's (``lean_on``). So a conversation's kept text
+    is one copy, not two a turn: what each turn's render allocates is freed with the request
+    and reused by the next, instead of new memory (page faults) every turn."""
 
     shape: Hashable
     messages: list[Message]
-    text: str
-    prompt: str
+    own: str | None
+    added: str
+    length: int = -1
+    later: Entry | None = None
+    key: int = 0  # in ``ResumedRender._entries``
+
+    def __post_init__(self) -> None:
+        if self.length < 0 and self.own is not None:
+            self.length = len(self.own)
+
+    @property
+    def text(self) -> str:
+        """Without the generation prompt (a copy, for an entry a later one extends)."""
+        own = self.own
+        if own is not None:
+            return own
+        assert self.later is not None
+        return self.later.text[: self.length]
+
+    @property
+    def prompt(self) -> str:
+        return self.text + self.added
 
     @property
     def size(self) -> int:
-        return len(self.text) + len(self.prompt)
+        return len(self.own or "") + len(self.added)
+
+    def lean_on(self, later: Entry) -> None:
+        """Take the text from ``later``, which extends it (set before the own text goes:
+        another thread may be reading it)."""
+        self.later = later
+        self.own = None
 
 
 def window_start(n: int) -> int:
@@ -86,7 +117,10 @@ def resume(entry: Entry, messages: list[Message], r: Renderer) -> Entry | None:
             and opened.startswith(after) and entry.text.endswith(tail)):  # fmt: skip
         return None
     text = entry.text + after[len(before) :]
-    return Entry(entry.shape, list(messages), text, text + opened[len(after) :])
+    # the kept messages, not this request's equal copies: a turn's decoded messages are then
+    # freed with the request, and the next turn's decode reuses their memory
+    kept = [*entry.messages, *messages[k:]]
+    return Entry(entry.shape, kept, text, opened[len(after) :])
 
 
 def fresh(shape: Hashable, messages: list[Message], prompt: str, r: Renderer) -> Entry | None:
@@ -106,7 +140,7 @@ def fresh(shape: Hashable, messages: list[Message], prompt: str, r: Renderer) ->
     if not (tail and closed.startswith(lead) and opened.startswith(closed)
             and prompt.endswith(tail + added)):  # fmt: skip
         return None
-    return Entry(shape, list(messages), prompt[: len(prompt) - len(added)], prompt)
+    return Entry(shape, list(messages), prompt[: len(prompt) - len(added)], added)
 
 
 def attempt(fn: Callable[..., Entry | None], *args: Any) -> Entry | None:
@@ -189,7 +223,7 @@ class ResumedRender:
             got = attempt(resume, entry, messages, r)
             if got is not None:
                 self.resumed += 1
-                self.keep(got)
+                self.keep(got, entry)
                 return got.prompt, got.text
         prompt = self.dropped(r(messages, True))  # a template's refusal is the request's error
         got = attempt(fresh, shape, messages, prompt, r)
@@ -218,11 +252,18 @@ class ResumedRender:
             self._entries.move_to_end(best[0])
             return best[1]
 
-    def keep(self, entry: Entry) -> None:
+    def keep(self, entry: Entry, extends: Entry | None = None) -> None:
+        """Keep ``entry``; the entry it ``extends`` then takes its text from it."""
         if entry.size > self.max_chars // 2:
             return
         with self._lock:
+            if extends is not None and extends.own is not None:
+                held = self._entries.get(extends.key) is extends
+                self._chars -= extends.size if held else 0
+                extends.lean_on(entry)
+                self._chars += extends.size if held else 0
             self._next += 1
+            entry.key = self._next
             self._entries[self._next] = entry
             self._chars += entry.size
             while self._chars > self.max_chars or len(self._entries) > self.max_entries:

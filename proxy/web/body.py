@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy.core.conversation import MessageMemo
 from proxy.core.errors import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedMedia
 from proxy.core.limits import BodyHold
 
@@ -47,9 +48,14 @@ async def read_body(
 
 
 async def read_json(
-    request: web.Request, limit: int, timeout: float = 60.0, hold: BodyHold | None = None
+    request: web.Request,
+    limit: int,
+    timeout: float = 60.0,
+    hold: BodyHold | None = None,
+    memo: MessageMemo | None = None,
 ) -> Any:
-    """The request's JSON body (see ``read_body``), or a ClientError saying why not."""
+    """The request's JSON body (see ``read_body``), or a ClientError saying why not; its
+    messages resumed from ``memo``'s recent lists where it holds one (``MessageMemo.decode``)."""
     ctype = request.content_type.lower()
     if ctype not in JSON_TYPES and not ctype.endswith("+json"):
         raise UnsupportedMedia(f"content type {ctype!r} is not supported; send application/json")
@@ -58,14 +64,18 @@ async def read_json(
         raise BadRequest("request body is empty; a JSON object is required")
     if hold is not None:
         hold.charge_parsed()  # before parsing: a refusal costs no parse (proxy/limits.py)
-    return decode_json(raw)
+    return decode_json(raw, memo)
 
 
-def decode_json(raw: bytes) -> Any:
+def decode_json(raw: bytes, memo: MessageMemo | None = None) -> Any:
     """``raw`` as JSON, or a BadRequest saying why not. orjson decodes (a 190 kB body in a
     fifth of the stdlib's time, docs/benchmarks.md); what it refuses, the stdlib decides and
     names, so every refusal keeps its message: lone surrogates and nesting past its depth of
     1024 are orjson errors, and the stdlib still accepts its extensions (NaN, a BOM)."""
+    if memo is not None:
+        body = memo.decode(raw)
+        if body is not None:
+            return body
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -83,7 +83,7 @@ def dialect_handler(dialect: DialectBase) -> Handler:
         try:
             lifecycle.check()  # after SIGTERM: a 503, recorded
             body = await read_json(request, settings.max_body_bytes, settings.body_timeout,
-                                   ex.hold)  # fmt: skip
+                                   ex.hold, director.messages)  # fmt: skip
             call = await director.prepare(ex, body, request.headers, request.raw_path)
             assert ex.plan is not None and ex.lease is not None
             relay = Relay(request, dialect, ex.plan.conv, call.path, call.body,

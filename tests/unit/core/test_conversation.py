@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,6 +18,8 @@ from proxy.rewrite.tape import message_hash
 
 TOOL = {"role": "tool", "content": "42", "tool_call_id": "c1"}
 NAN, INF = float("nan"), float("inf")
+CALL = {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
+        "function": {"name": "f", "arguments": "{}"}}]}  # fmt: skip
 
 
 def test_a_message_parsed_before_is_the_same_object_and_equal_to_a_fresh_parse() -> None:
@@ -144,3 +147,103 @@ def test_lists_parsed_through_the_memo_equal_fresh_parses(
         assert [repr((m.role, m.content, dict(m.extra))) for m in got] == [
             repr((m.role, m.content, dict(m.extra))) for m in fresh]  # fmt: skip
         previous = raw
+
+
+def long_history(n: int = 60) -> list[dict[str, Any]]:
+    """Enough messages that the memo resumes their body's decoding (``RESUME_BYTES``)."""
+    return [{"role": ("user", "assistant")[i % 2], "content": f"m{i} " + "x" * 400}
+            for i in range(n)]  # fmt: skip
+
+
+def kept(memo: MessageMemo, body: dict[str, Any]) -> list[Any]:
+    """``body`` as the handler reads it: decoded (resumed where the memo can), then parsed."""
+    raw = orjson.dumps(body)
+    got = memo.decode(raw)
+    decoded = orjson.loads(raw) if got is None else got
+    parse_messages(decoded, memo)
+    return decoded["messages"]
+
+
+def test_a_body_that_extends_a_recent_list_decodes_only_its_new_messages() -> None:
+    """Own time (issue 20): decoding a 31k-token body was a millisecond a turn, almost all
+    of it the messages the previous turn held; those are the kept objects, the rest decoded."""
+    memo = MessageMemo()
+    history = long_history()
+    first = kept(memo, {"model": "m", "messages": history, "stream": True})
+    body = {"model": "m", "messages": [*history, CALL, TOOL], "stream": True, "tools": []}
+    raw = orjson.dumps(body)
+    got = memo.decode(raw)
+    assert got == orjson.loads(raw) and list(got) == list(body)
+    assert all(a is b for a, b in zip(got["messages"], first, strict=False))
+    assert got["messages"][-2:] == [CALL, TOOL]
+
+
+def test_the_same_body_again_takes_every_message_kept() -> None:
+    memo = MessageMemo()
+    body = {"messages": long_history(), "model": "m"}
+    first = kept(memo, body)
+    got = memo.decode(orjson.dumps(body))
+    assert got == body and all(a is b for a, b in zip(got["messages"], first, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("name", "make"),
+    [
+        (
+            "a later duplicate key replaces the list",
+            lambda lst, new: b'{"messages":' + lst[:-1] + b"," + new + b'],"messages":[]}',
+        ),
+        (
+            "a later duplicate key, escaped",
+            lambda lst, new: b'{"messages":' + lst[:-1] + b'],"\\u006dessages":[' + new + b"]}",
+        ),
+        (
+            "the list under another key, messages after",
+            lambda lst, new: b'{"history":' + lst[:-1] + b'],"messages":[' + new + b"]}",
+        ),
+        (
+            "the list nested one level down",
+            lambda lst, new: b'{"messages":[' + lst[:-1] + b"," + new + b"]]}",
+        ),
+        (
+            "the list inside a string",
+            lambda lst, new: b'{"messages":[],"note":' + orjson.dumps(lst[:-1].decode()) + b"}",
+        ),
+        ("a trailing comma", lambda lst, new: b'{"messages":' + lst[:-1] + b",]}"),
+        ("more text after the object", lambda lst, new: b'{"messages":' + lst + b"} []"),
+        (
+            "a NaN after the list (the stdlib's)",
+            lambda lst, new: b'{"messages":' + lst[:-1] + b"," + new + b'],"t":NaN}',
+        ),
+        (
+            "an appended message",
+            lambda lst, new: b'{"a":1,"messages":' + lst[:-1] + b"," + new + b'],"b":[2]}',
+        ),
+    ],
+)
+def test_a_resumed_decoding_is_the_whole_bodys_or_none(name: str, make: Any) -> None:
+    """Whatever surrounds a kept list's bytes, the memo gives what decoding the body gives,
+    or nothing (a body orjson refuses included: then the stdlib decides as before)."""
+    memo = MessageMemo()
+    history = long_history()
+    kept(memo, {"messages": history})
+    raw = make(orjson.dumps(history), orjson.dumps(TOOL))
+    got = memo.decode(raw)
+    try:
+        want = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        assert got is None
+        return
+    assert got is None or got == want
+    if name == "an appended message":
+        assert got == want
+
+
+def test_a_list_whose_items_held_nan_is_not_resumed() -> None:
+    """The stdlib lets NaN in, and orjson writes it as null: a body saying null must not
+    get the NaN back."""
+    memo = MessageMemo()
+    history = [*long_history(), {"role": "tool", "content": "x", "n": NAN}]
+    parse_messages({"messages": history}, memo)
+    raw = orjson.dumps({"messages": [*history, TOOL]})
+    assert memo.decode(raw) is None

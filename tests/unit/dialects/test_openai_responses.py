@@ -47,6 +47,18 @@ def test_items_convert_as_llama_server_converts_them(
     assert chat(body)["messages"] == messages
 
 
+def test_converting_leaves_the_clients_items_as_they_were() -> None:
+    """Decoded items may be kept for the next turn's body (``MessageMemo.decode``): a
+    function call merged into an assistant message that carried its own ``tool_calls``
+    must not append to the client's list."""
+    own = [{"function": {"arguments": "{}", "name": "g"}, "id": "a", "type": "function"}]
+    item = {"type": "message", "role": "assistant", "tool_calls": own,
+            "content": [{"type": "output_text", "text": "a"}]}  # fmt: skip
+    call = {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}
+    out = chat({"input": [item, call]})
+    assert len(out["messages"][0]["tool_calls"]) == 2 and len(own) == 1
+
+
 def test_parameters_convert_and_the_rest_is_kept() -> None:
     out = chat({"model": "gpt", "input": "x", "max_output_tokens": 5,
                 "reasoning": {"effort": "low"}, "prompt_cache_key": "k", "store": False,

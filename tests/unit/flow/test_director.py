@@ -258,3 +258,48 @@ async def test_a_head_the_slot_does_not_hold_is_tokenized_whole_before_routing()
     assert ex.finishing is None and ex.partial is None and ex.lease is not None
     assert ex.lease.prompt is not None and list(ex.lease.prompt.tokens) == tokenizer.last
     assert records[1]["tail_ms"] is None and records[1]["predicted_cached"] > len(SYSTEM)
+
+
+CALLED = {"id": "c1", "type": "function", "function": {"name": "run", "arguments": "{}"}}
+UNCHANGED = [
+    ("/v1/chat/completions", {"messages": [
+        {"role": "system", "content": SYSTEM + "Today is 2026-12-06."},
+        {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+        {"role": "assistant", "content": None, "tool_calls": [CALLED]},
+        {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+        {"role": "user", "content": "go on"}],
+        "tools": [{"type": "function", "function": {"name": "run", "parameters": {}}}]}),
+    ("/v1/responses", {"instructions": SYSTEM, "input": [
+        {"type": "message", "role": "assistant", "tool_calls": [CALLED],
+         "content": [{"type": "output_text", "text": "a"}]},
+        {"type": "function_call", "call_id": "c2", "name": "run", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c2", "output": "ok"},
+        {"role": "user", "content": "go on"}]}),
+    ("/v1/messages", {"system": SYSTEM, "max_tokens": 8, "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "run",
+                                           "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t",
+                                      "content": "ok"}]}]}),
+    ("/api/chat", {"model": "m", "messages": [{"role": "system", "content": SYSTEM},
+                                             {"role": "user", "content": "hi"}]}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "payload"), UNCHANGED, ids=[u[0] for u in UNCHANGED])
+async def test_a_request_leaves_its_decoded_body_as_it_came(
+    path: str, payload: dict[str, Any]
+) -> None:
+    """The memo hands a body's decoded messages to the next turn's body
+    (``MessageMemo.decode``): nothing on the request path may change them in place."""
+    d, _, _ = director()
+    before = json.dumps(payload, sort_keys=True)
+    for _ in range(2):
+        ex = d.admit(REGISTRY[path], path, BodyBudget(1 << 30).hold())
+        try:
+            await d.prepare(ex, payload, {"x-session-id": "s1"}, path)
+            ex.rec.status = 200
+            d.settle(ex)
+        finally:
+            d.close(ex)
+        assert json.dumps(payload, sort_keys=True) == before

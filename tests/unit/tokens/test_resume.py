@@ -105,6 +105,49 @@ def test_a_branch_resumes_from_the_turn_it_extends() -> None:
     assert renderer.resumed == 3
 
 
+def test_a_resumed_turn_keeps_the_earlier_turns_messages_not_its_copies() -> None:
+    """Each turn arrives as new, equal message objects: the kept entry holds the ones it had
+    and only the new messages of this turn, so the request's copies are freed with it (a
+    31k-token conversation's decode otherwise takes fresh memory every turn)."""
+    renderer = ResumedRender(CHATML, SPECIAL)
+    base = turns(random.Random(5), 30)
+    while base[-1]["role"] == "assistant":
+        base.pop()
+    renderer.render({"messages": base}, Normalization())
+    more = [*json.loads(json.dumps(base)), {"role": "assistant", "content": "b"},
+            {"role": "user", "content": "u"}]  # fmt: skip
+    renderer.render({"messages": more}, Normalization())
+    assert renderer.resumed == 1
+    kept = renderer.find(next(iter(renderer._certified)), more)
+    assert kept is not None and len(kept.messages) == len(more)
+    assert all(a is b for a, b in zip(kept.messages, base, strict=False))
+    assert kept.messages[len(base) :] == more[len(base) :]
+
+
+def test_a_conversation_keeps_one_copy_of_its_text_however_many_turns() -> None:
+    """Each kept turn held its text and its prompt: two new 130 kB strings a turn on a
+    31k-token conversation, kept, so every turn's render took fresh memory (page faults).
+    A turn a later one extends takes its text from that one; branches still resume."""
+    renderer = ResumedRender(CHATML, SPECIAL)
+    base = turns(random.Random(7), 40)
+    while base[-1]["role"] == "assistant":
+        base.pop()
+    renderer.render({"messages": base}, Normalization())
+    messages = list(base)
+    for i in range(6):
+        messages += [
+            {"role": "assistant", "content": f"a{i}"},
+            {"role": "user", "content": f"u{i}"},
+        ]
+        text = renderer.render({"messages": messages}, Normalization())
+    assert renderer.resumed == 6
+    assert renderer._chars < 1.2 * len(text)
+    branch = {"messages": [*base, {"role": "assistant", "content": "b"},
+                           {"role": "user", "content": "v"}]}  # fmt: skip
+    assert renderer.render(branch, Normalization()) == render(CHATML, branch, {}, Normalization())
+    assert renderer.resumed == 7
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_a_template_whose_earlier_text_changes_resumes_only_where_that_shows(seed: int) -> None:
     """The tools block moves to an appended user message: the window sees the move and
