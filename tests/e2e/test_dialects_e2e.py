@@ -18,6 +18,9 @@ MESSAGES = [
     {"role": "system", "content": "You are terse."},
     {"role": "user", "content": "Name three colours."},
 ]
+# A reply that cannot end within a few tokens, so a token limit is what stops it: a greedy
+# "Name three colours." ended after 7 tokens on one CPU build ("There are no three colours.").
+COUNTING = [{"role": "user", "content": "Count from 1 to 100, separated by commas."}]
 
 
 def oai(proxy: Proxy) -> openai.OpenAI:
@@ -97,8 +100,7 @@ def test_llamacpp_completion_native(proxy: Proxy, path: str) -> None:
 
 def test_ollama_client_chat_generate_and_listing(proxy: Proxy) -> None:
     client = ollama.Client(host=proxy.url)
-    # greedy: a sampled reply may end before 8 tokens ("stop", not "length")
-    reply = client.chat(model="smollm2", messages=MESSAGES,
+    reply = client.chat(model="smollm2", messages=COUNTING,
                         options={"num_predict": 8, "temperature": 0})  # fmt: skip
     assert reply.message.role == "assistant" and reply.message.content
     assert reply.done and reply.done_reason == "length"
@@ -108,7 +110,7 @@ def test_ollama_client_chat_generate_and_listing(proxy: Proxy) -> None:
     parts = list(
         client.chat(
             model="smollm2",
-            messages=MESSAGES,
+            messages=COUNTING,
             stream=True,
             options={"num_predict": 8, "temperature": 0},
         )
