@@ -60,6 +60,13 @@ def client_gone(request: web.Request, err: ProxyError) -> bool:
     return gone and isinstance(err.__cause__, ConnectionResetError)
 
 
+def closed_response() -> web.StreamResponse:
+    """What the handler returns for a client that went away: aiohttp's attempt to send it
+    fails quietly, where a raised ``ConnectionResetError`` is logged as an error of
+    kvproxy's own ("Error handling request", with a traceback)."""
+    return web.Response(status=CLIENT_CLOSED)
+
+
 def without_warm_header(request: web.Request) -> web.Request:
     """The request without ``x-kvproxy-warm``: it is kvproxy's own, and its value may hold
     the warm token, so it never goes upstream."""
@@ -96,7 +103,7 @@ def dialect_handler(dialect: DialectBase) -> Handler:
             return out
         except ProxyError as err:
             return error_response(request, ex, err, lifecycle, task)
-        except (asyncio.CancelledError, ConnectionResetError):
+        except (asyncio.CancelledError, ConnectionResetError) as exc:
             if lifecycle.was_cut(task):
                 cut = lifecycle.cut_error()
                 ex.rec.status, ex.rec.error = cut.status, cut.message
@@ -104,7 +111,9 @@ def dialect_handler(dialect: DialectBase) -> Handler:
             else:
                 ex.rec.status = CLIENT_CLOSED
                 ex.rec.error = ex.rec.error or "client disconnected"
-            raise
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return closed_response()
         except Exception:
             log.exception("internal_error", request_id=ex.rec.request_id, path=request.path)
             err = ProxyError("kvproxy failed to handle this request; see its log")
@@ -124,7 +133,7 @@ def error_response(request: web.Request, ex: Exchange, err: ProxyError, lifecycl
     rec = ex.rec
     if client_gone(request, err):
         rec.status, rec.error = CLIENT_CLOSED, "client disconnected"
-        raise ConnectionResetError("client disconnected") from err
+        return closed_response()
     if lifecycle.was_cut(task):
         err = lifecycle.cut_error()
     rec.status, rec.error = err.status, err.message
